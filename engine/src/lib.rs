@@ -1,0 +1,22 @@
+//! The weightcast peer engine: what runs inside every daemon, seed peer and
+//! in-process `weightcast get`.
+//!
+//! - [`store`]: one preallocated, mmap'd file per task with a persisted piece table.
+//! - [`download`]: one task's download loop; [`parent_choice`] is its
+//!   sans-IO phase-2 decision (which parent serves which piece).
+//! - [`origin`]: back-to-source with per-origin limits and retries.
+//! - [`scheduler_link`]: the stream to the scheduler.
+//! - [`engine`]: ties them together; [`local_api`] serves it on a unix socket.
+//! - [`output`]: atomic exposure of a verified file at the user's path.
+
+pub mod download;
+pub mod engine;
+pub mod local_api;
+pub mod metrics;
+pub mod origin;
+pub mod output;
+pub mod parent_choice;
+pub mod scheduler_link;
+pub mod store;
+
+pub use engine::{Engine, EngineConfig, GetError, GetRequest, GetSummary};

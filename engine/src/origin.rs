@@ -1,0 +1,435 @@
+//! Back-to-source: ranged GETs of pieces from the origin.
+//!
+//! Every request to an origin (keyed by scheme://host:port) passes one
+//! per-origin concurrency limit and one byte-rate limit, shared by all tasks of
+//! this process, so a seed peer cannot flood a hub or registry. Transient
+//! failures (connection errors, 5xx, 408, 429) are retried with exponential
+//! backoff and jitter; a `Retry-After` on 429/503 is honoured.
+
+use crate::metrics::EngineMetrics;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Requests in flight to one origin at once.
+    pub concurrency: usize,
+    /// Bytes per second from one origin; `None` for no limit.
+    pub rate_limit: Option<u64>,
+    /// Attempts per request after the first.
+    pub retries: u32,
+    /// Longest wait between attempts (also caps `Retry-After`).
+    pub max_backoff: Duration,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            rate_limit: None,
+            retries: 5,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("invalid URL {0:?}: expected http:// or https://")]
+    BadUrl(String),
+    #[error("origin answered {status} for {url}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("cannot fetch {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{url} does not support HTTP Range requests, which piece downloads need")]
+    NoRangeSupport { url: String },
+    #[error("{url} did not say how long it is (no Content-Range or Content-Length)")]
+    UnknownLength { url: String },
+    #[error("{url} sent {got} bytes for a {want}-byte range")]
+    ShortBody { url: String, got: u64, want: u64 },
+}
+
+impl OriginError {
+    fn retryable(&self) -> bool {
+        match self {
+            OriginError::Status { status, .. } => {
+                status.is_server_error() || *status == 429 || *status == 408
+            }
+            OriginError::Transport { .. } | OriginError::ShortBody { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a probe learned about a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub content_length: u64,
+}
+
+/// A token bucket that lets a request go into debt and makes the next wait.
+struct RateLimit {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate: rate.max(1) as f64,
+            state: Mutex::new((rate as f64, Instant::now())),
+        }
+    }
+
+    async fn take(&self, bytes: usize) {
+        let wait = {
+            let Ok(mut s) = self.state.lock() else { return };
+            let now = Instant::now();
+            let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
+            s.0 = (s.0 + refill).min(self.rate);
+            s.1 = now;
+            s.0 -= bytes as f64;
+            (s.0 < 0.0).then(|| Duration::from_secs_f64(-s.0 / self.rate))
+        };
+        if let Some(w) = wait {
+            tokio::time::sleep(w).await;
+        }
+    }
+}
+
+struct OriginLimit {
+    slots: Semaphore,
+    rate: Option<RateLimit>,
+}
+
+pub struct OriginFetcher {
+    client: reqwest::Client,
+    config: OriginConfig,
+    limits: Mutex<HashMap<String, Arc<OriginLimit>>>,
+    metrics: Arc<EngineMetrics>,
+}
+
+/// Parses `Content-Range: bytes a-b/total`.
+fn content_range(h: &reqwest::header::HeaderMap) -> Option<(u64, u64, u64)> {
+    let v = h.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
+}
+
+/// Seconds from a `Retry-After` header (the delta form; dates are rare).
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl OriginFetcher {
+    pub fn new(config: OriginConfig, metrics: Arc<EngineMetrics>) -> Self {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("weightcast/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Self {
+            client,
+            config,
+            limits: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    pub fn check_url(url: &str) -> Result<reqwest::Url, OriginError> {
+        let u = reqwest::Url::parse(url).map_err(|_| OriginError::BadUrl(url.to_string()))?;
+        match u.scheme() {
+            "http" | "https" if u.host().is_some() => Ok(u),
+            _ => Err(OriginError::BadUrl(url.to_string())),
+        }
+    }
+
+    fn limit_for(&self, url: &reqwest::Url) -> Arc<OriginLimit> {
+        let key = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let mut limits = self.limits.lock().expect("origin limits lock");
+        limits
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(OriginLimit {
+                    slots: Semaphore::new(self.config.concurrency.max(1)),
+                    rate: self.config.rate_limit.map(RateLimit::new),
+                })
+            })
+            .clone()
+    }
+
+    fn retry(&self, url: &str) -> Retry<'_> {
+        Retry {
+            fetcher: self,
+            url: url.to_string(),
+            tries: 0,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    /// Learns the content length with a one-byte ranged GET (works where HEAD
+    /// is not allowed, e.g. presigned URLs) and checks Range support.
+    pub async fn probe(&self, url: &str) -> Result<Probe, OriginError> {
+        let u = Self::check_url(url)?;
+        let limit = self.limit_for(&u);
+        let mut retry = self.retry(url);
+        loop {
+            let (r, hint) = self.probe_once(&u, url, &limit).await;
+            match r {
+                Ok(p) => return Ok(p),
+                Err(e) => retry.after(e, hint).await?,
+            }
+        }
+    }
+
+    async fn probe_once(
+        &self,
+        u: &reqwest::Url,
+        url: &str,
+        limit: &OriginLimit,
+    ) -> (Result<Probe, OriginError>, Option<Duration>) {
+        let _slot = limit.slots.acquire().await;
+        self.metrics.inc(&self.metrics.origin_requests, 1);
+        let resp = match self
+            .client
+            .get(u.clone())
+            .header("Range", "bytes=0-0")
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (Err(transport(url, e)), None),
+        };
+        let hint = retry_after(resp.headers());
+        let status = resp.status();
+        let r = if status == reqwest::StatusCode::PARTIAL_CONTENT {
+            content_range(resp.headers())
+                .map(|(_, _, total)| Probe {
+                    content_length: total,
+                })
+                .ok_or_else(|| OriginError::UnknownLength {
+                    url: url.to_string(),
+                })
+        } else if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            // An empty file: `bytes */0`.
+            Ok(Probe { content_length: 0 })
+        } else if status.is_success() {
+            match resp.content_length() {
+                Some(len) if len <= 1 => Ok(Probe {
+                    content_length: len,
+                }),
+                _ => Err(OriginError::NoRangeSupport {
+                    url: url.to_string(),
+                }),
+            }
+        } else {
+            Err(OriginError::Status {
+                url: url.to_string(),
+                status,
+            })
+        };
+        (r, hint)
+    }
+
+    /// Fetches `range` of `url` into `dst` (whose length is the range's).
+    /// Returns the bytes received.
+    pub async fn fetch_range(
+        &self,
+        url: &str,
+        range: Range<u64>,
+        dst: &mut [u8],
+    ) -> Result<u64, OriginError> {
+        let u = Self::check_url(url)?;
+        let limit = self.limit_for(&u);
+        let want = range.end - range.start;
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut written = 0usize;
+        let mut retry = self.retry(url);
+        loop {
+            let (r, hint) = self
+                .fetch_once(&u, url, &range, dst, &mut written, &limit)
+                .await;
+            match r {
+                Ok(()) => return Ok(want),
+                Err(e) => retry.after(e, hint).await?,
+            }
+        }
+    }
+
+    /// One attempt; resumes at `*written`, which it advances.
+    async fn fetch_once(
+        &self,
+        u: &reqwest::Url,
+        url: &str,
+        range: &Range<u64>,
+        dst: &mut [u8],
+        written: &mut usize,
+        limit: &OriginLimit,
+    ) -> (Result<(), OriginError>, Option<Duration>) {
+        let want = range.end - range.start;
+        let _slot = limit.slots.acquire().await;
+        self.metrics.inc(&self.metrics.origin_requests, 1);
+        let start = range.start + *written as u64;
+        let header = format!("bytes={}-{}", start, range.end - 1);
+        let mut resp = match self
+            .client
+            .get(u.clone())
+            .header("Range", header)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return (Err(transport(url, e)), None),
+        };
+        let hint = retry_after(resp.headers());
+        let status = resp.status();
+        if status != reqwest::StatusCode::PARTIAL_CONTENT {
+            let e = if status.is_success() {
+                OriginError::NoRangeSupport {
+                    url: url.to_string(),
+                }
+            } else {
+                OriginError::Status {
+                    url: url.to_string(),
+                    status,
+                }
+            };
+            return (Err(e), hint);
+        }
+        if content_range(resp.headers()).is_some_and(|(a, _, _)| a != start) {
+            return (
+                Err(OriginError::NoRangeSupport {
+                    url: url.to_string(),
+                }),
+                None,
+            );
+        }
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    let end = *written + chunk.len();
+                    if end > dst.len() {
+                        let e = OriginError::ShortBody {
+                            url: url.to_string(),
+                            got: end as u64,
+                            want,
+                        };
+                        return (Err(e), None);
+                    }
+                    if let Some(rate) = &limit.rate {
+                        rate.take(chunk.len()).await;
+                    }
+                    dst[*written..end].copy_from_slice(&chunk);
+                    *written = end;
+                    self.metrics
+                        .inc(&self.metrics.origin_bytes, chunk.len() as u64);
+                }
+                Ok(None) => break,
+                Err(e) => return (Err(transport(url, e)), None),
+            }
+        }
+        if *written as u64 != want {
+            let e = OriginError::ShortBody {
+                url: url.to_string(),
+                got: *written as u64,
+                want,
+            };
+            return (Err(e), None);
+        }
+        (Ok(()), None)
+    }
+}
+
+/// Backoff state of one request across its attempts.
+struct Retry<'a> {
+    fetcher: &'a OriginFetcher,
+    url: String,
+    tries: u32,
+    backoff: Duration,
+}
+
+impl Retry<'_> {
+    /// Waits before the next attempt, or gives `e` back when it is final.
+    async fn after(&mut self, e: OriginError, hint: Option<Duration>) -> Result<(), OriginError> {
+        let cfg = &self.fetcher.config;
+        if !e.retryable() || self.tries >= cfg.retries {
+            return Err(e);
+        }
+        self.tries += 1;
+        let m = &self.fetcher.metrics;
+        m.inc(&m.origin_retries, 1);
+        let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+        let wait = hint.unwrap_or(self.backoff + jitter).min(cfg.max_backoff);
+        tracing::warn!(url = %self.url, error = %e, attempt = self.tries, wait_ms = wait.as_millis() as u64, "origin request failed; retrying");
+        tokio::time::sleep(wait).await;
+        self.backoff = (self.backoff * 2).min(cfg.max_backoff);
+        Ok(())
+    }
+}
+
+fn transport(url: &str, e: reqwest::Error) -> OriginError {
+    // reqwest's Display hides the cause ("error sending request"); show the chain.
+    let mut message = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        src = s.source();
+    }
+    OriginError::Transport {
+        url: url.to_string(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_range_and_retry_after() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("content-range", "bytes 0-0/1234".parse().unwrap());
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(content_range(&h), Some((0, 0, 1234)));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        assert!(OriginFetcher::check_url("https://example.com/x").is_ok());
+        assert!(OriginFetcher::check_url("file:///etc/passwd").is_err());
+        assert!(OriginFetcher::check_url("not a url").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_spaces_out_bytes() {
+        let r = RateLimit::new(1000);
+        let t0 = tokio::time::Instant::now();
+        r.take(1000).await; // the initial burst
+        r.take(2000).await; // 2 s of debt
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+}

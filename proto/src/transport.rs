@@ -1,0 +1,56 @@
+//! The contract every piece transport implements (TCP today; RDMA next).
+//!
+//! A transport moves one piece from a parent into a slice of the child's
+//! mmap'd task file. It does not verify digests: the engine does that for
+//! every transport alike, after the bytes land.
+
+use crate::TaskId;
+use std::future::Future;
+
+/// Where a parent's piece server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParentAddr(pub String);
+
+/// What a finished transfer tells the child about its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchReport {
+    pub bytes: u64,
+    /// The parent's active uploads when it answered.
+    pub parent_load: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("parent {0} does not hold this piece")]
+    NotFound(String),
+    #[error("parent {0} is at its upload limit")]
+    Busy(String),
+    #[error("parent {addr} sent {got} bytes for a {want}-byte piece")]
+    LengthMismatch { addr: String, got: u64, want: u64 },
+    #[error("parent {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parent {addr}: {source}")]
+    Frame {
+        addr: String,
+        #[source]
+        source: crate::frame::FrameError,
+    },
+    #[error("parent {0} failed to read its copy of the piece")]
+    ParentFailed(String),
+}
+
+pub trait PieceTransport: Send + Sync + 'static {
+    /// Fetches piece `piece` of `task` from `parent` into `dst`, whose length
+    /// is the piece length.
+    fn fetch_piece<'a>(
+        &'a self,
+        parent: &'a ParentAddr,
+        task: TaskId,
+        piece: u32,
+        dst: &'a mut [u8],
+    ) -> impl Future<Output = Result<FetchReport, TransportError>> + Send + 'a;
+}

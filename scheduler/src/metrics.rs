@@ -1,0 +1,79 @@
+//! Scheduler metrics in Prometheus format.
+
+use crate::core::Stats;
+use std::sync::Mutex;
+use weightcast_proto::metrics_text::MetricsText;
+
+/// A copy of the core's numbers, refreshed by the service after each event.
+#[derive(Default)]
+pub struct SchedulerMetrics {
+    inner: Mutex<Snapshot>,
+}
+
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    pub hosts: u64,
+    pub tasks: u64,
+    pub upload_load: u64,
+    pub messages: u64,
+    pub stats: Stats,
+}
+
+impl SchedulerMetrics {
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        if let Ok(mut s) = self.inner.lock() {
+            f(&mut s);
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn render(&self) -> String {
+        let s = self.snapshot();
+        let mut m = MetricsText::default();
+        m.gauge("weightcast_scheduler_hosts", "Connected peers.", s.hosts)
+            .gauge(
+                "weightcast_scheduler_tasks",
+                "Tasks with at least one peer.",
+                s.tasks,
+            )
+            .gauge(
+                "weightcast_scheduler_upload_load",
+                "Sum of active uploads reported by peers.",
+                s.upload_load,
+            )
+            .counter(
+                "weightcast_scheduler_messages_total",
+                "Messages received from peers.",
+                s.messages,
+            )
+            .counter(
+                "weightcast_scheduler_seeds_triggered_total",
+                "Tasks handed to a seed peer.",
+                s.stats.seeds_triggered,
+            )
+            .counter(
+                "weightcast_scheduler_back_to_source_total",
+                "Peers told to fetch from the origin themselves.",
+                s.stats.back_to_source,
+            )
+            .counter(
+                "weightcast_scheduler_parents_assigned_total",
+                "Candidate parents handed to children.",
+                s.stats.parents_assigned,
+            )
+            .counter(
+                "weightcast_scheduler_piece_failures_total",
+                "Piece failures reported by children.",
+                s.stats.piece_failures,
+            )
+            .counter(
+                "weightcast_scheduler_digest_conflicts_total",
+                "Piece digests that disagreed with the source's.",
+                s.stats.digest_conflicts,
+            );
+        m.finish()
+    }
+}

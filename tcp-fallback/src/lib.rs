@@ -1,0 +1,13 @@
+//! Piece transport over TCP.
+//!
+//! The frames are in [`weightcast_proto::frame`]: a 40-byte request, a
+//! 17-byte response header, then the raw piece. The server writes the piece
+//! from the sender's mmap'd task file and the client reads it straight into
+//! the receiver's: no buffer the size of a piece exists on either side, so
+//! memory stays flat however big the files are.
+
+mod client;
+mod server;
+
+pub use client::TcpTransport;
+pub use server::{PieceServer, PieceSource, UploadStats};
