@@ -1,1 +1,76 @@
-fn main() {}
+//! `weightcast`: distributes AI model weights to many machines at once.
+//!
+//! This file only parses the command line and dispatches; each command lives
+//! in `commands/`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "weightcast",
+    version,
+    about = "Distribute AI model weights to many machines at once",
+    long_about = "Distribute AI model weights to many machines at once.\n\n\
+The origin sends about one copy; nodes pass verified pieces to each other and \
+write them straight into memory-mapped caches.\n\n\
+Quick start (no cluster needed):   weightcast demo --peers 8 --size 1GiB\n\
+One file through a node's daemon:  weightcast get https://host/model.safetensors -o /models/\n\n\
+Every flag can also be set by an environment variable (shown in each command's --help)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a file through the local daemon, or in-process when none runs.
+    Get(commands::get::GetArgs),
+    /// Run a peer on this node: cache, upload server, local API and metrics.
+    Daemon(commands::daemon::DaemonArgs),
+    /// Run the scheduler that plans which peer serves which.
+    Scheduler(commands::scheduler::SchedulerArgs),
+    /// Run an origin, a scheduler, a seed and N peers in this process on loopback and compare.
+    Demo(commands::demo::DemoArgs),
+    /// Serve a directory over HTTP with Range support, counting bytes (a test origin).
+    #[command(hide = true)]
+    Origin(commands::origin::OriginArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_log = match &cli.command {
+        Command::Daemon(_) | Command::Scheduler(_) | Command::Origin(_) => "info",
+        Command::Get(_) | Command::Demo(_) => "warn",
+    };
+    commands::logging::init(default_log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Get(a) => commands::get::run(a).await,
+            Command::Daemon(a) => commands::daemon::run(a).await,
+            Command::Scheduler(a) => commands::scheduler::run(a).await,
+            Command::Demo(a) => commands::demo::run(a).await,
+            Command::Origin(a) => commands::origin::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -281,6 +281,20 @@ impl Engine {
         &self.ctx.metrics
     }
 
+    /// Serves `/metrics` (Prometheus) and `/healthz` until the listener fails.
+    pub async fn serve_metrics(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let e = self.clone();
+                    async move { e.metrics().render() }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        axum::serve(listener, app).await
+    }
+
     /// Waits for the scheduler link; `false` when there is none or it is down.
     pub async fn scheduler_connected(&self, timeout: Duration) -> bool {
         match &self.ctx.link {

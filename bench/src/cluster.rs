@@ -1,0 +1,304 @@
+//! Real `weightcast` processes on loopback, for end-to-end tests and
+//! benchmarks: an origin, a scheduler, seeds, daemons and `get` runs.
+//!
+//! Every process writes its log to the cluster's directory and is killed
+//! when the [`Cluster`] is dropped, also when a test panics.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The ready file a daemon writes into its data dir.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DaemonReady {
+    pub peer_id: String,
+    pub piece_addr: String,
+    pub metrics_addr: String,
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ServerReady {
+    addr: String,
+    #[serde(default)]
+    metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub ready: DaemonReady,
+    /// Index into the cluster's processes.
+    pub proc: usize,
+}
+
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+}
+
+/// `GET http://addr/path` over a plain TCP socket (no client library needed).
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let (_, b) = body
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    Ok(b.to_string())
+}
+
+/// Sum of the samples of `name` (every label set) in a Prometheus text page;
+/// `labels` narrows it to samples whose labels contain that text.
+pub fn metric(page: &str, name: &str, labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Cluster {
+    /// `bin`: the `weightcast` binary under test.
+    pub fn new(bin: impl Into<PathBuf>) -> Result<Self> {
+        Ok(Self {
+            bin: bin.into(),
+            dir: tempfile::Builder::new()
+                .prefix("weightcast-cluster-")
+                .tempdir()?,
+            procs: Vec::new(),
+        })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Starts `weightcast <args>` with its output in `<name>.log`.
+    pub fn spawn(&mut self, name: &str, args: &[String]) -> Result<usize> {
+        let log = self.path(&format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(&self.bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("start {}", self.bin.display()))?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            log,
+            child,
+        });
+        Ok(self.procs.len() - 1)
+    }
+
+    pub fn proc(&mut self, i: usize) -> &mut Proc {
+        &mut self.procs[i]
+    }
+
+    /// The last lines of a process's log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let s = std::fs::read_to_string(&self.procs[i].log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn wait_ready<T: for<'de> Deserialize<'de>>(&mut self, i: usize, file: &Path) -> Result<T> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(bytes) = std::fs::read(file) {
+                if let Ok(v) = serde_json::from_slice(&bytes) {
+                    return Ok(v);
+                }
+            }
+            if !self.procs[i].is_running() {
+                bail!(
+                    "{} exited before it was ready:\n{}",
+                    self.procs[i].name,
+                    self.log_tail(i)
+                );
+            }
+            if t0.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "{} not ready after {:?}:\n{}",
+                    self.procs[i].name,
+                    READY_TIMEOUT,
+                    self.log_tail(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the test origin serving `root`; returns its base URL and address.
+    pub fn origin(&mut self, root: &Path, fail_first: u32) -> Result<(String, String)> {
+        let ready = self.path("origin.ready");
+        let args = vec![
+            "origin".into(),
+            "--dir".into(),
+            root.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--fail-first".into(),
+            fail_first.to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ];
+        let i = self.spawn("origin", &args)?;
+        let r: ServerReady = self.wait_ready(i, &ready)?;
+        Ok((format!("http://{}", r.addr), r.addr))
+    }
+
+    /// Starts a scheduler; returns its endpoint and metrics address.
+    pub fn scheduler(&mut self) -> Result<(String, String)> {
+        let ready = self.path("scheduler.ready");
+        let args = vec![
+            "scheduler".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ];
+        let i = self.spawn("scheduler", &args)?;
+        let r: ServerReady = self.wait_ready(i, &ready)?;
+        Ok((
+            format!("http://{}", r.addr),
+            r.metrics_addr.unwrap_or_default(),
+        ))
+    }
+
+    /// Starts a daemon named `name` with its own data dir and hostname.
+    pub fn daemon(
+        &mut self,
+        name: &str,
+        scheduler: &str,
+        seed: bool,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        let data_dir = self.path(name);
+        self.daemon_in(name, &data_dir, scheduler, seed, extra)
+    }
+
+    /// Like [`Cluster::daemon`] on a given data dir (to restart one).
+    pub fn daemon_in(
+        &mut self,
+        name: &str,
+        data_dir: &Path,
+        scheduler: &str,
+        seed: bool,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        std::fs::create_dir_all(data_dir)?;
+        let ready_file = data_dir.join("daemon.json");
+        let _ = std::fs::remove_file(&ready_file);
+        let mut args: Vec<String> = vec![
+            "daemon".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--scheduler".into(),
+            scheduler.into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--hostname".into(),
+            name.into(),
+        ];
+        if seed {
+            args.push("--seed".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let i = self.spawn(name, &args)?;
+        let ready = self.wait_ready(i, &ready_file)?;
+        Ok(Daemon {
+            name: name.into(),
+            data_dir: data_dir.to_path_buf(),
+            ready,
+            proc: i,
+        })
+    }
+
+    /// A `weightcast get --json` command through `daemon`, ready to run.
+    pub fn get_command(&self, daemon: &Daemon, url: &str, output: &Path) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(["get", url, "--json", "--data-dir"])
+            .arg(&daemon.data_dir)
+            .arg("-o")
+            .arg(output)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn metrics(&self, daemon: &Daemon) -> Result<String> {
+        http_get(&daemon.ready.metrics_addr, "/metrics")
+    }
+}
+
+/// `GET /_stats` of the test origin.
+pub fn origin_stats(addr: &str) -> Result<crate::origin::StatsSnapshot> {
+    Ok(serde_json::from_str(&http_get(addr, "/_stats")?)?)
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}

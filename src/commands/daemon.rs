@@ -1,0 +1,74 @@
+//! `weightcast daemon`: a node's peer.
+
+use super::engine_args::{default_data_dir, EngineArgs};
+use super::ready_file;
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use weightcast_engine::{local_api, Engine};
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Cache and state directory; the local API socket is `<dir>/weightcast.sock`.
+    /// Default: /var/lib/weightcast when writable, else ~/.cache/weightcast.
+    #[arg(long, env = "WEIGHTCAST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Act as a seed peer: the scheduler hands this peer tasks to fetch from their origin.
+    #[arg(long, env = "WEIGHTCAST_SEED")]
+    pub seed: bool,
+    /// Upload server address (piece bytes to other peers). Port 0 picks one.
+    #[arg(long, env = "WEIGHTCAST_LISTEN", default_value = "0.0.0.0:7430")]
+    pub listen: SocketAddr,
+    /// Prometheus /metrics address. Port 0 picks one.
+    #[arg(
+        long,
+        env = "WEIGHTCAST_METRICS_LISTEN",
+        default_value = "127.0.0.1:7431"
+    )]
+    pub metrics_listen: SocketAddr,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let socket = local_api::socket_path(&data_dir);
+    let api = local_api::bind(&socket)
+        .await
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let config = a.engine.config(data_dir.clone(), a.listen, a.seed);
+    let engine = Engine::start(config)
+        .await
+        .context("cannot start the engine")?;
+    let metrics_listener = tokio::net::TcpListener::bind(a.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", a.metrics_listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(engine.clone().serve_metrics(metrics_listener));
+    tokio::spawn(local_api::serve(api, engine.clone()));
+    if a.engine.scheduler.is_some()
+        && !engine
+            .scheduler_connected(std::time::Duration::from_secs(3))
+            .await
+    {
+        tracing::warn!("scheduler not reachable yet; retrying in the background, downloads go to the origin meanwhile");
+    }
+    ready_file::write(
+        &data_dir.join("daemon.json"),
+        &serde_json::json!({
+            "peer_id": engine.peer_id,
+            "piece_addr": engine.piece_addr,
+            "metrics_addr": metrics_addr.to_string(),
+            "socket": socket,
+        }),
+    )?;
+    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), metrics = %metrics_addr, "daemon ready");
+    ready_file::shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(data_dir.join("daemon.json"));
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Flags shared by every command that runs an engine (`daemon`, in-process `get`).
+
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use weightcast_bench::byte_size;
+use weightcast_engine::origin::OriginConfig;
+use weightcast_engine::EngineConfig;
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Scheduler endpoint, e.g. http://10.0.0.5:7400. Without one, files come
+    /// straight from the origin (through the same piece engine).
+    #[arg(long, env = "WEIGHTCAST_SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// Address other peers use to reach this one (IP or host, optionally
+    /// with :port). Default: the listen address, or when that is 0.0.0.0 the
+    /// local address that routes to the scheduler.
+    #[arg(long, env = "WEIGHTCAST_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Host name reported to the scheduler; peers with the same host name
+    /// never serve each other. Default: this machine's host name.
+    #[arg(long, env = "WEIGHTCAST_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Topology label: peers prefer parents in their own zone.
+    #[arg(long, env = "WEIGHTCAST_ZONE", default_value = "")]
+    pub zone: String,
+    /// Topology label: peers prefer parents in their own rack (within the zone).
+    #[arg(long, env = "WEIGHTCAST_RACK", default_value = "")]
+    pub rack: String,
+    /// Pieces served to other peers at once.
+    #[arg(long, env = "WEIGHTCAST_UPLOAD_SLOTS", default_value_t = 16)]
+    pub upload_slots: u32,
+    /// Requests in flight to one origin at once (this process).
+    #[arg(long, env = "WEIGHTCAST_ORIGIN_CONCURRENCY", default_value_t = 8)]
+    pub origin_concurrency: usize,
+    /// Byte-rate cap towards one origin, e.g. 200MB/s. Default: none.
+    #[arg(long, env = "WEIGHTCAST_ORIGIN_RATE_LIMIT", value_parser = byte_size::parse)]
+    pub origin_rate_limit: Option<u64>,
+    /// Retries of a failed origin request (backoff doubles; Retry-After honoured).
+    #[arg(long, env = "WEIGHTCAST_ORIGIN_RETRIES", default_value_t = 5)]
+    pub origin_retries: u32,
+    /// Seconds without a piece from peers before going to the origin (or
+    /// failing, with --no-back-to-source).
+    #[arg(long, env = "WEIGHTCAST_STALL_TIMEOUT", default_value_t = 30)]
+    pub stall_timeout: u64,
+}
+
+impl EngineArgs {
+    pub fn config(
+        &self,
+        data_dir: PathBuf,
+        listen: std::net::SocketAddr,
+        seed: bool,
+    ) -> EngineConfig {
+        let mut c = EngineConfig::new(data_dir);
+        c.listen = listen;
+        c.advertise_addr = self.advertise_addr.clone();
+        if let Some(h) = &self.hostname {
+            c.hostname = h.clone();
+        }
+        c.zone = self.zone.clone();
+        c.rack = self.rack.clone();
+        c.seed = seed;
+        c.scheduler = self.scheduler.clone().map(|s| {
+            if s.contains("://") {
+                s
+            } else {
+                format!("http://{s}")
+            }
+        });
+        c.upload_slots = self.upload_slots;
+        c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));
+        c.origin = OriginConfig {
+            concurrency: self.origin_concurrency,
+            rate_limit: self.origin_rate_limit,
+            retries: self.origin_retries,
+            ..OriginConfig::default()
+        };
+        c
+    }
+}
+
+/// The default data dir: $WEIGHTCAST_DATA_DIR, else /var/lib/weightcast when
+/// writable (where a node's daemon lives), else ~/.cache/weightcast.
+pub fn default_data_dir() -> PathBuf {
+    let system = PathBuf::from("/var/lib/weightcast");
+    let writable = |p: &std::path::Path| {
+        std::fs::create_dir_all(p).is_ok() && tempfile::tempfile_in(p).is_ok()
+    };
+    if writable(&system) {
+        return system;
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("weightcast")
+}

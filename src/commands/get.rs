@@ -1,0 +1,167 @@
+//! `weightcast get`: what init containers, model-repository fetchers and
+//! people run.
+
+use super::engine_args::{default_data_dir, EngineArgs};
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use weightcast_bench::byte_size;
+use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// What to download: an http:// or https:// URL.
+    pub url: String,
+    /// Output file, or an existing directory to put the file in (named after the URL).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Data dir of the node's daemon: `get` uses the daemon listening there,
+    /// or runs an engine in this process with its cache there.
+    #[arg(long, env = "WEIGHTCAST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The daemon's socket, e.g. one mounted into an init container. It must answer.
+    #[arg(long, env = "WEIGHTCAST_DAEMON_SOCKET")]
+    pub daemon: Option<PathBuf>,
+    /// Require this whole-file digest: sha256:<64 hex>.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Fail rather than fetch from the origin (the scheduler's seeds still may).
+    #[arg(long)]
+    pub no_back_to_source: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar and no summary line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Upload server address of the in-process engine (used when no daemon runs).
+    #[arg(long, env = "WEIGHTCAST_GET_LISTEN", default_value = "0.0.0.0:0")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `-o DIR/` (existing dir) means `DIR/<last URL segment>`; always absolute.
+fn output_path(url: &str, output: &Path) -> anyhow::Result<PathBuf> {
+    let out = if output.is_dir() {
+        let name = url_file_name(url).context("the URL names no file; give -o a file path")?;
+        output.join(name)
+    } else {
+        output.to_path_buf()
+    };
+    Ok(std::path::absolute(&out)?)
+}
+
+/// The URL path's last segment, if it is a plain file name.
+fn url_file_name(url: &str) -> Option<String> {
+    let path = url.split("://").nth(1)?.split(['?', '#']).next()?;
+    let name = path.split('/').skip(1).last()?;
+    (!name.is_empty() && name != "." && name != "..").then(|| name.to_string())
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(show: bool) -> Self {
+        let bar = show.then(|| {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .expect("valid template"),
+            );
+            b
+        });
+        Self { bar }
+    }
+
+    fn update(&self, done: u64, total: Option<u64>) {
+        if let Some(b) = &self.bar {
+            if let Some(t) = total {
+                b.set_length(t);
+            }
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub async fn run(a: GetArgs) -> anyhow::Result<()> {
+    let output = output_path(&a.url, &a.output)?;
+    let req = GetRequest {
+        url: a.url.clone(),
+        output: output.clone(),
+        digest: a.digest.clone(),
+        back_to_source: !a.no_back_to_source,
+    };
+    let progress = Progress::new(!a.json && !a.quiet && std::io::stderr().is_terminal());
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    let (socket, must_answer) = match &a.daemon {
+        Some(s) => (s.clone(), true),
+        None => (local_api::socket_path(&data_dir), false),
+    };
+    let summary = match local_api::connect(&socket).await {
+        Some(stream) => {
+            tracing::info!(socket = %socket.display(), "using the node's daemon");
+            local_api::get_via_daemon(stream, &socket, &req, |d, t| progress.update(d, t)).await?
+        }
+        None if must_answer => bail!("no weightcast daemon answers on {}", socket.display()),
+        None => in_process(&a, data_dir, &req, &progress).await?,
+    };
+    progress.finish();
+    report(&a, &summary)
+}
+
+async fn in_process(
+    a: &GetArgs,
+    data_dir: PathBuf,
+    req: &GetRequest,
+    progress: &Progress,
+) -> anyhow::Result<GetSummary> {
+    let config = a.engine.config(data_dir, a.listen, false);
+    let engine = Engine::start(config).await?;
+    Ok(engine
+        .get(req, |p| progress.update(p.done, p.total))
+        .await?)
+}
+
+fn report(a: &GetArgs, s: &GetSummary) -> anyhow::Result<()> {
+    if a.json {
+        println!("{}", serde_json::to_string(s)?);
+    } else if !a.quiet {
+        eprintln!(
+            "{}: {} in {:.2} s ({}/s); {} from peers, {} from origin, {} from cache",
+            s.output.display(),
+            byte_size::format(s.bytes),
+            s.seconds,
+            byte_size::format(s.bytes_per_second as u64),
+            byte_size::format(s.from_peers),
+            byte_size::format(s.from_origin),
+            byte_size::format(s.from_cache),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_name_from_url() {
+        assert_eq!(
+            url_file_name("https://h/a/b.bin?x=1").as_deref(),
+            Some("b.bin")
+        );
+        assert_eq!(url_file_name("https://h/"), None);
+        assert_eq!(url_file_name("https://h/a/.."), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! One module per subcommand, plus what they share.
+
+pub mod daemon;
+pub mod demo;
+pub mod engine_args;
+pub mod get;
+pub mod logging;
+pub mod origin;
+pub mod ready_file;
+pub mod scheduler;

@@ -1,0 +1,62 @@
+//! `weightcast scheduler`.
+
+use super::ready_file;
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    /// gRPC address peers connect to. Port 0 picks one.
+    #[arg(
+        long,
+        env = "WEIGHTCAST_SCHEDULER_LISTEN",
+        default_value = "0.0.0.0:7400"
+    )]
+    pub listen: SocketAddr,
+    /// Prometheus /metrics address. Port 0 picks one.
+    #[arg(
+        long,
+        env = "WEIGHTCAST_SCHEDULER_METRICS_LISTEN",
+        default_value = "127.0.0.1:7401"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Candidate parents handed to each child.
+    #[arg(long, env = "WEIGHTCAST_CANDIDATE_PARENTS", default_value_t = 4)]
+    pub candidate_parents: usize,
+    /// Write {"addr","metrics_addr"} here once serving (for scripts using port 0).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let config = weightcast_scheduler::Config {
+        candidate_parents: a.candidate_parents.max(1),
+        ..Default::default()
+    };
+    let handle = weightcast_scheduler::serve(listener, config)?;
+    let metrics_listener = tokio::net::TcpListener::bind(a.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", a.metrics_listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(weightcast_scheduler::service::serve_metrics(
+        metrics_listener,
+        handle.metrics.clone(),
+    ));
+    if let Some(f) = &a.ready_file {
+        ready_file::write(
+            f,
+            &serde_json::json!({"addr": handle.addr.to_string(), "metrics_addr": metrics_addr.to_string()}),
+        )?;
+    }
+    tracing::info!(addr = %handle.addr, metrics = %metrics_addr, "scheduler ready");
+    tokio::select! {
+        r = handle.wait() => r.context("scheduler stopped")?,
+        _ = ready_file::shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
