@@ -408,7 +408,7 @@ impl Engine {
                 }
                 Err(e) => {
                     ctx.metrics.inc(&ctx.metrics.tasks_failed, 1);
-                    tracing::warn!(task = %id, %url, error = %e, "task failed");
+                    tracing::info!(task = %id, %url, error = %e, "task failed");
                     Err(e.to_string())
                 }
             };

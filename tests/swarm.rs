@@ -1,0 +1,332 @@
+//! End-to-end: real `weightcast` processes (origin, scheduler, seed, daemons,
+//! `get`) talking over real loopback sockets.
+
+use std::path::Path;
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+use weightcast_bench::cluster::{metric, origin_stats, sha256_file, Cluster, Daemon};
+use weightcast_bench::safetensors_file;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
+const MIB: u64 = 1 << 20;
+
+fn model(c: &Cluster, size: u64) -> (std::path::PathBuf, String) {
+    let dir = c.path("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("model.safetensors");
+    safetensors_file::write(&f, size, 7).unwrap();
+    let sha = sha256_file(&f).unwrap();
+    (dir, sha)
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "get failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("get --json prints one JSON summary")
+}
+
+fn downloaded(c: &Cluster, d: &Daemon) -> f64 {
+    metric(
+        &c.metrics(d).unwrap_or_default(),
+        "weightcast_download_bytes_total",
+        "",
+    )
+}
+
+/// Waits until `d` has downloaded at least `bytes` (per its metrics).
+fn wait_downloaded(c: &Cluster, d: &Daemon, bytes: u64) {
+    let t0 = Instant::now();
+    while downloaded(c, d) < bytes as f64 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{} never reached {bytes} bytes",
+            d.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_get(c: &Cluster, d: &Daemon, url: &str, out: &Path) -> Child {
+    c.get_command(d, url, out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn four_daemons_fetch_256_mib_and_the_origin_sends_about_one_copy() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let size = 256 * MIB;
+    let (files, sha) = model(&c, size);
+    let (origin, origin_addr) = c.origin(&files, 0).unwrap();
+    let (sched, sched_metrics) = c.scheduler().unwrap();
+    c.daemon("seed", &sched, true, &[]).unwrap();
+    let daemons: Vec<Daemon> = (0..4)
+        .map(|i| c.daemon(&format!("node{i}"), &sched, false, &[]).unwrap())
+        .collect();
+    let url = format!("{origin}/model.safetensors");
+    let gets: Vec<(Child, std::path::PathBuf)> = daemons
+        .iter()
+        .map(|d| {
+            let out = c.path(&format!("out-{}/model.safetensors", d.name));
+            (spawn_get(&c, d, &url, &out), out)
+        })
+        .collect();
+    let mut from_peers = 0;
+    for (child, out) in gets {
+        let s = summary(&child.wait_with_output().unwrap());
+        assert_eq!(s["bytes"], size);
+        assert_eq!(sha256_file(&out).unwrap(), sha, "{}", out.display());
+        from_peers += s["from_peers"].as_u64().unwrap();
+    }
+    let served = origin_stats(&origin_addr).unwrap().bytes_served;
+    eprintln!(
+        "origin served {served} bytes = {:.3}x the file",
+        served as f64 / size as f64
+    );
+    assert!(
+        served as f64 <= 1.1 * size as f64,
+        "origin served {served} bytes for a {size}-byte file"
+    );
+    assert_eq!(
+        from_peers,
+        4 * size,
+        "the daemons' bytes all came through the swarm"
+    );
+    let page = weightcast_bench::cluster::http_get(&sched_metrics, "/metrics").unwrap();
+    assert_eq!(metric(&page, "weightcast_scheduler_hosts", ""), 5.0);
+    assert_eq!(
+        metric(&page, "weightcast_scheduler_seeds_triggered_total", ""),
+        1.0
+    );
+    let uploaded: f64 = daemons
+        .iter()
+        .map(|d| metric(&c.metrics(d).unwrap(), "weightcast_upload_bytes_total", ""))
+        .sum();
+    assert!(uploaded > 0.0, "daemons served each other");
+}
+
+#[test]
+fn a_parent_killed_mid_download_does_not_stop_the_others() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let size = 64 * MIB;
+    let (files, sha) = model(&c, size);
+    let (origin, _) = c.origin(&files, 0).unwrap();
+    let (sched, _) = c.scheduler().unwrap();
+    // A slow origin keeps the download going long enough to kill a parent in it.
+    c.daemon("seed", &sched, true, &["--origin-rate-limit", "16MB/s"])
+        .unwrap();
+    let daemons: Vec<Daemon> = (0..3)
+        .map(|i| c.daemon(&format!("node{i}"), &sched, false, &[]).unwrap())
+        .collect();
+    let url = format!("{origin}/model.safetensors");
+    let mut gets: Vec<(Child, std::path::PathBuf)> = daemons
+        .iter()
+        .map(|d| {
+            let out = c.path(&format!("out-{}/model.safetensors", d.name));
+            (spawn_get(&c, d, &url, &out), out)
+        })
+        .collect();
+    wait_downloaded(&c, &daemons[0], 12 * MIB);
+    c.proc(daemons[0].proc).kill();
+    let (mut killed_get, killed_out) = gets.remove(0);
+    for (child, out) in gets {
+        let s = summary(&child.wait_with_output().unwrap());
+        assert_eq!(s["bytes"], size);
+        assert_eq!(sha256_file(&out).unwrap(), sha);
+    }
+    // The killed daemon's client fails; it never leaves a partial output.
+    assert!(!killed_get.wait().unwrap().success());
+    assert!(!killed_out.exists());
+}
+
+#[test]
+fn a_restarted_daemon_resumes_and_fetches_only_what_it_lacked() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let size = 64 * MIB;
+    let (files, sha) = model(&c, size);
+    let (origin, _) = c.origin(&files, 0).unwrap();
+    let (sched, _) = c.scheduler().unwrap();
+    c.daemon("seed", &sched, true, &["--origin-rate-limit", "16MB/s"])
+        .unwrap();
+    let d = c.daemon("node", &sched, false, &[]).unwrap();
+    let url = format!("{origin}/model.safetensors");
+    let out = c.path("out/model.safetensors");
+    let mut first = spawn_get(&c, &d, &url, &out);
+    wait_downloaded(&c, &d, 16 * MIB);
+    c.proc(d.proc).kill();
+    assert!(!first.wait().unwrap().success());
+    let data_dir = d.data_dir.clone();
+    let d = c.daemon_in("node", &data_dir, &sched, false, &[]).unwrap();
+    let s = summary(&spawn_get(&c, &d, &url, &out).wait_with_output().unwrap());
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    let resumed = s["from_cache"].as_u64().unwrap();
+    let fetched = s["from_peers"].as_u64().unwrap() + s["from_origin"].as_u64().unwrap();
+    assert!(resumed >= 12 * MIB, "resumed only {resumed} bytes");
+    assert_eq!(resumed + fetched, size, "nothing fetched twice: {s}");
+    assert_eq!(
+        downloaded(&c, &d),
+        fetched as f64,
+        "the restarted daemon downloaded only the missing pieces"
+    );
+}
+
+fn get(c: &Cluster, args: &[&str], data_dir: &str) -> Output {
+    std::process::Command::new(BIN)
+        .arg("get")
+        .args(args)
+        .arg("--data-dir")
+        .arg(c.path(data_dir))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// A failed command printed exactly one line, an error.
+fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected one error line, got:\n{err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line_and_writes_nothing() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let (files, sha) = model(&c, 5 * MIB);
+    let (origin, _) = c.origin(&files, 0).unwrap();
+    let out = c.path("out/model.safetensors");
+    let out_s = out.to_str().unwrap();
+
+    let e = one_line_error(&get(&c, &["ftp://x/y", "-o", out_s], "d1"));
+    assert!(e.contains("invalid URL"), "{e}");
+    let e = one_line_error(&get(
+        &c,
+        &[&format!("{origin}/missing.bin"), "-o", out_s],
+        "d2",
+    ));
+    assert!(e.contains("404"), "{e}");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let e = one_line_error(&get(
+        &c,
+        &[
+            &format!("{origin}/model.safetensors"),
+            "-o",
+            out_s,
+            "--digest",
+            &wrong,
+        ],
+        "d3",
+    ));
+    assert!(e.contains("digest mismatch"), "{e}");
+    let e = one_line_error(&get(
+        &c,
+        &[
+            &format!("{origin}/model.safetensors"),
+            "-o",
+            out_s,
+            "--digest",
+            "sha256:xyz",
+        ],
+        "d3",
+    ));
+    assert!(e.contains("--digest"), "{e}");
+    assert!(!out.exists(), "no output after a failure");
+    let e = one_line_error(&get(
+        &c,
+        &[
+            &format!("{origin}/model.safetensors"),
+            "-o",
+            out_s,
+            "--daemon",
+            "/nonexistent.sock",
+        ],
+        "d4",
+    ));
+    assert!(e.contains("no weightcast daemon"), "{e}");
+
+    // The right digest works, and a second get is a cache hit.
+    let right = format!("sha256:{sha}");
+    let url = format!("{origin}/model.safetensors");
+    let args = [
+        url.as_str(),
+        "-o",
+        out_s,
+        "--digest",
+        right.as_str(),
+        "--json",
+    ];
+    let s = summary(&get(&c, &args, "d5"));
+    assert_eq!(s["from_origin"], 5 * MIB);
+    let s = summary(&get(&c, &args, "d5"));
+    assert_eq!(s["from_cache"], 5 * MIB);
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+}
+
+#[test]
+fn without_a_scheduler_get_falls_back_to_the_origin_unless_told_not_to() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let (files, sha) = model(&c, 3 * MIB);
+    let (origin, _) = c.origin(&files, 0).unwrap();
+    let out = c.path("out.bin");
+    let url = format!("{origin}/model.safetensors");
+    let dead = "http://127.0.0.1:1";
+    let o = get(
+        &c,
+        &[&url, "-o", out.to_str().unwrap(), "--scheduler", dead],
+        "d1",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("scheduler unreachable"));
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    let e = one_line_error(&get(
+        &c,
+        &[
+            &url,
+            "-o",
+            c.path("out2.bin").to_str().unwrap(),
+            "--scheduler",
+            dead,
+            "--no-back-to-source",
+        ],
+        "d2",
+    ));
+    assert!(e.contains("unreachable"), "{e}");
+}
+
+#[test]
+fn origin_throttling_is_retried_after_its_retry_after() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let (files, sha) = model(&c, 2 * MIB);
+    let (origin, addr) = c.origin(&files, 2).unwrap();
+    let out = c.path("out.bin");
+    let t0 = Instant::now();
+    let s = summary(&get(
+        &c,
+        &[
+            &format!("{origin}/model.safetensors"),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+        "d",
+    ));
+    assert_eq!(s["bytes"], 2 * MIB);
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    assert_eq!(origin_stats(&addr).unwrap().refused_on_purpose, 2);
+    // Two 503s with Retry-After: 1 each mean at least two seconds of waiting.
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "Retry-After was not honoured"
+    );
+}
