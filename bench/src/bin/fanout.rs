@@ -44,7 +44,12 @@ fn run_all(c: &Cluster, cmds: Vec<(std::process::Command, PathBuf)>, sha: &str) 
     let t0 = Instant::now();
     let children: Vec<_> = cmds
         .into_iter()
-        .map(|(mut cmd, out)| Ok((cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?, out)))
+        .map(|(mut cmd, out)| {
+            Ok((
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?,
+                out,
+            ))
+        })
         .collect::<Result<_>>()?;
     for (child, out) in children {
         let o = child.wait_with_output()?;
@@ -66,7 +71,10 @@ fn main() -> Result<()> {
         None => std::env::current_exe()?.with_file_name("weightcast"),
     };
     if !bin.exists() {
-        bail!("{} not found: build it (cargo build --release) or pass --bin", bin.display());
+        bail!(
+            "{} not found: build it (cargo build --release) or pass --bin",
+            bin.display()
+        );
     }
     let url_path = "model.safetensors";
     // Baseline: every peer straight from the origin, in-process engines.
@@ -89,7 +97,13 @@ fn main() -> Result<()> {
             })
             .collect();
         let seconds = run_all(&c, cmds, &sha)?;
-        (Run { seconds, origin_bytes: origin_stats(&addr)?.bytes_served }, sha)
+        (
+            Run {
+                seconds,
+                origin_bytes: origin_stats(&addr)?.bytes_served,
+            },
+            sha,
+        )
     };
     let (direct, sha) = direct;
     let swarm = {
@@ -112,12 +126,25 @@ fn main() -> Result<()> {
             })
             .collect();
         let seconds = run_all(&c, cmds, &sha)?;
-        Run { seconds, origin_bytes: origin_stats(&addr)?.bytes_served }
+        Run {
+            seconds,
+            origin_bytes: origin_stats(&addr)?.bytes_served,
+        }
     };
     let size = a.size as f64;
-    println!("fan-out on loopback: {} peers x {}", a.peers, byte_size::format(a.size));
-    println!("{:<28} {:>10} {:>14} {:>16}", "system", "seconds", "aggregate", "origin / file");
-    for (name, r) in [("direct from origin (baseline)", &direct), ("weightcast swarm", &swarm)] {
+    println!(
+        "fan-out on loopback: {} peers x {}",
+        a.peers,
+        byte_size::format(a.size)
+    );
+    println!(
+        "{:<28} {:>10} {:>14} {:>16}",
+        "system", "seconds", "aggregate", "origin / file"
+    );
+    for (name, r) in [
+        ("direct from origin (baseline)", &direct),
+        ("weightcast swarm", &swarm),
+    ] {
         println!(
             "{:<28} {:>10.2} {:>12}/s {:>15.2}x",
             name,
