@@ -53,10 +53,11 @@ pub fn expose(cache_file: &Path, output: &Path) -> Result<Placement, OutputError
             Placement::Copy
         }
     };
-    if let Err(e) = std::fs::rename(&tmp, output) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
+    let renamed = std::fs::rename(&tmp, output);
+    // rename(2) between two links of one inode (a re-exposed cache file)
+    // succeeds without doing anything: the temp link must go either way.
+    let _ = std::fs::remove_file(&tmp);
+    renamed.map_err(err)?;
     Ok(placement)
 }
 

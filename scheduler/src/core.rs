@@ -25,8 +25,11 @@ use weightcast_proto::{PeerId, TaskId};
 pub struct Config {
     /// Candidate parents a child holds at once (Dragonfly keeps 3–4).
     pub candidate_parents: usize,
-    /// Peers evaluated per decision; bounds the cost at 10,000 peers.
+    /// Candidates scored per decision.
     pub max_evaluated: usize,
+    /// Eligible peers looked at per decision (a rotating window, as
+    /// Dragonfly samples): bounds a decision's cost at 10,000 peers.
+    pub max_scanned: usize,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
         Self {
             candidate_parents: 4,
             max_evaluated: 64,
+            max_scanned: 256,
         }
     }
 }
@@ -79,8 +83,11 @@ struct Task {
     /// The peer that fetches this task from the origin.
     source: Option<PeerId>,
     peers: BTreeMap<PeerId, TaskPeer>,
-    /// Peers in arrival order: the evaluation window walks this.
+    /// Peers in arrival order.
     order: Vec<PeerId>,
+    /// Peers that can be parents (hold a piece, or are the source), in the
+    /// order they became so: phase 1 walks a bounded window of this.
+    eligible: Vec<PeerId>,
 }
 
 impl Task {
@@ -234,6 +241,7 @@ impl Core {
             source: None,
             peers: BTreeMap::new(),
             order: Vec::new(),
+            eligible: Vec::new(),
         });
         if task.content_length.is_none() && r.content_length > 0 {
             task.content_length = Some(r.content_length);
@@ -253,6 +261,9 @@ impl Core {
                     tp.pieces.insert(p.num);
                 }
             }
+        }
+        if !tp.pieces.is_empty() && !task.eligible.iter().any(|p| p == peer) {
+            task.eligible.push(peer.to_string());
         }
         if let Some(len) = task.content_length {
             out.push(msg(
@@ -293,6 +304,9 @@ impl Core {
                     task.order.push(seed.clone());
                 }
                 task.peers.entry(seed.clone()).or_default();
+                if !task.eligible.contains(&seed) {
+                    task.eligible.push(seed.clone());
+                }
                 if let Some(h) = self.hosts.get_mut(&seed) {
                     h.tasks.insert(id);
                 }
@@ -307,6 +321,9 @@ impl Core {
             }
             seed => {
                 task.source = Some(fallback.to_string());
+                if !task.eligible.iter().any(|p| p == fallback) {
+                    task.eligible.push(fallback.to_string());
+                }
                 // The new source needs no parents.
                 let parents: Vec<PeerId> = task
                     .peers
@@ -385,6 +402,9 @@ impl Core {
             return Vec::new();
         }
         let first_piece = tp.pieces.len() == 1;
+        if first_piece && !task.eligible.iter().any(|p| p == peer) {
+            task.eligible.push(peer.to_string());
+        }
         let piece = pb::Piece {
             num,
             digest: digest.to_vec(),
@@ -474,6 +494,7 @@ impl Core {
             return out;
         };
         task.order.retain(|p| p != peer);
+        task.eligible.retain(|p| p != peer);
         if let Some(h) = self.hosts.get_mut(peer) {
             h.tasks.remove(&id);
         }
@@ -577,14 +598,14 @@ impl Core {
         };
         let descendants = Self::descendants(task, child);
         let piece_count = task.piece_count().unwrap_or(0).max(1) as f64;
-        let n = task.order.len();
+        let n = task.eligible.len();
         let start = small_hash(child) % n.max(1);
         let mut scored: Vec<(f64, &PeerId)> = Vec::new();
-        for i in 0..n {
+        for i in 0..n.min(self.config.max_scanned) {
             if scored.len() >= self.config.max_evaluated {
                 break;
             }
-            let p = &task.order[(start + i) % n];
+            let p = &task.eligible[(start + i) % n];
             let Some(ptp) = task.peers.get(p) else {
                 continue;
             };
