@@ -37,6 +37,8 @@ struct Args {
 struct Run {
     seconds: f64,
     origin_bytes: u64,
+    /// Largest resident anonymous memory of a daemon after the run.
+    max_daemon_rss_anon: Option<u64>,
 }
 
 /// Starts every command at once and waits for all; checks outputs.
@@ -101,6 +103,7 @@ fn main() -> Result<()> {
             Run {
                 seconds,
                 origin_bytes: origin_stats(&addr)?.bytes_served,
+                max_daemon_rss_anon: None,
             },
             sha,
         )
@@ -126,9 +129,12 @@ fn main() -> Result<()> {
             })
             .collect();
         let seconds = run_all(&c, cmds, &sha)?;
+        let mut rss = daemons.iter().filter_map(|d| c.proc(d.proc).rss_anon_bytes()).collect::<Vec<_>>();
+        rss.sort();
         Run {
             seconds,
             origin_bytes: origin_stats(&addr)?.bytes_served,
+            max_daemon_rss_anon: rss.last().copied(),
         }
     };
     let size = a.size as f64;
@@ -158,11 +164,18 @@ fn main() -> Result<()> {
         swarm.seconds / direct.seconds,
         swarm.origin_bytes as f64 / direct.origin_bytes.max(1) as f64
     );
+    if let Some(rss) = swarm.max_daemon_rss_anon {
+        println!(
+            "largest daemon heap (RssAnon) after the run: {} for a {} file",
+            byte_size::format(rss),
+            byte_size::format(a.size)
+        );
+    }
     if let Some(p) = a.json {
         let v = serde_json::json!({
             "peers": a.peers, "size": a.size,
             "direct": {"seconds": direct.seconds, "origin_bytes": direct.origin_bytes},
-            "swarm": {"seconds": swarm.seconds, "origin_bytes": swarm.origin_bytes},
+            "swarm": {"seconds": swarm.seconds, "origin_bytes": swarm.origin_bytes, "max_daemon_rss_anon": swarm.max_daemon_rss_anon},
         });
         std::fs::write(p, serde_json::to_vec_pretty(&v)?)?;
     }
