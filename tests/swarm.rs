@@ -342,10 +342,22 @@ fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
     c.daemon("seed", &sched, true, &[]).unwrap();
     let bad = c.daemon("bad", &sched, false, &[]).unwrap();
     let url = format!("{origin}/model.safetensors");
-    summary(&spawn_get(&c, &bad, &url, &c.path("bad-out.bin")).wait_with_output().unwrap());
+    summary(
+        &spawn_get(&c, &bad, &url, &c.path("bad-out.bin"))
+            .wait_with_output()
+            .unwrap(),
+    );
     // Flip bytes in every piece of `bad`'s cache file; it still claims them.
-    let task_dir = std::fs::read_dir(bad.data_dir.join("tasks")).unwrap().next().unwrap().unwrap().path();
-    let f = std::fs::OpenOptions::new().write(true).open(task_dir.join("data")).unwrap();
+    let task_dir = std::fs::read_dir(bad.data_dir.join("tasks"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(task_dir.join("data"))
+        .unwrap();
     for piece in 0..(size / (4 * MIB)) {
         f.write_at(b"corrupt!", piece * 4 * MIB + 100).unwrap();
     }
@@ -354,9 +366,19 @@ fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
     let good = c.daemon("good", &sched, false, &[]).unwrap();
     let out = c.path("good-out.bin");
     summary(&spawn_get(&c, &good, &url, &out).wait_with_output().unwrap());
-    assert_eq!(sha256_file(&out).unwrap(), sha, "only verified bytes reach the output");
+    assert_eq!(
+        sha256_file(&out).unwrap(),
+        sha,
+        "only verified bytes reach the output"
+    );
     let m = c.metrics(&good).unwrap();
-    assert!(metric(&m, "weightcast_digest_mismatches_total", "") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "weightcast_digest_mismatches_total", "") >= 1.0,
+        "{m}"
+    );
     let page = weightcast_bench::cluster::http_get(&sched_metrics, "/metrics").unwrap();
-    assert!(metric(&page, "weightcast_scheduler_piece_failures_total", "") >= 1.0, "the bad parent was reported");
+    assert!(
+        metric(&page, "weightcast_scheduler_piece_failures_total", "") >= 1.0,
+        "the bad parent was reported"
+    );
 }

@@ -129,7 +129,10 @@ fn main() -> Result<()> {
             })
             .collect();
         let seconds = run_all(&c, cmds, &sha)?;
-        let mut rss = daemons.iter().filter_map(|d| c.proc(d.proc).rss_anon_bytes()).collect::<Vec<_>>();
+        let mut rss = daemons
+            .iter()
+            .filter_map(|d| c.proc(d.proc).rss_anon_bytes())
+            .collect::<Vec<_>>();
         rss.sort();
         Run {
             seconds,
