@@ -17,9 +17,15 @@ The origin sends about one copy; nodes pass verified pieces to each other and \
 write them straight into memory-mapped caches.\n\n\
 Quick start (no cluster needed):   weightcast demo --peers 8 --size 1GiB\n\
 One file through a node's daemon:  weightcast get https://host/model.safetensors -o /models/\n\n\
-Every flag can also be set by an environment variable (shown in each command's --help)."
+Every flag can also be set by an environment variable (shown in each command's --help) \
+or by a WEIGHTCAST_*=value line in the config file (--config, default /etc/weightcast/weightcast.env)."
 )]
 struct Cli {
+    /// Config file of WEIGHTCAST_*=value lines (the environment variables
+    /// named in each --help). Flags and the environment override it.
+    /// Default: /etc/weightcast/weightcast.env when it exists.
+    #[arg(long, global = true, env = "WEIGHTCAST_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +46,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The config file feeds the environment, so parse twice: once to find
+    // the file, once with its settings in place.
+    if let Err(e) = commands::config_file::load(Cli::parse().config) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let default_log = match &cli.command {
         Command::Daemon(_) | Command::Scheduler(_) | Command::Origin(_) => "info",

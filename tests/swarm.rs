@@ -302,6 +302,35 @@ fn without_a_scheduler_get_falls_back_to_the_origin_unless_told_not_to() {
         "d2",
     ));
     assert!(e.contains("unreachable"), "{e}");
+    // The same setting from a config file.
+    let conf = c.path("weightcast.env");
+    std::fs::write(&conf, format!("# test\nWEIGHTCAST_SCHEDULER={dead}\n")).unwrap();
+    let o = get(
+        &c,
+        &[
+            &url,
+            "-o",
+            c.path("out3.bin").to_str().unwrap(),
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+        "d3",
+    );
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("scheduler unreachable"));
+    std::fs::write(&conf, "SCHEDULER=x\n").unwrap();
+    let e = one_line_error(&get(
+        &c,
+        &[
+            &url,
+            "-o",
+            c.path("out4.bin").to_str().unwrap(),
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+        "d4",
+    ));
+    assert!(e.contains("weightcast.env:1"), "{e}");
 }
 
 #[test]
