@@ -111,20 +111,26 @@ fn four_daemons_fetch_256_mib_and_the_origin_sends_about_one_copy() {
     assert!(uploaded > 0.0, "daemons served each other");
 }
 
-#[test]
-fn a_parent_killed_mid_download_does_not_stop_the_others() {
+/// An origin, a scheduler and a seed whose origin rate limit keeps a 64 MiB
+/// download going long enough to interfere with it. Returns the cluster, the
+/// size, its sha256, the URL and the scheduler endpoint.
+fn slow_seed_swarm() -> (Cluster, u64, String, String, String) {
     let mut c = Cluster::new(BIN).unwrap();
     let size = 64 * MIB;
     let (files, sha) = model(&c, size);
     let (origin, _) = c.origin(&files, 0).unwrap();
     let (sched, _) = c.scheduler().unwrap();
-    // A slow origin keeps the download going long enough to kill a parent in it.
     c.daemon("seed", &sched, true, &["--origin-rate-limit", "16MB/s"])
         .unwrap();
+    (c, size, sha, format!("{origin}/model.safetensors"), sched)
+}
+
+#[test]
+fn a_parent_killed_mid_download_does_not_stop_the_others() {
+    let (mut c, size, sha, url, sched) = slow_seed_swarm();
     let daemons: Vec<Daemon> = (0..3)
         .map(|i| c.daemon(&format!("node{i}"), &sched, false, &[]).unwrap())
         .collect();
-    let url = format!("{origin}/model.safetensors");
     let mut gets: Vec<(Child, std::path::PathBuf)> = daemons
         .iter()
         .map(|d| {
@@ -147,15 +153,8 @@ fn a_parent_killed_mid_download_does_not_stop_the_others() {
 
 #[test]
 fn a_restarted_daemon_resumes_and_fetches_only_what_it_lacked() {
-    let mut c = Cluster::new(BIN).unwrap();
-    let size = 64 * MIB;
-    let (files, sha) = model(&c, size);
-    let (origin, _) = c.origin(&files, 0).unwrap();
-    let (sched, _) = c.scheduler().unwrap();
-    c.daemon("seed", &sched, true, &["--origin-rate-limit", "16MB/s"])
-        .unwrap();
+    let (mut c, size, sha, url, sched) = slow_seed_swarm();
     let d = c.daemon("node", &sched, false, &[]).unwrap();
-    let url = format!("{origin}/model.safetensors");
     let out = c.path("out/model.safetensors");
     let mut first = spawn_get(&c, &d, &url, &out);
     wait_downloaded(&c, &d, 16 * MIB);
