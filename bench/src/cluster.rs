@@ -75,6 +75,42 @@ pub struct Daemon {
     pub proc: usize,
 }
 
+/// Where a process runs: a network namespace (or this one) and the IP it
+/// listens on there.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub ns: Option<String>,
+    pub ip: String,
+}
+
+impl Place {
+    pub fn loopback() -> Self {
+        Self {
+            ns: None,
+            ip: "127.0.0.1".into(),
+        }
+    }
+
+    pub fn in_ns(ns: &str, ip: &str) -> Self {
+        Self {
+            ns: Some(ns.into()),
+            ip: ip.into(),
+        }
+    }
+
+    /// `program args` run in this place.
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.ns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+        }
+    }
+}
+
 pub struct Cluster {
     pub bin: PathBuf,
     pub dir: tempfile::TempDir,
@@ -125,12 +161,25 @@ impl Cluster {
 
     /// Starts `weightcast <args>` with its output in `<name>.log`.
     pub fn spawn(&mut self, name: &str, args: &[String]) -> Result<usize> {
+        let bin = self.bin.clone();
+        self.spawn_at(&Place::loopback(), &bin, name, args)
+    }
+
+    /// Starts `program <args>` at `place`, its output in `<name>.log`.
+    pub fn spawn_at(
+        &mut self,
+        place: &Place,
+        program: &Path,
+        name: &str,
+        args: &[String],
+    ) -> Result<usize> {
         let log = self.path(&format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(&self.bin)
+        let child = place
+            .command(program)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -141,7 +190,7 @@ impl Cluster {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("start {}", self.bin.display()))?;
+            .with_context(|| format!("start {}", program.display()))?;
         self.procs.push(Proc {
             name: name.to_string(),
             log,
@@ -190,36 +239,51 @@ impl Cluster {
 
     /// Starts the test origin serving `root`; returns its base URL and address.
     pub fn origin(&mut self, root: &Path, fail_first: u32) -> Result<(String, String)> {
+        self.origin_at(&Place::loopback(), root, fail_first)
+    }
+
+    pub fn origin_at(
+        &mut self,
+        place: &Place,
+        root: &Path,
+        fail_first: u32,
+    ) -> Result<(String, String)> {
         let ready = self.path("origin.ready");
         let args = vec![
             "origin".into(),
             "--dir".into(),
             root.display().to_string(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{}:0", place.ip),
             "--fail-first".into(),
             fail_first.to_string(),
             "--ready-file".into(),
             ready.display().to_string(),
         ];
-        let i = self.spawn("origin", &args)?;
+        let bin = self.bin.clone();
+        let i = self.spawn_at(place, &bin, "origin", &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;
         Ok((format!("http://{}", r.addr), r.addr))
     }
 
     /// Starts a scheduler; returns its endpoint and metrics address.
     pub fn scheduler(&mut self) -> Result<(String, String)> {
+        self.scheduler_at(&Place::loopback())
+    }
+
+    pub fn scheduler_at(&mut self, place: &Place) -> Result<(String, String)> {
         let ready = self.path("scheduler.ready");
         let args = vec![
             "scheduler".into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{}:0", place.ip),
             "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{}:0", place.ip),
             "--ready-file".into(),
             ready.display().to_string(),
         ];
-        let i = self.spawn("scheduler", &args)?;
+        let bin = self.bin.clone();
+        let i = self.spawn_at(place, &bin, "scheduler", &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;
         Ok((
             format!("http://{}", r.addr),
@@ -248,6 +312,19 @@ impl Cluster {
         seed: bool,
         extra: &[&str],
     ) -> Result<Daemon> {
+        self.daemon_at(&Place::loopback(), name, data_dir, scheduler, seed, extra)
+    }
+
+    /// A daemon at `place`, listening on its IP.
+    pub fn daemon_at(
+        &mut self,
+        place: &Place,
+        name: &str,
+        data_dir: &Path,
+        scheduler: &str,
+        seed: bool,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(data_dir)?;
         let ready_file = data_dir.join("daemon.json");
         let _ = std::fs::remove_file(&ready_file);
@@ -258,9 +335,9 @@ impl Cluster {
             "--scheduler".into(),
             scheduler.into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{}:0", place.ip),
             "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{}:0", place.ip),
             "--hostname".into(),
             name.into(),
         ];
@@ -268,7 +345,8 @@ impl Cluster {
             args.push("--seed".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let i = self.spawn(name, &args)?;
+        let bin = self.bin.clone();
+        let i = self.spawn_at(place, &bin, name, &args)?;
         let ready = self.wait_ready(i, &ready_file)?;
         Ok(Daemon {
             name: name.into(),

@@ -9,5 +9,8 @@
 
 pub mod byte_size;
 pub mod cluster;
+pub mod netns;
 pub mod origin;
+pub mod report;
 pub mod safetensors_file;
+pub mod scenarios;

@@ -1,0 +1,106 @@
+//! Emulator results as a markdown table, JSON and a per-peer completion-time
+//! CDF (SVG, one line per system).
+
+use crate::scenarios::{RunResult, Scenario};
+use anyhow::Result;
+use plotters::prelude::*;
+use std::fmt::Write;
+use std::path::Path;
+
+pub fn markdown(results: &[RunResult], header: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{header}\n");
+    let _ = writeln!(
+        s,
+        "| scenario | system | slowest / (S/B) | mean / (S/B) | origin host upload / S | origin HTTP bytes / S | scenario figure |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for r in results {
+        let size = r.size as f64;
+        let extra = match r.scenario {
+            Scenario::Heterogeneous => r
+                .slow_hosts_upload
+                .map(|b| format!("slow hosts uploaded {:.2} S", b as f64 / size))
+                .unwrap_or_default(),
+            Scenario::Zones => r
+                .cross_zone
+                .map(|b| format!("cross-zone {:.2} S", b as f64 / size))
+                .unwrap_or_default(),
+            Scenario::Churn => format!(
+                "{} of {} killed at 50%",
+                r.peer_secs.iter().filter(|p| p.is_none()).count(),
+                r.peers
+            ),
+            Scenario::Fanout => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "| {:?} | {:?} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            r.scenario,
+            r.system,
+            r.slowest_ratio(),
+            r.mean_ratio(),
+            r.origin_host_upload as f64 / size,
+            r.origin_http_bytes
+                .map(|b| format!("{:.3}", b as f64 / size))
+                .unwrap_or_else(|| "-".into()),
+            extra
+        );
+    }
+    s
+}
+
+/// One SVG per scenario: fraction of peers done against time / (S/B).
+pub fn cdf_svg(results: &[RunResult], scenario: Scenario, path: &Path) -> Result<()> {
+    let runs: Vec<&RunResult> = results.iter().filter(|r| r.scenario == scenario).collect();
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let xmax = runs.iter().map(|r| r.slowest_ratio()).fold(1.0, f64::max) * 1.05;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{scenario:?}: per-peer completion time"),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..xmax, 0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("completion time / (S/B)")
+        .y_desc("fraction of peers done")
+        .draw()?;
+    let colors = [BLUE, RED, GREEN, MAGENTA];
+    for (i, r) in runs.iter().enumerate() {
+        let mut t: Vec<f64> = r
+            .peer_secs
+            .iter()
+            .flatten()
+            .map(|s| s / r.bound_secs)
+            .collect();
+        t.sort_by(f64::total_cmp);
+        let n = r.peer_secs.len().max(1) as f64;
+        let mut pts = vec![(0.0, 0.0)];
+        for (k, x) in t.iter().enumerate() {
+            pts.push((*x, k as f64 / n));
+            pts.push((*x, (k + 1) as f64 / n));
+        }
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(format!("{:?}", r.system))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The emulator's scenarios: each run builds a fresh virtual cluster
+//! ([`crate::netns`]), starts one system on it (weightcast, every peer
+//! straight from the origin, or a real BitTorrent swarm), times every peer
+//! and reads the bytes each capped link carried from `tc`.
+//!
+//! Placement is the same for every system: the origin host (capped like any
+//! host) runs the origin and, for weightcast, the seed peer and, for
+//! BitTorrent, the tracker and the only initial seeder. So every system has
+//! the same upload capacity, and "origin host upload" compares them fairly.
+
+use crate::cluster::{origin_stats, sha256_file, Cluster, Place};
+use crate::netns::{Caps, Net, NetHost};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    Weightcast,
+    Direct,
+    Bittorrent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// N peers, every host capped at B.
+    Fanout,
+    /// A quarter of the peers upload at B/10.
+    Heterogeneous,
+    /// Two zones joined by a link capped at B/2.
+    Zones,
+    /// A quarter of the peers are killed when the mean peer is halfway.
+    Churn,
+}
+
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub bin: PathBuf,
+    pub peers: usize,
+    pub size: u64,
+    /// Link rate, bits per second.
+    pub bandwidth: u64,
+    /// Where the generated model file is kept across runs.
+    pub work: PathBuf,
+}
+
+impl Setup {
+    /// S/B: the least time any receiver needs.
+    pub fn bound_secs(&self) -> f64 {
+        self.size as f64 * 8.0 / self.bandwidth as f64
+    }
+
+    fn model(&self) -> Result<(PathBuf, String)> {
+        let dir = self.work.join(format!("files-{}", self.size));
+        let f = dir.join("model.safetensors");
+        let sha_file = dir.join("model.sha256");
+        if let (true, Ok(sha)) = (f.exists(), std::fs::read_to_string(&sha_file)) {
+            return Ok((dir, sha));
+        }
+        std::fs::create_dir_all(&dir)?;
+        crate::safetensors_file::write(&f, self.size, 3)?;
+        let sha = sha256_file(&f)?;
+        std::fs::write(&sha_file, &sha)?;
+        Ok((dir, sha))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: Scenario,
+    pub system: System,
+    pub peers: usize,
+    pub size: u64,
+    pub bandwidth_bits: u64,
+    pub bound_secs: f64,
+    /// Completion time per peer from the common start; `None` for a peer
+    /// killed on purpose.
+    pub peer_secs: Vec<Option<f64>>,
+    /// Bytes the origin host put on its capped link.
+    pub origin_host_upload: u64,
+    /// Bytes the HTTP origin served (body bytes), where an HTTP origin is used.
+    pub origin_http_bytes: Option<u64>,
+    /// Heterogeneous: bytes the slow hosts uploaded.
+    pub slow_hosts_upload: Option<u64>,
+    /// Zones: bytes that crossed the inter-zone link.
+    pub cross_zone: Option<u64>,
+}
+
+impl RunResult {
+    fn finished(&self) -> Vec<f64> {
+        self.peer_secs.iter().flatten().copied().collect()
+    }
+
+    pub fn slowest_ratio(&self) -> f64 {
+        self.finished().into_iter().fold(0.0, f64::max) / self.bound_secs
+    }
+
+    pub fn mean_ratio(&self) -> f64 {
+        let f = self.finished();
+        f.iter().sum::<f64>() / f.len().max(1) as f64 / self.bound_secs
+    }
+}
+
+/// A peer's download, whichever system runs it.
+struct PeerRun {
+    host: NetHost,
+    child: Child,
+    /// BitTorrent: aria2 touches this file when the download completes.
+    done_marker: Option<PathBuf>,
+    output: PathBuf,
+    /// Processes to kill for churn (daemon, client).
+    procs: Vec<usize>,
+    secs: Option<f64>,
+    killed: bool,
+}
+
+pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResult> {
+    let (files, sha) = setup.model()?;
+    let b = setup.bandwidth;
+    let zones = if scenario == Scenario::Zones { 2 } else { 1 };
+    let mut net = Net::new(zones, (zones == 2).then_some(b / 2))?;
+    let capped = Caps {
+        up: Some(b),
+        down: Some(b),
+    };
+    let origin = net.add_host("origin", 0, capped)?;
+    let sched = net.add_host("sched", 0, Caps::default())?;
+    let slow = |i: usize| scenario == Scenario::Heterogeneous && i < setup.peers / 4;
+    let mut peers = Vec::new();
+    for i in 0..setup.peers {
+        let caps = Caps {
+            up: Some(if slow(i) { b / 10 } else { b }),
+            down: Some(b),
+        };
+        peers.push(net.add_host(&format!("p{i:02}"), i % zones, caps)?);
+    }
+    let mut c = Cluster::new(&setup.bin)?;
+    let at = |h: &NetHost| Place::in_ns(&h.ns, &h.ip);
+    let (origin_url, origin_addr) = c.origin_at(&at(&origin), &files, 0)?;
+    let url = format!("{origin_url}/model.safetensors");
+    let mut runs: Vec<PeerRun> = match system {
+        System::Weightcast => {
+            let (endpoint, _) = c.scheduler_at(&at(&sched))?;
+            c.daemon_at(&at(&origin), "seed", &c.path("seed"), &endpoint, true, &[])?;
+            let mut daemons = Vec::new();
+            for h in &peers {
+                let d = c.daemon_at(&at(h), &h.name, &c.path(&h.name), &endpoint, false, &[])?;
+                daemons.push(d);
+            }
+            let mut runs = Vec::new();
+            for (h, d) in peers.iter().zip(daemons) {
+                let out = c.path(&format!("{}-out/model.safetensors", h.name));
+                let mut cmd = at(h).command(&c.bin);
+                cmd.args(["get", &url, "-q", "--data-dir"])
+                    .arg(&d.data_dir)
+                    .arg("-o")
+                    .arg(&out);
+                runs.push(PeerRun::spawn(h, cmd, out, None, vec![d.proc])?);
+            }
+            runs
+        }
+        System::Direct => {
+            let mut runs = Vec::new();
+            for h in &peers {
+                let out = c.path(&format!("{}-out/model.safetensors", h.name));
+                let mut cmd = at(h).command(&c.bin);
+                cmd.args(["get", &url, "-q", "--data-dir"])
+                    .arg(c.path(&h.name))
+                    .arg("-o")
+                    .arg(&out);
+                runs.push(PeerRun::spawn(h, cmd, out, None, vec![])?);
+            }
+            runs
+        }
+        System::Bittorrent => bittorrent(&mut c, &origin, &peers, &files)?,
+    };
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs_f64(setup.bound_secs() * (setup.peers as f64 + 4.0) + 120.0);
+    let mut churned = scenario != Scenario::Churn;
+    loop {
+        let mut pending = 0;
+        for r in runs.iter_mut().filter(|r| r.secs.is_none() && !r.killed) {
+            if r.is_done()? {
+                r.secs = Some(t0.elapsed().as_secs_f64());
+            } else {
+                pending += 1;
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+        if !churned {
+            let mean = peers.iter().map(|h| net.downloaded(h)).sum::<u64>() / peers.len() as u64;
+            if mean >= setup.size / 2 {
+                for r in runs.iter_mut().take(setup.peers / 4) {
+                    r.killed = true;
+                    let _ = r.child.kill();
+                    for p in r.procs.clone() {
+                        c.proc(p).kill();
+                    }
+                }
+                churned = true;
+            }
+        }
+        if t0.elapsed() > timeout {
+            bail!(
+                "{scenario:?}/{system:?}: peers still downloading after {timeout:?} (logs in {})",
+                c.dir.path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for r in runs.iter().filter(|r| !r.killed) {
+        let got =
+            sha256_file(&r.output).with_context(|| format!("{} has no output", r.host.name))?;
+        if got != sha {
+            bail!(
+                "{scenario:?}/{system:?}: {} got a file that does not match the origin",
+                r.host.name
+            );
+        }
+    }
+    let origin_http_bytes = match system {
+        System::Bittorrent => None,
+        _ => Some(origin_stats(&origin_addr)?.bytes_served),
+    };
+    let slow_hosts_upload = (scenario == Scenario::Heterogeneous).then(|| {
+        peers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| slow(*i))
+            .map(|(_, h)| net.uploaded(h))
+            .sum()
+    });
+    let result = RunResult {
+        scenario,
+        system,
+        peers: setup.peers,
+        size: setup.size,
+        bandwidth_bits: b,
+        bound_secs: setup.bound_secs(),
+        peer_secs: runs.iter().map(|r| r.secs).collect(),
+        origin_host_upload: net.uploaded(&origin),
+        origin_http_bytes,
+        slow_hosts_upload,
+        cross_zone: (zones == 2).then(|| net.cross_zone()),
+    };
+    drop(runs);
+    drop(c);
+    drop(net);
+    Ok(result)
+}
+
+impl PeerRun {
+    fn spawn(
+        host: &NetHost,
+        mut cmd: std::process::Command,
+        output: PathBuf,
+        done_marker: Option<PathBuf>,
+        procs: Vec<usize>,
+    ) -> Result<Self> {
+        if let Some(p) = output.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start the client on {}", host.name))?;
+        Ok(Self {
+            host: host.clone(),
+            child,
+            done_marker,
+            output,
+            procs,
+            secs: None,
+            killed: false,
+        })
+    }
+
+    fn is_done(&mut self) -> Result<bool> {
+        if let Some(m) = &self.done_marker {
+            return Ok(m.exists());
+        }
+        match self.child.try_wait()? {
+            None => Ok(false),
+            Some(s) if s.success() => Ok(true),
+            Some(s) => bail!("the client on {} failed ({s})", self.host.name),
+        }
+    }
+}
+
+impl Drop for PeerRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// opentracker and aria2 seeders/leechers; the origin host is the only
+/// initial seeder.
+fn bittorrent(
+    c: &mut Cluster,
+    origin: &NetHost,
+    peers: &[NetHost],
+    files: &Path,
+) -> Result<Vec<PeerRun>> {
+    let which = |p: &str| -> Result<PathBuf> {
+        for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+            let f = Path::new(dir).join(p);
+            if f.exists() {
+                return Ok(f);
+            }
+        }
+        bail!("{p} not found: install aria2, opentracker and mktorrent (scripts/setup-bench does)")
+    };
+    let (aria2, tracker, mktorrent) =
+        (which("aria2c")?, which("opentracker")?, which("mktorrent")?);
+    let place = Place::in_ns(&origin.ns, &origin.ip);
+    c.spawn_at(
+        &place,
+        &tracker,
+        "opentracker",
+        &["-i".into(), origin.ip.clone(), "-p".into(), "6969".into()],
+    )?;
+    let torrent = c.path("model.torrent");
+    let out = std::process::Command::new(&mktorrent)
+        .args([
+            "-l",
+            "22",
+            "-a",
+            &format!("http://{}:6969/announce", origin.ip),
+            "-o",
+        ])
+        .arg(&torrent)
+        .arg(files.join("model.safetensors"))
+        .output()?;
+    if !out.status.success() {
+        bail!("mktorrent failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let hook = c.path("done-hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\ntouch \"$3.done\"\n")?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let common = |dir: &Path| -> Vec<String> {
+        vec![
+            "--seed-ratio=0.0".into(),
+            "--enable-dht=false".into(),
+            "--enable-dht6=false".into(),
+            "--bt-enable-lpd=false".into(),
+            "--file-allocation=none".into(),
+            "--quiet=true".into(),
+            format!("--dir={}", dir.display()),
+            torrent.display().to_string(),
+        ]
+    };
+    let mut seed_args = vec!["--check-integrity=true".to_string()];
+    seed_args.extend(common(files));
+    c.spawn_at(&place, &aria2, "aria2-origin", &seed_args)?;
+    // Let the tracker hear of the seeder before the swarm starts.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut runs = Vec::new();
+    for h in peers {
+        let dir = c.path(&format!("{}-out", h.name));
+        std::fs::create_dir_all(&dir)?;
+        let mut cmd = Place::in_ns(&h.ns, &h.ip).command(&aria2);
+        cmd.arg(format!("--on-bt-download-complete={}", hook.display()))
+            .args(common(&dir));
+        let output = dir.join("model.safetensors");
+        let marker = dir.join("model.safetensors.done");
+        runs.push(PeerRun::spawn(h, cmd, output, Some(marker), vec![])?);
+    }
+    Ok(runs)
+}
