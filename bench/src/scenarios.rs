@@ -88,6 +88,8 @@ pub struct RunResult {
     pub slow_hosts_upload: Option<u64>,
     /// Zones: bytes that crossed the inter-zone link.
     pub cross_zone: Option<u64>,
+    /// weightcast: pieces the seed uploaded, and requests it refused as busy.
+    pub seed_uploads: Option<[u64; 2]>,
 }
 
 impl RunResult {
@@ -142,10 +144,12 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     let at = |h: &NetHost| Place::in_ns(&h.ns, &h.ip);
     let (origin_url, origin_addr) = c.origin_at(&at(&origin), &files, 0)?;
     let url = format!("{origin_url}/model.safetensors");
+    let mut seed_daemon = None;
     let mut runs: Vec<PeerRun> = match system {
         System::Weightcast => {
             let (endpoint, _) = c.scheduler_at(&at(&sched))?;
-            c.daemon_at(&at(&origin), "seed", &c.path("seed"), &endpoint, true, &[])?;
+            seed_daemon =
+                Some(c.daemon_at(&at(&origin), "seed", &c.path("seed"), &endpoint, true, &[])?);
             let mut daemons = Vec::new();
             for h in &peers {
                 let d = c.daemon_at(&at(h), &h.name, &c.path(&h.name), &endpoint, false, &[])?;
@@ -236,7 +240,15 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             .map(|(_, h)| net.uploaded(h))
             .sum()
     });
+    let seed_uploads = seed_daemon.and_then(|d| c.metrics(&d).ok()).map(|m| {
+        let g = |n: &str| crate::cluster::metric(&m, n, "") as u64;
+        [
+            g("weightcast_upload_pieces_total"),
+            g("weightcast_upload_refused_busy_total"),
+        ]
+    });
     let result = RunResult {
+        seed_uploads,
         scenario,
         system,
         peers: setup.peers,

@@ -127,7 +127,7 @@ pub async fn run(
     progress_tx: watch::Sender<Progress>,
 ) -> Result<Downloaded, DownloadError> {
     let mut d = Download {
-        choice: ParentChoice::new(ctx.config.pieces_per_parent),
+        choice: ParentChoice::new(ctx.config.pieces_per_parent, &ctx.peer_id),
         mode: spec.mode,
         ctx,
         spec,

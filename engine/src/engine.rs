@@ -37,8 +37,12 @@ pub struct EngineConfig {
     pub seed: bool,
     /// Scheduler endpoint (`http://host:port`); `None`: no swarm, origin only.
     pub scheduler: Option<String>,
-    /// Uploads served at once.
+    /// Children the scheduler may plan onto this peer.
     pub upload_slots: u32,
+    /// Pieces sent at once; more requests are answered `Busy`. Few uploads
+    /// at full rate beat many slow ones: a piece can only be forwarded once
+    /// it is whole.
+    pub upload_concurrency: u32,
     /// Pieces in flight per task.
     pub pieces_in_flight: usize,
     /// Pieces in flight per task from one parent.
@@ -60,6 +64,7 @@ impl EngineConfig {
             seed: false,
             scheduler: None,
             upload_slots: 16,
+            upload_concurrency: 4,
             pieces_in_flight: 8,
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
@@ -79,6 +84,7 @@ pub fn local_hostname() -> String {
 /// What the engine's parts share.
 pub struct EngineCtx {
     pub config: EngineConfig,
+    pub peer_id: String,
     pub store: Arc<Store>,
     pub origin: OriginFetcher,
     pub transport: TcpTransport,
@@ -230,11 +236,12 @@ impl Engine {
         } else {
             format!("{host}:{}", bound.port())
         };
-        let server = Arc::new(PieceServer::new(
+        let server = PieceServer::new(
             Arc::new(StoreSource(store.clone())),
-            config.upload_slots,
+            config.upload_concurrency,
             metrics.uploads.clone(),
-        ));
+        );
+        let server = Arc::new(server);
         tokio::spawn(async move {
             if let Err(e) = server.run(listener).await {
                 tracing::error!(error = %e, "upload server stopped");
@@ -258,6 +265,7 @@ impl Engine {
             )
         });
         let ctx = Arc::new(EngineCtx {
+            peer_id: peer_id.clone(),
             origin: OriginFetcher::new(config.origin.clone(), metrics.clone()),
             transport: TcpTransport::new(),
             config,

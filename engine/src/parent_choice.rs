@@ -1,13 +1,20 @@
 //! Phase 2 of scheduling, sans-IO: which parent serves which piece.
 //!
 //! The scheduler hands a child a few candidate parents; the child decides per
-//! piece by live load. Each parent's expected completion time for one more
-//! piece is (bytes already in flight from it + the piece, inflated by the load
-//! the parent last reported) / the throughput measured from it. The piece
-//! order is lowest index first, so that a file streams front to back and
-//! children pipeline behind their parents.
+//! piece by live load. Under bandwidth limits the piece *order* matters as
+//! much as the parent: if every child pulls the same pieces from the seed,
+//! the seed sends the file once per child. So:
+//!
+//! 1. Pieces some non-seed parent holds come first, rarest among this child's
+//!    parents first (ties broken by a per-child pseudo-random order), each from
+//!    the non-seed holder expected to finish first: (bytes in flight there +
+//!    the piece, inflated by the parent's reported load) / measured throughput.
+//! 2. Only pieces no peer parent holds come from a seed, in the child's own
+//!    pseudo-random order (so siblings ask the seed for different pieces), and
+//!    at most [`SEED_PIECES_IN_FLIGHT`] at a time. Each piece should leave the
+//!    seed about once and spread from peer to peer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use weightcast_proto::piece::PieceDigest;
 use weightcast_proto::PeerId;
@@ -16,6 +23,8 @@ use weightcast_proto::PeerId;
 const INITIAL_THROUGHPUT: f64 = 100e6;
 /// Weight of a new throughput sample in the moving average.
 const EWMA: f64 = 0.3;
+/// Pieces in flight from seeds per child.
+pub const SEED_PIECES_IN_FLIGHT: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct ParentView {
@@ -57,14 +66,29 @@ pub struct ParentChoice {
     pub parents: BTreeMap<PeerId, ParentView>,
     /// Pieces one parent may have in flight to this child at once.
     pub per_parent: u32,
+    /// Seeds this child's pseudo-random piece order.
+    salt: u64,
 }
 
 impl ParentChoice {
-    pub fn new(per_parent: u32) -> Self {
+    /// `child`: this peer's id; it seeds the child's own piece order.
+    pub fn new(per_parent: u32, child: &str) -> Self {
+        let salt = child.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         Self {
             parents: BTreeMap::new(),
             per_parent: per_parent.max(1),
+            salt,
         }
+    }
+
+    /// This child's pseudo-random rank of `piece` (splitmix64).
+    fn order_key(&self, piece: u32) -> u64 {
+        let mut z = self.salt ^ (piece as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     /// The digest the scheduler published for `piece`, from any parent.
@@ -75,35 +99,67 @@ impl ParentChoice {
     }
 
     /// Picks the next (piece, parent) among `wanted` pieces (missing and not
-    /// in flight, in the order to fetch them).
+    /// in flight).
     pub fn pick(
         &self,
         wanted: impl IntoIterator<Item = u32>,
         piece_len: impl Fn(u32) -> u64,
         now: Instant,
     ) -> Option<(u32, PeerId)> {
+        let usable =
+            |p: &ParentView| p.inflight < self.per_parent && p.busy_until.is_none_or(|t| t <= now);
+        let seed_inflight: u32 = self
+            .parents
+            .values()
+            .filter(|p| p.seed)
+            .map(|p| p.inflight)
+            .sum();
+        // Every child of a seed starts with the seed as its only parent: a
+        // small budget keeps them from all pulling the same pieces at once.
+        let seed_budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
+        // (rarity, order key) of the best piece from peers; order key of the best from seeds.
+        let mut from_peers: Option<((usize, u64), u32, &PeerId)> = None;
+        let mut from_seed: Option<(u64, u32, &PeerId)> = None;
         for piece in wanted {
             let len = piece_len(piece);
-            let best = self
+            let holders: Vec<(&PeerId, &ParentView)> = self
                 .parents
                 .iter()
-                .filter(|(_, p)| {
-                    p.pieces.contains_key(&piece)
-                        && p.inflight < self.per_parent
-                        && p.busy_until.is_none_or(|t| t <= now)
-                })
-                .min_by(|a, b| {
-                    a.1.expected_secs(len)
-                        .total_cmp(&b.1.expected_secs(len))
-                        // Spare the seed when a peer is as good.
-                        .then_with(|| a.1.seed.cmp(&b.1.seed))
-                        .then_with(|| a.0.cmp(b.0))
-                });
-            if let Some((id, _)) = best {
-                return Some((piece, id.clone()));
+                .filter(|(_, p)| p.pieces.contains_key(&piece))
+                .collect();
+            if holders.is_empty() {
+                continue;
+            }
+            let fastest = |seed: bool| {
+                holders
+                    .iter()
+                    .filter(|(_, p)| p.seed == seed && usable(p))
+                    .min_by(|a, b| {
+                        a.1.expected_secs(len)
+                            .total_cmp(&b.1.expected_secs(len))
+                            .then_with(|| a.0.cmp(b.0))
+                    })
+                    .map(|(id, _)| *id)
+            };
+            let key = self.order_key(piece);
+            if holders.iter().any(|(_, p)| !p.seed) {
+                if let Some(id) = fastest(false) {
+                    let rank = (holders.len(), key);
+                    if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                        from_peers = Some((rank, piece, id));
+                    }
+                }
+            } else if seed_inflight < seed_budget {
+                if let Some(id) = fastest(true) {
+                    if from_seed.as_ref().is_none_or(|(k, _, _)| key < *k) {
+                        from_seed = Some((key, piece, id));
+                    }
+                }
             }
         }
-        None
+        from_peers
+            .map(|(_, n, id)| (n, id.clone()))
+            .or_else(|| from_seed.map(|(_, n, id)| (n, id.clone())))
     }
 
     pub fn started(&mut self, parent: &str, bytes: u64) {
@@ -133,25 +189,16 @@ impl ParentChoice {
             }
         }
     }
-
-    /// Parents that hold none of `wanted`: nothing to ask them for now.
-    pub fn holders(&self, piece: u32) -> BTreeSet<&PeerId> {
-        self.parents
-            .iter()
-            .filter(|(_, p)| p.pieces.contains_key(&piece))
-            .map(|(id, _)| id)
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn choice(parents: &[(&str, &[u32])]) -> ParentChoice {
-        let mut c = ParentChoice::new(2);
-        for (id, pieces) in parents {
-            let mut v = ParentView::new(format!("{id}:1"), false);
+    fn choice(parents: &[(&str, bool, &[u32])]) -> ParentChoice {
+        let mut c = ParentChoice::new(2, "child");
+        for (id, seed, pieces) in parents {
+            let mut v = ParentView::new(format!("{id}:1"), *seed);
             for n in *pieces {
                 v.pieces.insert(*n, [*n as u8; 32]);
             }
@@ -161,42 +208,84 @@ mod tests {
     }
 
     #[test]
-    fn lowest_piece_first_from_the_parent_expected_to_finish_first() {
-        let mut c = choice(&[("a", &[0, 1]), ("b", &[0, 1])]);
+    fn peers_come_before_the_seed_and_rare_pieces_first() {
+        let c = choice(&[
+            ("seed", true, &[0, 1, 2, 3]),
+            ("a", false, &[0, 1]),
+            ("b", false, &[1]),
+        ]);
+        let now = Instant::now();
+        // Piece 0 (one peer holder) is rarer among peers than 1 (two), and
+        // peers beat the seed: 0 from a.
+        assert_eq!(
+            c.pick([0, 1, 2, 3], |_| 4 << 20, now),
+            Some((0, "a".into()))
+        );
+        // Only seed-held pieces left: one of them, from the seed.
+        let (n, p) = c.pick([2, 3], |_| 4 << 20, now).unwrap();
+        assert!(n == 2 || n == 3);
+        assert_eq!(p, "seed");
+    }
+
+    #[test]
+    fn the_fastest_peer_holder_serves_and_load_moves_work() {
+        let mut c = choice(&[("a", false, &[0]), ("b", false, &[0])]);
         let now = Instant::now();
         c.parents.get_mut("a").unwrap().throughput = 10e6;
         c.parents.get_mut("b").unwrap().throughput = 50e6;
-        assert_eq!(c.pick([0, 1], |_| 4 << 20, now), Some((0, "b".into())));
-        // Load on b: in-flight bytes push the estimate past a.
-        c.started("b", 4 << 20);
+        assert_eq!(c.pick([0], |_| 4 << 20, now), Some((0, "b".into())));
         c.parents.get_mut("b").unwrap().inflight_bytes = 400 << 20;
-        assert_eq!(c.pick([0, 1], |_| 4 << 20, now), Some((0, "a".into())));
+        assert_eq!(c.pick([0], |_| 4 << 20, now), Some((0, "a".into())));
     }
 
     #[test]
-    fn per_parent_limit_and_busy_parents_move_work_elsewhere() {
-        let mut c = choice(&[("a", &[0, 1, 2]), ("b", &[2])]);
+    fn seed_fetches_are_bounded() {
+        let mut c = choice(&[("seed", true, &[0, 1, 2, 3, 4]), ("a", false, &[])]);
         let now = Instant::now();
-        c.started("a", 1);
-        c.started("a", 1);
-        // a is full: piece 2 from b is the only possible pick.
-        assert_eq!(c.pick([0, 1, 2], |_| 1, now), Some((2, "b".into())));
-        c.parents.get_mut("b").unwrap().busy_until = Some(now + Duration::from_secs(1));
-        assert_eq!(c.pick([0, 1, 2], |_| 1, now), None);
-        c.finished("a", 1, Some(Duration::from_millis(1)), Some(3));
-        assert_eq!(c.pick([0, 1, 2], |_| 1, now), Some((0, "a".into())));
-        assert_eq!(c.parents["a"].load, 3);
+        for _ in 0..SEED_PIECES_IN_FLIGHT {
+            c.started("seed", 1);
+        }
+        assert_eq!(
+            c.pick([0, 1, 2, 3, 4], |_| 1, now),
+            None,
+            "seed budget used up"
+        );
+        c.finished("seed", 1, None, None);
+        assert!(c.pick([0, 1, 2, 3, 4], |_| 1, now).is_some());
     }
 
     #[test]
-    fn throughput_estimate_follows_measurements() {
-        let mut c = choice(&[("a", &[0])]);
+    fn siblings_ask_the_seed_for_different_pieces() {
+        let pieces: Vec<u32> = (0..64).collect();
+        let firsts: std::collections::BTreeSet<u32> = (0..8)
+            .map(|i| {
+                let mut c = ParentChoice::new(2, &format!("child-{i}"));
+                let mut v = ParentView::new("s:1".into(), true);
+                for n in &pieces {
+                    v.pieces.insert(*n, [0; 32]);
+                }
+                c.parents.insert("seed".into(), v);
+                c.pick(pieces.clone(), |_| 1, Instant::now()).unwrap().0
+            })
+            .collect();
+        assert!(
+            firsts.len() >= 6,
+            "8 children mostly start on different pieces: {firsts:?}"
+        );
+    }
+
+    #[test]
+    fn busy_parents_wait_and_throughput_is_measured() {
+        let mut c = choice(&[("a", false, &[0])]);
+        let now = Instant::now();
+        c.parents.get_mut("a").unwrap().busy_until = Some(now + Duration::from_secs(1));
+        assert_eq!(c.pick([0], |_| 1, now), None);
+        c.parents.get_mut("a").unwrap().busy_until = None;
         c.started("a", 10_000_000);
-        c.finished("a", 10_000_000, Some(Duration::from_secs(1)), None);
-        let t = c.parents["a"].throughput;
-        assert!(t < INITIAL_THROUGHPUT && t > 10e6);
-        assert_eq!(c.parents["a"].inflight, 0);
+        c.finished("a", 10_000_000, Some(Duration::from_secs(1)), Some(3));
+        let a = &c.parents["a"];
+        assert!(a.throughput < INITIAL_THROUGHPUT && a.throughput > 10e6);
+        assert_eq!((a.inflight, a.load), (0, 3));
         assert_eq!(c.digest(0), Some([0; 32]));
-        assert_eq!(c.holders(0).len(), 1);
     }
 }

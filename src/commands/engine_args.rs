@@ -28,9 +28,13 @@ pub struct EngineArgs {
     /// Topology label: peers prefer parents in their own rack (within the zone).
     #[arg(long, env = "WEIGHTCAST_RACK", default_value = "")]
     pub rack: String,
-    /// Pieces served to other peers at once.
+    /// Children the scheduler may plan onto this peer.
     #[arg(long, env = "WEIGHTCAST_UPLOAD_SLOTS", default_value_t = 16)]
     pub upload_slots: u32,
+    /// Pieces sent to other peers at once (more wait): few full-rate uploads
+    /// let pieces complete, and be forwarded, sooner.
+    #[arg(long, env = "WEIGHTCAST_UPLOAD_CONCURRENCY", default_value_t = 4)]
+    pub upload_concurrency: u32,
     /// Requests in flight to one origin at once (this process).
     #[arg(long, env = "WEIGHTCAST_ORIGIN_CONCURRENCY", default_value_t = 8)]
     pub origin_concurrency: usize,
@@ -70,6 +74,7 @@ impl EngineArgs {
             }
         });
         c.upload_slots = self.upload_slots;
+        c.upload_concurrency = self.upload_concurrency.max(1);
         c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));
         c.origin = OriginConfig {
             concurrency: self.origin_concurrency,

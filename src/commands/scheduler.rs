@@ -23,11 +23,27 @@ pub struct SchedulerArgs {
     )]
     pub metrics_listen: SocketAddr,
     /// Candidate parents handed to each child.
-    #[arg(long, env = "WEIGHTCAST_CANDIDATE_PARENTS", default_value_t = 4)]
+    #[arg(long, env = "WEIGHTCAST_CANDIDATE_PARENTS", default_value_t = 16)]
     pub candidate_parents: usize,
+    /// Shape of the peer graph: `mesh` lets two peers trade pieces both ways
+    /// (pieces themselves never cycle); `dag` never lets a peer serve one of
+    /// its own ancestors (Dragonfly's rule; slower under bandwidth limits).
+    #[arg(
+        long,
+        env = "WEIGHTCAST_PEER_GRAPH",
+        value_enum,
+        default_value = "mesh"
+    )]
+    pub peer_graph: PeerGraph,
     /// Write {"addr","metrics_addr"} here once serving (for scripts using port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerGraph {
+    Dag,
+    Mesh,
 }
 
 pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
@@ -36,6 +52,7 @@ pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let config = weightcast_scheduler::Config {
         candidate_parents: a.candidate_parents.max(1),
+        acyclic: a.peer_graph == PeerGraph::Dag,
         ..Default::default()
     };
     let handle = weightcast_scheduler::serve(listener, config)?;

@@ -148,6 +148,9 @@ fn cluster(a: ClusterArgs) -> Result<()> {
                 r.mean_ratio(),
                 r.origin_host_upload as f64 / a.size as f64
             );
+            if let Some([pieces, busy]) = r.seed_uploads {
+                eprintln!("   seed uploaded {pieces} pieces; refused {busy} requests as busy");
+            }
             results.push(r);
         }
     }

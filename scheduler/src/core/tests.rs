@@ -50,6 +50,33 @@ fn parents_in(out: &[Outbound], to: &str) -> Vec<String> {
         .collect()
 }
 
+fn dag() -> Core {
+    Core::new(Config {
+        candidate_parents: 4,
+        acyclic: true,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn in_a_mesh_two_peers_trade_both_ways_but_not_in_a_dag() {
+    for (mut core, both_ways) in [(Core::default(), true), (dag(), false)] {
+        core.hello(host("seed", true, 8));
+        for p in ["a", "b"] {
+            core.hello(host(p, false, 8));
+            register(&mut core, p);
+        }
+        done(&mut core, "seed", 0);
+        done(&mut core, "seed", 1);
+        done(&mut core, "a", 0);
+        done(&mut core, "b", 1);
+        let a_serves_b = core.parents_of(&task(), "b").contains(&"a".to_string());
+        let b_serves_a = core.parents_of(&task(), "a").contains(&"b".to_string());
+        assert!(a_serves_b || b_serves_a);
+        assert_eq!(a_serves_b && b_serves_a, both_ways);
+    }
+}
+
 #[test]
 fn first_child_triggers_the_seed_and_waits_for_it() {
     let mut core = Core::default();
@@ -265,7 +292,11 @@ fn assert_acyclic(core: &Core) {
 /// stays acyclic, nobody exceeds its slots or candidate count, and the run is
 /// reproducible.
 fn simulate(peers: usize) -> (Vec<Outbound>, Core) {
-    let mut core = Core::default();
+    let mut core = Core::new(Config {
+        candidate_parents: 4,
+        acyclic: true,
+        ..Config::default()
+    });
     core.hello(host("seed", true, 16));
     let mut all = Vec::new();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
