@@ -334,27 +334,27 @@ fn bittorrent(
     let (aria2, tracker, mktorrent) =
         (which("aria2c")?, which("opentracker")?, which("mktorrent")?);
     let place = Place::in_ns(&origin.ns, &origin.ip);
-    c.spawn_at(
-        &place,
-        &tracker,
-        "opentracker",
-        &["-i".into(), origin.ip.clone(), "-p".into(), "6969".into()],
-    )?;
     let torrent = c.path("model.torrent");
     let out = std::process::Command::new(&mktorrent)
-        .args([
-            "-l",
-            "22",
-            "-a",
-            &format!("http://{}:6969/announce", origin.ip),
-            "-o",
-        ])
+        .args(["-l", "22", "-a", &format!("http://{}:6969/announce", origin.ip), "-o"])
         .arg(&torrent)
         .arg(files.join("model.safetensors"))
         .output()?;
     if !out.status.success() {
         bail!("mktorrent failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // Debian's opentracker only tracks whitelisted info hashes.
+    let show = std::process::Command::new(&aria2).arg("-S").arg(&torrent).output()?;
+    let info_hash = String::from_utf8_lossy(&show.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Info Hash: ").map(|h| h.trim().to_string()))
+        .context("aria2c -S printed no info hash")?;
+    let whitelist = c.path("whitelist");
+    std::fs::write(&whitelist, format!("{info_hash}\n"))?;
+    let tracker_args = ["-i", &origin.ip, "-p", "6969", "-P", "6969", "-w"].map(String::from);
+    let mut tracker_args = tracker_args.to_vec();
+    tracker_args.push(whitelist.display().to_string());
+    c.spawn_at(&place, &tracker, "opentracker", &tracker_args)?;
     let hook = c.path("done-hook.sh");
     std::fs::write(&hook, "#!/bin/sh\ntouch \"$3.done\"\n")?;
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
