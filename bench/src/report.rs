@@ -104,3 +104,48 @@ pub fn cdf_svg(results: &[RunResult], scenario: Scenario, path: &Path) -> Result
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::System;
+
+    fn result(secs: Vec<Option<f64>>) -> RunResult {
+        RunResult {
+            scenario: Scenario::Churn,
+            system: System::Weightcast,
+            peers: secs.len(),
+            size: 100,
+            bandwidth_bits: 800,
+            bound_secs: 1.0,
+            peer_secs: secs,
+            origin_host_upload: 150,
+            origin_http_bytes: Some(100),
+            slow_hosts_upload: None,
+            cross_zone: None,
+            seed_uploads: None,
+        }
+    }
+
+    #[test]
+    fn ratios_ignore_killed_peers_and_the_table_says_how_many() {
+        let r = result(vec![Some(1.0), Some(3.0), None]);
+        assert_eq!(r.slowest_ratio(), 3.0);
+        assert_eq!(r.mean_ratio(), 2.0);
+        let md = markdown(&[r], "header");
+        assert!(
+            md.contains(
+                "| Churn | Weightcast | 3.00 | 2.00 | 1.50 | 1.000 | 1 of 3 killed at 50% |"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn cdf_is_written_as_svg() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cdf.svg");
+        cdf_svg(&[result(vec![Some(1.0), Some(2.0)])], Scenario::Churn, &p).unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().starts_with("<svg"));
+    }
+}

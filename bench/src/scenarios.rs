@@ -148,11 +148,29 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     let mut runs: Vec<PeerRun> = match system {
         System::Weightcast => {
             let (endpoint, _) = c.scheduler_at(&at(&sched))?;
-            seed_daemon =
-                Some(c.daemon_at(&at(&origin), "seed", &c.path("seed"), &endpoint, true, &[])?);
+            // Zone labels let the scheduler and phase 2 keep traffic local.
+            let zone = |h: &NetHost| format!("zone-{}", h.zone);
+            let seed_args = ["--zone", &zone(&origin)].map(String::from);
+            let seed_args: Vec<&str> = seed_args.iter().map(String::as_str).collect();
+            seed_daemon = Some(c.daemon_at(
+                &at(&origin),
+                "seed",
+                &c.path("seed"),
+                &endpoint,
+                true,
+                &seed_args,
+            )?);
             let mut daemons = Vec::new();
             for h in &peers {
-                let d = c.daemon_at(&at(h), &h.name, &c.path(&h.name), &endpoint, false, &[])?;
+                let z = zone(h);
+                let d = c.daemon_at(
+                    &at(h),
+                    &h.name,
+                    &c.path(&h.name),
+                    &endpoint,
+                    false,
+                    &["--zone", &z],
+                )?;
                 daemons.push(d);
             }
             let mut runs = Vec::new();
@@ -336,7 +354,13 @@ fn bittorrent(
     let place = Place::in_ns(&origin.ns, &origin.ip);
     let torrent = c.path("model.torrent");
     let out = std::process::Command::new(&mktorrent)
-        .args(["-l", "22", "-a", &format!("http://{}:6969/announce", origin.ip), "-o"])
+        .args([
+            "-l",
+            "22",
+            "-a",
+            &format!("http://{}:6969/announce", origin.ip),
+            "-o",
+        ])
         .arg(&torrent)
         .arg(files.join("model.safetensors"))
         .output()?;
@@ -344,7 +368,10 @@ fn bittorrent(
         bail!("mktorrent failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     // Debian's opentracker only tracks whitelisted info hashes.
-    let show = std::process::Command::new(&aria2).arg("-S").arg(&torrent).output()?;
+    let show = std::process::Command::new(&aria2)
+        .arg("-S")
+        .arg(&torrent)
+        .output()?;
     let info_hash = String::from_utf8_lossy(&show.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Info Hash: ").map(|h| h.trim().to_string()))

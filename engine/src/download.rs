@@ -316,6 +316,7 @@ impl Download {
                 SchedMsg::Parents(p) => {
                     for parent in p.parents {
                         let mut v = ParentView::new(parent.addr, parent.seed);
+                        v.remote = parent.remote;
                         for piece in parent.pieces {
                             if let Some(d) = digest_from_slice(&piece.digest) {
                                 v.pieces.insert(piece.num, d);

@@ -9,10 +9,11 @@
 //!    parents first (ties broken by a per-child pseudo-random order), each from
 //!    the non-seed holder expected to finish first: (bytes in flight there +
 //!    the piece, inflated by the parent's reported load) / measured throughput.
-//! 2. Only pieces no peer parent holds come from a seed, in the child's own
-//!    pseudo-random order (so siblings ask the seed for different pieces), and
-//!    at most [`SEED_PIECES_IN_FLIGHT`] at a time. Each piece should leave the
-//!    seed about once and spread from peer to peer.
+//! 2. Only pieces no near peer parent holds come from an *expensive* parent
+//!    (a seed, or a peer in another zone), in the child's own pseudo-random
+//!    order (so siblings ask for different pieces), and at most
+//!    [`SEED_PIECES_IN_FLIGHT`] at a time. Each piece should leave the seed,
+//!    and cross between zones, about once, then spread from peer to peer.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,13 +24,15 @@ use weightcast_proto::PeerId;
 const INITIAL_THROUGHPUT: f64 = 100e6;
 /// Weight of a new throughput sample in the moving average.
 const EWMA: f64 = 0.3;
-/// Pieces in flight from seeds per child.
+/// Pieces in flight from expensive parents (seeds, other zones) per child.
 pub const SEED_PIECES_IN_FLIGHT: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct ParentView {
     pub addr: String,
     pub seed: bool,
+    /// In another zone: the link to it is the scarce one.
+    pub remote: bool,
     pub pieces: BTreeMap<u32, PieceDigest>,
     pub inflight: u32,
     pub inflight_bytes: u64,
@@ -45,12 +48,29 @@ impl ParentView {
         Self {
             addr,
             seed,
+            remote: false,
             pieces: BTreeMap::new(),
             inflight: 0,
             inflight_bytes: 0,
             throughput: INITIAL_THROUGHPUT,
             load: 0,
             busy_until: None,
+        }
+    }
+
+    /// Seeds and parents in other zones: pieces come from them only when no
+    /// near peer holds them, a few at a time.
+    pub fn expensive(&self) -> bool {
+        self.tier() > 0
+    }
+
+    /// Cost of fetching from this parent: 0 a near peer, 1 a near seed,
+    /// 2 anything in another zone.
+    fn tier(&self) -> u8 {
+        match (self.remote, self.seed) {
+            (true, _) => 2,
+            (false, true) => 1,
+            (false, false) => 0,
         }
     }
 
@@ -108,18 +128,19 @@ impl ParentChoice {
     ) -> Option<(u32, PeerId)> {
         let usable =
             |p: &ParentView| p.inflight < self.per_parent && p.busy_until.is_none_or(|t| t <= now);
-        let seed_inflight: u32 = self
+        let expensive_inflight: u32 = self
             .parents
             .values()
-            .filter(|p| p.seed)
+            .filter(|p| p.expensive())
             .map(|p| p.inflight)
             .sum();
         // Every child of a seed starts with the seed as its only parent: a
         // small budget keeps them from all pulling the same pieces at once.
-        let seed_budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
-        // (rarity, order key) of the best piece from peers; order key of the best from seeds.
+        let budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
+        // Near peers: best (rarity, order key). Expensive parents: best
+        // (tier, order key), so a near seed beats another zone.
         let mut from_peers: Option<((usize, u64), u32, &PeerId)> = None;
-        let mut from_seed: Option<(u64, u32, &PeerId)> = None;
+        let mut from_expensive: Option<((u8, u64), u32, &PeerId)> = None;
         for piece in wanted {
             let len = piece_len(piece);
             let holders: Vec<(&PeerId, &ParentView)> = self
@@ -130,10 +151,11 @@ impl ParentChoice {
             if holders.is_empty() {
                 continue;
             }
-            let fastest = |seed: bool| {
+            let key = self.order_key(piece);
+            let fastest_of_tier = |tier: u8| {
                 holders
                     .iter()
-                    .filter(|(_, p)| p.seed == seed && usable(p))
+                    .filter(|(_, p)| p.tier() == tier && usable(p))
                     .min_by(|a, b| {
                         a.1.expected_secs(len)
                             .total_cmp(&b.1.expected_secs(len))
@@ -141,25 +163,29 @@ impl ParentChoice {
                     })
                     .map(|(id, _)| *id)
             };
-            let key = self.order_key(piece);
-            if holders.iter().any(|(_, p)| !p.seed) {
-                if let Some(id) = fastest(false) {
-                    let rank = (holders.len(), key);
-                    if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
-                        from_peers = Some((rank, piece, id));
-                    }
+            // The cheapest tier holding the piece decides; a busy holder there
+            // means waiting for it, not paying for a dearer link.
+            let Some(tier) = holders.iter().map(|(_, p)| p.tier()).min() else {
+                continue;
+            };
+            let Some(id) = fastest_of_tier(tier) else {
+                continue;
+            };
+            if tier == 0 {
+                let rank = (holders.len(), key);
+                if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                    from_peers = Some((rank, piece, id));
                 }
-            } else if seed_inflight < seed_budget {
-                if let Some(id) = fastest(true) {
-                    if from_seed.as_ref().is_none_or(|(k, _, _)| key < *k) {
-                        from_seed = Some((key, piece, id));
-                    }
+            } else if expensive_inflight < budget {
+                let rank = (tier, key);
+                if from_expensive.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                    from_expensive = Some((rank, piece, id));
                 }
             }
         }
         from_peers
             .map(|(_, n, id)| (n, id.clone()))
-            .or_else(|| from_seed.map(|(_, n, id)| (n, id.clone())))
+            .or_else(|| from_expensive.map(|(_, n, id)| (n, id.clone())))
     }
 
     pub fn started(&mut self, parent: &str, bytes: u64) {
@@ -236,6 +262,15 @@ mod tests {
         assert_eq!(c.pick([0], |_| 4 << 20, now), Some((0, "b".into())));
         c.parents.get_mut("b").unwrap().inflight_bytes = 400 << 20;
         assert_eq!(c.pick([0], |_| 4 << 20, now), Some((0, "a".into())));
+    }
+
+    #[test]
+    fn near_peers_come_before_other_zones() {
+        let mut c = choice(&[("far", false, &[0, 1]), ("near", false, &[1])]);
+        c.parents.get_mut("far").unwrap().remote = true;
+        let now = Instant::now();
+        assert_eq!(c.pick([0, 1], |_| 1, now), Some((1, "near".into())));
+        assert_eq!(c.pick([0], |_| 1, now), Some((0, "far".into())));
     }
 
     #[test]

@@ -686,11 +686,14 @@ impl Core {
                 .collect();
             let host = self.hosts.get_mut(p).expect("parent host");
             host.children += 1;
+            let child_zone = &self.hosts[child].info.zone;
+            let host = &self.hosts[p];
             parents.push(pb::Parent {
                 peer_id: p.clone(),
                 addr: host.info.piece_addr.clone(),
                 seed: host.info.seed,
                 pieces,
+                remote: !child_zone.is_empty() && host.info.zone != *child_zone,
             });
         }
         self.stats.parents_assigned += parents.len() as u64;
