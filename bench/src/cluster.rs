@@ -373,6 +373,22 @@ impl Cluster {
     }
 }
 
+/// The `weightcast` binary to benchmark: `explicit`, else the one built
+/// beside the running benchmark.
+pub fn weightcast_bin(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let bin = match explicit {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("weightcast"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release) or pass --bin",
+            bin.display()
+        );
+    }
+    Ok(std::path::absolute(bin)?)
+}
+
 /// `GET /_stats` of the test origin.
 pub fn origin_stats(addr: &str) -> Result<crate::origin::StatsSnapshot> {
     Ok(serde_json::from_str(&http_get(addr, "/_stats")?)?)

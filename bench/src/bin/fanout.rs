@@ -68,16 +68,7 @@ fn run_all(c: &Cluster, cmds: Vec<(std::process::Command, PathBuf)>, sha: &str) 
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let bin = match a.bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("weightcast"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release) or pass --bin",
-            bin.display()
-        );
-    }
+    let bin = weightcast_bench::cluster::weightcast_bin(a.bin)?;
     let url_path = "model.safetensors";
     // Baseline: every peer straight from the origin, in-process engines.
     let direct = {

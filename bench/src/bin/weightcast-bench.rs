@@ -7,7 +7,7 @@
 //! seeder). Needs root and iproute2; BitTorrent needs aria2, opentracker and
 //! mktorrent (`scripts/setup-bench` installs them).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use weightcast_bench::scenarios::{self, Scenario, Setup, System};
@@ -97,16 +97,7 @@ fn main() {
 
 fn cluster(a: ClusterArgs) -> Result<()> {
     netns::check_privileges()?;
-    let bin = match a.bin {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("weightcast"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release) or pass --bin",
-            bin.display()
-        );
-    }
+    let bin = weightcast_bench::cluster::weightcast_bin(a.bin)?;
     let scenarios = if a.scenario.is_empty() {
         vec![
             Scenario::Fanout,
@@ -124,7 +115,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
     };
     let work = std::env::temp_dir().join("weightcast-bench");
     let setup = Setup {
-        bin: std::path::absolute(bin)?,
+        bin,
         peers: a.peers,
         size: a.size,
         bandwidth: a.bandwidth,
