@@ -60,16 +60,18 @@ fn spawn_get(c: &Cluster, d: &Daemon, url: &str, out: &Path) -> Child {
 
 #[test]
 fn four_daemons_fetch_256_mib_and_the_origin_sends_about_one_copy() {
-    let mut c = Cluster::new(BIN).unwrap();
-    let size = 256 * MIB;
-    let (files, sha) = model(&c, size);
-    let (origin, origin_addr) = c.origin(&files, 0).unwrap();
-    let (sched, sched_metrics) = c.scheduler().unwrap();
-    c.daemon("seed", &sched, true, &[]).unwrap();
+    let Swarm {
+        mut c,
+        size,
+        sha,
+        url,
+        origin_addr,
+        sched,
+        sched_metrics,
+    } = swarm(256 * MIB, &[]);
     let daemons: Vec<Daemon> = (0..4)
         .map(|i| c.daemon(&format!("node{i}"), &sched, false, &[]).unwrap())
         .collect();
-    let url = format!("{origin}/model.safetensors");
     let gets: Vec<(Child, std::path::PathBuf)> = daemons
         .iter()
         .map(|d| {
@@ -111,18 +113,40 @@ fn four_daemons_fetch_256_mib_and_the_origin_sends_about_one_copy() {
     assert!(uploaded > 0.0, "daemons served each other");
 }
 
-/// An origin, a scheduler and a seed whose origin rate limit keeps a 64 MiB
-/// download going long enough to interfere with it. Returns the cluster, the
-/// size, its sha256, the URL and the scheduler endpoint.
-fn slow_seed_swarm() -> (Cluster, u64, String, String, String) {
+/// An origin serving a model of `size` bytes, a scheduler, and a seed
+/// started with `seed_args`: the start of every swarm test.
+struct Swarm {
+    c: Cluster,
+    size: u64,
+    sha: String,
+    url: String,
+    origin_addr: String,
+    sched: String,
+    sched_metrics: String,
+}
+
+fn swarm(size: u64, seed_args: &[&str]) -> Swarm {
     let mut c = Cluster::new(BIN).unwrap();
-    let size = 64 * MIB;
     let (files, sha) = model(&c, size);
-    let (origin, _) = c.origin(&files, 0).unwrap();
-    let (sched, _) = c.scheduler().unwrap();
-    c.daemon("seed", &sched, true, &["--origin-rate-limit", "16MB/s"])
-        .unwrap();
-    (c, size, sha, format!("{origin}/model.safetensors"), sched)
+    let (origin, origin_addr) = c.origin(&files, 0).unwrap();
+    let (sched, sched_metrics) = c.scheduler().unwrap();
+    c.daemon("seed", &sched, true, seed_args).unwrap();
+    Swarm {
+        c,
+        size,
+        sha,
+        url: format!("{origin}/model.safetensors"),
+        origin_addr,
+        sched,
+        sched_metrics,
+    }
+}
+
+/// A 64 MiB swarm whose seed's origin rate limit keeps a download going long
+/// enough to interfere with it.
+fn slow_seed_swarm() -> (Cluster, u64, String, String, String) {
+    let s = swarm(64 * MIB, &["--origin-rate-limit", "16MB/s"]);
+    (s.c, s.size, s.sha, s.url, s.sched)
 }
 
 #[test]
@@ -207,58 +231,33 @@ fn bad_input_fails_with_one_clear_line_and_writes_nothing() {
     let out = c.path("out/model.safetensors");
     let out_s = out.to_str().unwrap();
 
-    let e = one_line_error(&get(&c, &["ftp://x/y", "-o", out_s], "d1"));
-    assert!(e.contains("invalid URL"), "{e}");
-    let e = one_line_error(&get(
-        &c,
-        &[&format!("{origin}/missing.bin"), "-o", out_s],
-        "d2",
-    ));
-    assert!(e.contains("404"), "{e}");
+    let model_url = format!("{origin}/model.safetensors");
+    let missing_url = format!("{origin}/missing.bin");
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let e = one_line_error(&get(
-        &c,
-        &[
-            &format!("{origin}/model.safetensors"),
-            "-o",
-            out_s,
-            "--digest",
-            &wrong,
-        ],
-        "d3",
-    ));
-    assert!(e.contains("digest mismatch"), "{e}");
-    let e = one_line_error(&get(
-        &c,
-        &[
-            &format!("{origin}/model.safetensors"),
-            "-o",
-            out_s,
-            "--digest",
-            "sha256:xyz",
-        ],
-        "d3",
-    ));
-    assert!(e.contains("--digest"), "{e}");
+    // (extra arguments after `URL -o OUT`, data dir, what the error must say)
+    let cases: [(&str, &[&str], &str, &str); 5] = [
+        ("ftp://x/y", &[], "d1", "invalid URL"),
+        (&missing_url, &[], "d2", "404"),
+        (&model_url, &["--digest", &wrong], "d3", "digest mismatch"),
+        (&model_url, &["--digest", "sha256:xyz"], "d3", "--digest"),
+        (
+            &model_url,
+            &["--daemon", "/nonexistent.sock"],
+            "d4",
+            "no weightcast daemon",
+        ),
+    ];
+    for (url, extra, data_dir, says) in cases {
+        let args = [&[url, "-o", out_s][..], extra].concat();
+        let e = one_line_error(&get(&c, &args, data_dir));
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
     assert!(!out.exists(), "no output after a failure");
-    let e = one_line_error(&get(
-        &c,
-        &[
-            &format!("{origin}/model.safetensors"),
-            "-o",
-            out_s,
-            "--daemon",
-            "/nonexistent.sock",
-        ],
-        "d4",
-    ));
-    assert!(e.contains("no weightcast daemon"), "{e}");
 
     // The right digest works, and a second get is a cache hit.
     let right = format!("sha256:{sha}");
-    let url = format!("{origin}/model.safetensors");
     let args = [
-        url.as_str(),
+        model_url.as_str(),
         "-o",
         out_s,
         "--digest",
@@ -303,32 +302,23 @@ fn without_a_scheduler_get_falls_back_to_the_origin_unless_told_not_to() {
     assert!(e.contains("unreachable"), "{e}");
     // The same setting from a config file.
     let conf = c.path("weightcast.env");
-    std::fs::write(&conf, format!("# test\nWEIGHTCAST_SCHEDULER={dead}\n")).unwrap();
-    let o = get(
-        &c,
-        &[
-            &url,
+    let with_config = |out: &str, data_dir: &str| {
+        let out = c.path(out);
+        let args = [
+            url.as_str(),
             "-o",
-            c.path("out3.bin").to_str().unwrap(),
+            out.to_str().unwrap(),
             "--config",
             conf.to_str().unwrap(),
-        ],
-        "d3",
-    );
+        ];
+        get(&c, &args, data_dir)
+    };
+    std::fs::write(&conf, format!("# test\nWEIGHTCAST_SCHEDULER={dead}\n")).unwrap();
+    let o = with_config("out3.bin", "d3");
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("scheduler unreachable"));
     std::fs::write(&conf, "SCHEDULER=x\n").unwrap();
-    let e = one_line_error(&get(
-        &c,
-        &[
-            &url,
-            "-o",
-            c.path("out4.bin").to_str().unwrap(),
-            "--config",
-            conf.to_str().unwrap(),
-        ],
-        "d4",
-    ));
+    let e = one_line_error(&with_config("out4.bin", "d4"));
     assert!(e.contains("weightcast.env:1"), "{e}");
 }
 
@@ -362,14 +352,16 @@ fn origin_throttling_is_retried_after_its_retry_after() {
 #[test]
 fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
     use std::os::unix::fs::FileExt;
-    let mut c = Cluster::new(BIN).unwrap();
-    let size = 16 * MIB;
-    let (files, sha) = model(&c, size);
-    let (origin, _) = c.origin(&files, 0).unwrap();
-    let (sched, sched_metrics) = c.scheduler().unwrap();
-    c.daemon("seed", &sched, true, &[]).unwrap();
+    let Swarm {
+        mut c,
+        size,
+        sha,
+        url,
+        sched,
+        sched_metrics,
+        ..
+    } = swarm(16 * MIB, &[]);
     let bad = c.daemon("bad", &sched, false, &[]).unwrap();
-    let url = format!("{origin}/model.safetensors");
     summary(
         &spawn_get(&c, &bad, &url, &c.path("bad-out.bin"))
             .wait_with_output()

@@ -117,7 +117,6 @@ struct Download {
     last_progress: Instant,
     progress: Progress,
     progress_tx: watch::Sender<Progress>,
-    warned_source: bool,
 }
 
 pub async fn run(
@@ -137,7 +136,6 @@ pub async fn run(
         last_progress: Instant::now(),
         progress: Progress::default(),
         progress_tx,
-        warned_source: false,
     };
     let r = d.drive(&mut events).await;
     if r.is_err() {
@@ -201,16 +199,17 @@ impl Download {
         Ok(())
     }
 
-    /// Switches to fetching from the origin, learning the length if needed.
-    async fn go_to_source(&mut self, why: &str) -> Result<(), DownloadError> {
+    /// Fetches from the origin from now on, learning the length if needed.
+    /// `why` is logged when a swarm download turns to the origin; `None` for
+    /// a planned source (a seed, or no swarm).
+    async fn go_to_source(&mut self, why: Option<&str>) -> Result<(), DownloadError> {
         if !self.spec.back_to_source {
             return Err(DownloadError::SourceForbidden {
                 url: self.spec.url.clone(),
             });
         }
-        if self.mode != Mode::Source && !self.warned_source {
+        if let (Some(why), Mode::Swarm) = (why, self.mode) {
             tracing::warn!(url = %self.spec.url, "{why}; fetching from the origin");
-            self.warned_source = true;
         }
         self.mode = Mode::Source;
         if self.file.is_none() {
@@ -238,9 +237,7 @@ impl Download {
             self.register();
         }
         if self.mode == Mode::Source {
-            self.mode = Mode::Swarm; // so that go_to_source logs nothing for a planned source
-            self.warned_source = true;
-            self.go_to_source("planned").await?;
+            self.go_to_source(None).await?;
         }
         let stall = self.ctx.config.stall_timeout;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -265,7 +262,7 @@ impl Download {
                 _ = tick.tick() => {
                     if self.last_progress.elapsed() > stall && self.mode == Mode::Swarm {
                         if self.spec.back_to_source {
-                            self.go_to_source(&format!("no piece arrived from peers for {} s", stall.as_secs())).await?;
+                            self.go_to_source(Some(&format!("no piece arrived from peers for {} s", stall.as_secs()))).await?;
                         } else {
                             return Err(DownloadError::Stalled { url: self.spec.url.clone(), secs: stall.as_secs() });
                         }
@@ -339,7 +336,7 @@ impl Download {
                     self.choice.parents.remove(&g.parent_id);
                 }
                 SchedMsg::BackToSource(b) => {
-                    self.go_to_source(&format!("scheduler: {}", b.reason))
+                    self.go_to_source(Some(&format!("scheduler: {}", b.reason)))
                         .await?;
                 }
                 SchedMsg::SeedTask(_) => {}
@@ -354,9 +351,13 @@ impl Download {
             return;
         };
         let max = self.ctx.config.pieces_in_flight;
+        // Nothing is verified while this loop runs: one snapshot serves every pick.
+        let missing = file.missing_pieces();
         while self.inflight.len() < max {
-            let wanted = (0..file.layout.piece_count())
-                .filter(|n| !self.inflight_pieces.contains(n) && file.verified(*n).is_none());
+            let wanted = missing
+                .iter()
+                .copied()
+                .filter(|n| !self.inflight_pieces.contains(n));
             let next = match self.mode {
                 Mode::Source => wanted.into_iter().next().map(|n| (n, None)),
                 Mode::Swarm => self

@@ -317,13 +317,13 @@ impl Engine {
             let Some(engine) = engine.upgrade() else {
                 return;
             };
-            let runs: Vec<(TaskId, Arc<TaskRun>)> = match engine.runs.lock() {
-                Ok(r) => r.iter().map(|(k, v)| (*k, v.clone())).collect(),
-                Err(_) => return,
-            };
             match ev {
                 LinkEvent::Reconnected => {
-                    for (_, run) in runs {
+                    let runs: Vec<Arc<TaskRun>> = match engine.runs.lock() {
+                        Ok(r) => r.values().cloned().collect(),
+                        Err(_) => return,
+                    };
+                    for run in runs {
                         let _ = run.events.send(TaskEvent::Reconnected);
                     }
                 }
@@ -352,7 +352,9 @@ impl Engine {
                     let Ok(id) = task_id.parse::<TaskId>() else {
                         continue;
                     };
-                    if let Some((_, run)) = runs.iter().find(|(k, _)| *k == id) {
+                    // A message for a finished task has no run: nothing to do.
+                    let run = engine.runs.lock().ok().and_then(|r| r.get(&id).cloned());
+                    if let Some(run) = run {
                         let _ = run.events.send(TaskEvent::Scheduler(m));
                     }
                 }

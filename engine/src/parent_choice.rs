@@ -143,36 +143,34 @@ impl ParentChoice {
         let mut from_expensive: Option<((u8, u64), u32, &PeerId)> = None;
         for piece in wanted {
             let len = piece_len(piece);
-            let holders: Vec<(&PeerId, &ParentView)> = self
-                .parents
-                .iter()
-                .filter(|(_, p)| p.pieces.contains_key(&piece))
-                .collect();
-            if holders.is_empty() {
-                continue;
-            }
-            let key = self.order_key(piece);
-            let fastest_of_tier = |tier: u8| {
-                holders
+            // One pass for how many parents hold it and the cheapest tier
+            // among them, one for the fastest usable holder of that tier: no
+            // allocation per piece on this hot path.
+            let holders = || {
+                self.parents
                     .iter()
-                    .filter(|(_, p)| p.tier() == tier && usable(p))
-                    .min_by(|a, b| {
-                        a.1.expected_secs(len)
-                            .total_cmp(&b.1.expected_secs(len))
-                            .then_with(|| a.0.cmp(b.0))
-                    })
-                    .map(|(id, _)| *id)
+                    .filter(|(_, p)| p.pieces.contains_key(&piece))
             };
-            // The cheapest tier holding the piece decides; a busy holder there
-            // means waiting for it, not paying for a dearer link.
-            let Some(tier) = holders.iter().map(|(_, p)| p.tier()).min() else {
+            let Some(tier) = holders().map(|(_, p)| p.tier()).min() else {
                 continue;
             };
-            let Some(id) = fastest_of_tier(tier) else {
+            let count = holders().count();
+            let key = self.order_key(piece);
+            // A busy holder in the cheapest tier means waiting for it, not
+            // paying for a dearer link.
+            let fastest = holders()
+                .filter(|(_, p)| p.tier() == tier && usable(p))
+                .min_by(|a, b| {
+                    a.1.expected_secs(len)
+                        .total_cmp(&b.1.expected_secs(len))
+                        .then_with(|| a.0.cmp(b.0))
+                })
+                .map(|(id, _)| id);
+            let Some(id) = fastest else {
                 continue;
             };
             if tier == 0 {
-                let rank = (holders.len(), key);
+                let rank = (count, key);
                 if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
                     from_peers = Some((rank, piece, id));
                 }

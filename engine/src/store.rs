@@ -367,6 +367,19 @@ impl TaskFile {
             .collect()
     }
 
+    /// Pieces not yet verified, in order (one lock for the whole table).
+    pub fn missing_pieces(&self) -> Vec<u32> {
+        let Ok(s) = self.state.lock() else {
+            return Vec::new();
+        };
+        s.verified
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.is_none())
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
     pub fn verified_bytes(&self) -> u64 {
         self.verified_pieces()
             .iter()
