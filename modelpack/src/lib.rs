@@ -1,0 +1,27 @@
+//! Artifact resolution without networking policy: what an artifact is made
+//! of, where each file goes, and whether a downloaded file is sound.
+//!
+//! - [`hf_uri`]: `hf://[datasets/]owner/name[@revision][/path-or-glob]`.
+//! - [`hf_api`]: the Hub's revision and tree answers, its URL shapes, and the
+//!   turn from a tree into the list of files to fetch.
+//! - [`rel_path`]: file names from the network are untrusted; a [`RelPath`]
+//!   is one that cannot leave the directory it is joined to.
+//! - [`glob`]: the path selector of an `hf://` URI.
+//! - [`safetensors_check`]: a `.safetensors` file's header and offsets.
+//! - [`layout`]: where files land: a plain directory or the Hugging Face
+//!   cache structure.
+//!
+//! The engine does the HTTP; this crate only knows shapes, so everything in
+//! it is tested without sockets.
+
+pub mod glob;
+pub mod hf_api;
+pub mod hf_uri;
+pub mod layout;
+pub mod rel_path;
+pub mod safetensors_check;
+
+pub use hf_api::{BlobId, HfFile, RepoKind, RepoRef};
+pub use hf_uri::HfUri;
+pub use layout::Layout;
+pub use rel_path::RelPath;
