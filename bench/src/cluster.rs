@@ -57,6 +57,9 @@ pub struct DaemonReady {
     pub piece_addr: String,
     pub metrics_addr: String,
     pub socket: PathBuf,
+    /// The Hugging Face endpoint, when started with `--hf-listen`.
+    #[serde(default)]
+    pub hf_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -72,7 +72,7 @@ async fn stats_handler(State(o): State<Arc<Origin>>) -> impl IntoResponse {
 }
 
 /// `bytes=a-b` / `bytes=a-` / `bytes=-n` against a file of `len` bytes.
-fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+pub(crate) fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
     let spec = h.strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;

@@ -10,7 +10,7 @@
 //! a parent that sends a bad piece or breaks is dropped and reported.
 
 use crate::engine::EngineCtx;
-use crate::origin::OriginError;
+use crate::origin::{OriginAuth, OriginError};
 use crate::parent_choice::{ParentChoice, ParentView};
 use crate::store::{StoreError, TaskFile};
 use std::collections::BTreeSet;
@@ -39,6 +39,8 @@ pub struct DownloadSpec {
     pub digest: Option<[u8; 32]>,
     pub mode: Mode,
     pub back_to_source: bool,
+    /// Credentials for the origin of `url` (a gated repo's token).
+    pub auth: Option<OriginAuth>,
 }
 
 /// Live numbers of one download, for progress output.
@@ -56,6 +58,9 @@ pub struct Progress {
 pub enum TaskEvent {
     Scheduler(SchedMsg),
     Reconnected,
+    /// A reader streams the file and waits on this piece: fetch it and the
+    /// few after it first.
+    Wanted(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +119,8 @@ struct Download {
     choice: ParentChoice,
     inflight: JoinSet<PieceResult>,
     inflight_pieces: BTreeSet<u32>,
+    /// The piece a streaming reader waits on.
+    wanted: Option<u32>,
     last_progress: Instant,
     progress: Progress,
     progress_tx: watch::Sender<Progress>,
@@ -133,6 +140,7 @@ pub async fn run(
         file: None,
         inflight: JoinSet::new(),
         inflight_pieces: BTreeSet::new(),
+        wanted: None,
         last_progress: Instant::now(),
         progress: Progress::default(),
         progress_tx,
@@ -213,7 +221,11 @@ impl Download {
         }
         self.mode = Mode::Source;
         if self.file.is_none() {
-            let probe = self.ctx.origin.probe(&self.spec.url).await?;
+            let probe = self
+                .ctx
+                .origin
+                .probe(&self.spec.url, self.spec.auth.as_ref())
+                .await?;
             self.open(probe.content_length)?;
         }
         let len = self.file.as_ref().map_or(0, |f| f.layout.content_length);
@@ -296,6 +308,7 @@ impl Download {
 
     async fn on_event(&mut self, ev: TaskEvent) -> Result<(), DownloadError> {
         match ev {
+            TaskEvent::Wanted(num) => self.wanted = Some(num),
             TaskEvent::Reconnected => {
                 self.choice.parents.clear();
                 self.register();
@@ -354,17 +367,7 @@ impl Download {
         // Nothing is verified while this loop runs: one snapshot serves every pick.
         let missing = file.missing_pieces();
         while self.inflight.len() < max {
-            let wanted = missing
-                .iter()
-                .copied()
-                .filter(|n| !self.inflight_pieces.contains(n));
-            let next = match self.mode {
-                Mode::Source => wanted.into_iter().next().map(|n| (n, None)),
-                Mode::Swarm => self
-                    .choice
-                    .pick(wanted, |n| file.layout.piece_len(n), Instant::now())
-                    .map(|(n, p)| (n, Some(p))),
-            };
+            let next = self.next_piece(&missing, |n| file.layout.piece_len(n));
             let Some((num, parent)) = next else { return };
             // One download per task per process: a piece that is neither
             // verified nor in flight here is always free to write.
@@ -379,9 +382,14 @@ impl Download {
             match parent {
                 None => {
                     let url = self.spec.url.clone();
+                    let auth = self.spec.auth.clone();
                     self.inflight.spawn(async move {
                         let t0 = Instant::now();
-                        let outcome = match ctx.origin.fetch_range(&url, range, write.buf()).await {
+                        let outcome = match ctx
+                            .origin
+                            .fetch_range(&url, range, write.buf(), auth.as_ref())
+                            .await
+                        {
                             Ok(_) => match write.commit(None) {
                                 Ok(digest) => PieceOutcome::Ok { digest, load: None },
                                 Err(e) => PieceOutcome::Digest(e),
@@ -424,6 +432,37 @@ impl Download {
                         }
                     });
                 }
+            }
+        }
+    }
+
+    /// The next piece to fetch and from where (`None`: the origin). Pieces a
+    /// streaming reader is about to need come first; then, from the origin,
+    /// front to back, and from peers, by phase-2 choice.
+    fn next_piece(
+        &mut self,
+        missing: &[u32],
+        piece_len: impl Fn(u32) -> u64,
+    ) -> Option<(u32, Option<PeerId>)> {
+        let inflight = &self.inflight_pieces;
+        let free = || missing.iter().copied().filter(|n| !inflight.contains(n));
+        let window = self.ctx.config.pieces_in_flight as u32;
+        let urgent = self.wanted.map(|w| w..w.saturating_add(window));
+        let is_urgent = |n: &u32| urgent.as_ref().is_some_and(|r| r.contains(n));
+        match self.mode {
+            Mode::Source => free()
+                .find(is_urgent)
+                .or_else(|| free().next())
+                .map(|n| (n, None)),
+            Mode::Swarm => {
+                let now = Instant::now();
+                let first = match urgent {
+                    Some(_) => self.choice.pick(free().filter(is_urgent), &piece_len, now),
+                    None => None,
+                };
+                first
+                    .or_else(|| self.choice.pick(free(), &piece_len, now))
+                    .map(|(n, p)| (n, Some(p)))
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::download::{self, DownloadError, DownloadSpec, Mode, Progress, TaskEvent};
 use crate::metrics::EngineMetrics;
-use crate::origin::{OriginConfig, OriginError, OriginFetcher};
+use crate::origin::{OriginAuth, OriginConfig, OriginError, OriginFetcher};
 use crate::output::{self, OutputError, Placement};
 use crate::scheduler_link::{LinkEvent, SchedulerLink};
 use crate::store::{Store, StoreError, TaskFile, VerifiedPiece};
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
@@ -102,10 +103,42 @@ pub struct GetRequest {
     pub digest: Option<String>,
     #[serde(default = "yes")]
     pub back_to_source: bool,
+    /// Credentials for the URL's origin (sent there only).
+    #[serde(default)]
+    pub auth: Option<OriginAuth>,
+    /// A check the finished file must pass before it is exposed.
+    #[serde(default)]
+    pub validate: Option<Validation>,
+    /// `false`: fetch from the origin without the swarm (small files that
+    /// are not worth a scheduler round trip, or that only this node may read).
+    #[serde(default = "yes")]
+    pub swarm: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+impl GetRequest {
+    pub fn new(url: impl Into<String>, output: impl Into<PathBuf>) -> Self {
+        Self {
+            url: url.into(),
+            output: output.into(),
+            digest: None,
+            back_to_source: true,
+            auth: None,
+            validate: None,
+            swarm: true,
+        }
+    }
+}
+
+/// What a file must be before it is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    /// A sound `.safetensors` file (header and tensor offsets).
+    Safetensors,
 }
 
 /// What a finished `get` reports (`--json` prints it).
@@ -142,6 +175,8 @@ pub enum GetError {
     SchedulerUnreachable(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Invalid(#[from] InvalidSafetensors),
 }
 
 type Outcome = Option<Result<Arc<TaskFile>, String>>;
@@ -338,6 +373,7 @@ impl Engine {
                         digest: None,
                         mode: Mode::Source,
                         back_to_source: true,
+                        auth: None,
                     });
                 }
                 LinkEvent::Message(m) => {
@@ -430,6 +466,64 @@ impl Engine {
         run
     }
 
+    /// How a new download starts: in the swarm when the scheduler answers,
+    /// else from the origin (unless back-to-source is forbidden).
+    async fn mode_for(&self, swarm: bool, back_to_source: bool) -> Result<Mode, GetError> {
+        if !swarm && back_to_source {
+            return Ok(Mode::Source);
+        }
+        if self.ctx.link.is_some() && self.scheduler_connected(Duration::from_secs(3)).await {
+            return Ok(Mode::Swarm);
+        }
+        match &self.ctx.config.scheduler {
+            Some(s) if !back_to_source => Err(GetError::SchedulerUnreachable(s.clone())),
+            Some(s) => {
+                tracing::warn!(scheduler = %s, "scheduler unreachable; downloading straight from the origin");
+                Ok(Mode::Source)
+            }
+            None => Ok(Mode::Source),
+        }
+    }
+
+    /// Starts (or joins) the download of `url` and hands back a handle to
+    /// read its pieces as they are verified: what a streaming reader (the
+    /// Hugging Face endpoint) needs.
+    pub async fn watch(
+        &self,
+        url: &str,
+        digest: Option<[u8; 32]>,
+        auth: Option<OriginAuth>,
+        swarm: bool,
+    ) -> Result<TaskWatch, GetError> {
+        let url = normalize_url(url)?;
+        let id = match &digest {
+            Some(d) => TaskId::from_sha256(d),
+            None => TaskId::from_url(&url),
+        };
+        if let Some(f) = self.ctx.store.open_complete(id) {
+            if digest.is_none_or(|d| f.sha256() == d) {
+                return Ok(TaskWatch(WatchState::Complete(f)));
+            }
+        }
+        let mode = self.mode_for(swarm, true).await?;
+        let run = self.ensure_run(DownloadSpec {
+            id,
+            url,
+            digest,
+            mode,
+            back_to_source: true,
+            auth,
+        });
+        Ok(TaskWatch(WatchState::Running {
+            id,
+            store: self.ctx.store.clone(),
+            progress: run.progress.clone(),
+            outcome: run.outcome.clone(),
+            run,
+            wanted: None,
+        }))
+    }
+
     /// Downloads `req.url` to `req.output` and reports how it went.
     /// `on_progress` sees (bytes done, total when known).
     pub async fn get(
@@ -458,25 +552,14 @@ impl Engine {
                 )
             }
             _ => {
-                let mode = if self.ctx.link.is_some()
-                    && self.scheduler_connected(Duration::from_secs(3)).await
-                {
-                    Mode::Swarm
-                } else if let Some(s) = &self.ctx.config.scheduler {
-                    if !req.back_to_source {
-                        return Err(GetError::SchedulerUnreachable(s.clone()));
-                    }
-                    tracing::warn!(scheduler = %s, "scheduler unreachable; downloading straight from the origin");
-                    Mode::Source
-                } else {
-                    Mode::Source
-                };
+                let mode = self.mode_for(req.swarm, req.back_to_source).await?;
                 let run = self.ensure_run(DownloadSpec {
                     id,
                     url: url.clone(),
                     digest,
                     mode,
                     back_to_source: req.back_to_source,
+                    auth: req.auth.clone(),
                 });
                 let mut progress = run.progress.clone();
                 let mut outcome = run.outcome.clone();
@@ -494,6 +577,20 @@ impl Engine {
                 (file, p)
             }
         };
+        if let Some(Validation::Safetensors) = req.validate {
+            let path = file.data_path();
+            tokio::task::spawn_blocking(move || safetensors_check::validate_file(&path))
+                .await
+                .map_err(|_| GetError::ShuttingDown)?
+                .map_err(|e| match e {
+                    // Name the file the user asked for, not the cache file.
+                    InvalidSafetensors::Invalid { why, .. } => InvalidSafetensors::Invalid {
+                        path: req.url.clone(),
+                        why,
+                    },
+                    e => e,
+                })?;
+        }
         on_progress(&progress);
         let placement = output::expose(&file.data_path(), &req.output)?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -510,5 +607,86 @@ impl Engine {
             from_cache: progress.resumed,
             placement,
         })
+    }
+}
+
+/// A download seen from a streaming reader: pieces as they are verified.
+pub struct TaskWatch(WatchState);
+
+enum WatchState {
+    Complete(Arc<TaskFile>),
+    Running {
+        id: TaskId,
+        store: Arc<Store>,
+        run: Arc<TaskRun>,
+        progress: watch::Receiver<Progress>,
+        outcome: watch::Receiver<Outcome>,
+        wanted: Option<u32>,
+    },
+}
+
+impl TaskWatch {
+    /// Waits for `ready` to give a value, re-checking after every verified
+    /// piece; fails when the download does.
+    async fn wait<T>(
+        &mut self,
+        mut ready: impl FnMut(&Arc<TaskFile>, bool) -> Option<T>,
+    ) -> Result<T, GetError> {
+        loop {
+            match &mut self.0 {
+                WatchState::Complete(f) => {
+                    return ready(f, true).ok_or(GetError::ShuttingDown);
+                }
+                WatchState::Running {
+                    id,
+                    store,
+                    progress,
+                    outcome,
+                    ..
+                } => {
+                    let done = outcome.borrow().clone();
+                    match done {
+                        Some(Ok(f)) => self.0 = WatchState::Complete(f),
+                        Some(Err(msg)) => {
+                            return Err(GetError::Download(DownloadError::Failed(msg)))
+                        }
+                        None => {
+                            if let Some(v) = store.get(id).and_then(|f| ready(&f, false)) {
+                                return Ok(v);
+                            }
+                            tokio::select! {
+                                r = outcome.changed() => if r.is_err() { return Err(GetError::ShuttingDown) },
+                                r = progress.changed() => if r.is_err() { return Err(GetError::ShuttingDown) },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The task's file, once its length is known.
+    pub async fn file(&mut self) -> Result<Arc<TaskFile>, GetError> {
+        self.wait(|f, _| Some(f.clone())).await
+    }
+
+    /// Piece `num`, once verified. The last piece is handed out only after
+    /// the whole file matched its digest, so a reader never receives all of
+    /// a file that turns out wrong.
+    pub async fn piece(&mut self, num: u32) -> Result<VerifiedPiece, GetError> {
+        if let WatchState::Running { run, wanted, .. } = &mut self.0 {
+            if *wanted != Some(num) {
+                *wanted = Some(num);
+                let _ = run.events.send(TaskEvent::Wanted(num));
+            }
+        }
+        self.wait(|f, complete| {
+            let last = f.layout.piece_count().saturating_sub(1);
+            if num == last && !complete {
+                return None;
+            }
+            f.verified_piece(num)
+        })
+        .await
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod download;
 pub mod engine;
+pub mod hf_endpoint;
+pub mod hub_client;
 pub mod local_api;
 pub mod metrics;
 pub mod origin;
@@ -18,5 +20,6 @@ pub mod output;
 pub mod parent_choice;
 pub mod scheduler_link;
 pub mod store;
+pub mod ttl_cache;
 
-pub use engine::{Engine, EngineConfig, GetError, GetRequest, GetSummary};
+pub use engine::{Engine, EngineConfig, GetError, GetRequest, GetSummary, TaskWatch, Validation};

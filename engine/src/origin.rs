@@ -23,6 +23,60 @@ pub struct OriginConfig {
     pub retries: u32,
     /// Longest wait between attempts (also caps `Retry-After`).
     pub max_backoff: Duration,
+    /// Credentials this peer holds for origins (a seed's `--hf-token` for
+    /// the Hub), used when a task brings none of its own.
+    pub credentials: Vec<OriginAuth>,
+}
+
+/// An `Authorization` value bound to one origin (`scheme://host:port`).
+/// It is sent to that origin only: never to another host, and never along
+/// a redirect to one (reqwest drops it when the host changes, e.g. from
+/// the Hub to its CDN). Its `Debug` hides the value, so logs never hold it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OriginAuth {
+    origin: String,
+    value: String,
+}
+
+impl std::fmt::Debug for OriginAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OriginAuth({}, <redacted>)", self.origin)
+    }
+}
+
+impl OriginAuth {
+    /// `value` (a whole `Authorization` header value) for the origin of `url`.
+    pub fn new(url: &str, value: impl Into<String>) -> Result<Self, OriginError> {
+        let u = OriginFetcher::check_url(url)?;
+        Ok(Self {
+            origin: origin_key(&u),
+            value: value.into(),
+        })
+    }
+
+    /// `Bearer <token>` for the origin of `url`.
+    pub fn bearer(url: &str, token: &str) -> Result<Self, OriginError> {
+        Self::new(url, format!("Bearer {token}"))
+    }
+
+    /// The header value, when `url` is on this credential's origin.
+    pub fn for_url(&self, url: &reqwest::Url) -> Option<&str> {
+        (origin_key(url) == self.origin).then_some(self.value.as_str())
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// `scheme://host:port`: what limits and credentials are keyed by.
+pub fn origin_key(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
 impl Default for OriginConfig {
@@ -32,6 +86,7 @@ impl Default for OriginConfig {
             rate_limit: None,
             retries: 5,
             max_backoff: Duration::from_secs(30),
+            credentials: Vec::new(),
         }
     }
 }
@@ -156,12 +211,7 @@ impl OriginFetcher {
     }
 
     fn limit_for(&self, url: &reqwest::Url) -> Arc<OriginLimit> {
-        let key = format!(
-            "{}://{}:{}",
-            url.scheme(),
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0)
-        );
+        let key = origin_key(url);
         let mut limits = self.limits.lock().expect("origin limits lock");
         limits
             .entry(key)
@@ -172,6 +222,24 @@ impl OriginFetcher {
                 })
             })
             .clone()
+    }
+
+    /// The `Authorization` to send to `u`: the task's own, else this peer's.
+    fn authorization<'a>(
+        &'a self,
+        u: &reqwest::Url,
+        task: Option<&'a OriginAuth>,
+    ) -> Option<&'a str> {
+        task.and_then(|a| a.for_url(u))
+            .or_else(|| self.config.credentials.iter().find_map(|a| a.for_url(u)))
+    }
+
+    fn request(&self, u: &reqwest::Url, auth: Option<&OriginAuth>) -> reqwest::RequestBuilder {
+        let r = self.client.get(u.clone());
+        match self.authorization(u, auth) {
+            Some(v) => r.header(reqwest::header::AUTHORIZATION, v),
+            None => r,
+        }
     }
 
     fn retry(&self, url: &str) -> Retry<'_> {
@@ -185,12 +253,12 @@ impl OriginFetcher {
 
     /// Learns the content length with a one-byte ranged GET (works where HEAD
     /// is not allowed, e.g. presigned URLs) and checks Range support.
-    pub async fn probe(&self, url: &str) -> Result<Probe, OriginError> {
+    pub async fn probe(&self, url: &str, auth: Option<&OriginAuth>) -> Result<Probe, OriginError> {
         let u = Self::check_url(url)?;
         let limit = self.limit_for(&u);
         let mut retry = self.retry(url);
         loop {
-            let (r, hint) = self.probe_once(&u, url, &limit).await;
+            let (r, hint) = self.probe_once(&u, url, &limit, auth).await;
             match r {
                 Ok(p) => return Ok(p),
                 Err(e) => retry.after(e, hint).await?,
@@ -203,12 +271,12 @@ impl OriginFetcher {
         u: &reqwest::Url,
         url: &str,
         limit: &OriginLimit,
+        auth: Option<&OriginAuth>,
     ) -> (Result<Probe, OriginError>, Option<Duration>) {
         let _slot = limit.slots.acquire().await;
         self.metrics.inc(&self.metrics.origin_requests, 1);
         let resp = match self
-            .client
-            .get(u.clone())
+            .request(u, auth)
             .header("Range", "bytes=0-0")
             .send()
             .await
@@ -254,6 +322,7 @@ impl OriginFetcher {
         url: &str,
         range: Range<u64>,
         dst: &mut [u8],
+        auth: Option<&OriginAuth>,
     ) -> Result<u64, OriginError> {
         let u = Self::check_url(url)?;
         let limit = self.limit_for(&u);
@@ -265,7 +334,7 @@ impl OriginFetcher {
         let mut retry = self.retry(url);
         loop {
             let (r, hint) = self
-                .fetch_once(&u, url, &range, dst, &mut written, &limit)
+                .fetch_once(&u, url, &range, dst, &mut written, &limit, auth)
                 .await;
             match r {
                 Ok(()) => return Ok(want),
@@ -283,19 +352,14 @@ impl OriginFetcher {
         dst: &mut [u8],
         written: &mut usize,
         limit: &OriginLimit,
+        auth: Option<&OriginAuth>,
     ) -> (Result<(), OriginError>, Option<Duration>) {
         let want = range.end - range.start;
         let _slot = limit.slots.acquire().await;
         self.metrics.inc(&self.metrics.origin_requests, 1);
         let start = range.start + *written as u64;
         let header = format!("bytes={}-{}", start, range.end - 1);
-        let mut resp = match self
-            .client
-            .get(u.clone())
-            .header("Range", header)
-            .send()
-            .await
-        {
+        let mut resp = match self.request(u, auth).header("Range", header).send().await {
             Ok(r) => r,
             Err(e) => return (Err(transport(url, e)), None),
         };
@@ -386,18 +450,23 @@ impl Retry<'_> {
 }
 
 fn transport(url: &str, e: reqwest::Error) -> OriginError {
-    // reqwest's Display hides the cause ("error sending request"); show the chain.
+    OriginError::Transport {
+        url: url.to_string(),
+        message: error_chain(&e),
+    }
+}
+
+/// An error and its causes on one line: reqwest's Display hides the cause
+/// ("error sending request").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
-    let mut src = std::error::Error::source(&e);
+    let mut src = e.source();
     while let Some(s) = src {
         message.push_str(": ");
         message.push_str(&s.to_string());
         src = s.source();
     }
-    OriginError::Transport {
-        url: url.to_string(),
-        message,
-    }
+    message
 }
 
 #[cfg(test)]
@@ -418,6 +487,21 @@ mod tests {
         assert!(OriginFetcher::check_url("https://example.com/x").is_ok());
         assert!(OriginFetcher::check_url("file:///etc/passwd").is_err());
         assert!(OriginFetcher::check_url("not a url").is_err());
+    }
+
+    #[test]
+    fn credentials_stay_with_their_origin() {
+        let a = OriginAuth::bearer("https://hub.example/api", "secret").unwrap();
+        let same = reqwest::Url::parse("https://hub.example:443/org/m/resolve/main/x").unwrap();
+        let cdn = reqwest::Url::parse("https://cdn.example/blobs/x").unwrap();
+        let other_port = reqwest::Url::parse("https://hub.example:8443/x").unwrap();
+        assert_eq!(a.for_url(&same), Some("Bearer secret"));
+        assert_eq!(a.for_url(&cdn), None);
+        assert_eq!(a.for_url(&other_port), None);
+        assert!(
+            !format!("{a:?}").contains("secret"),
+            "Debug must not print the token"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,6 +71,9 @@ pub struct TaskFile {
     map: Option<MmapRaw>,
     pieces_file: File,
     state: Mutex<PieceState>,
+    /// The whole file's sha256, once computed on a complete file: verified
+    /// pieces never change, so cache hits need not hash again.
+    whole_sha256: std::sync::OnceLock<[u8; 32]>,
 }
 
 // SAFETY: the raw mapping is only accessed through `PieceWrite` (one writer
@@ -312,6 +315,7 @@ impl TaskFile {
                 verified,
                 writing: vec![false; n],
             }),
+            whole_sha256: std::sync::OnceLock::new(),
         })
     }
 
@@ -424,6 +428,13 @@ impl TaskFile {
 
     /// sha256 of the whole file (call when complete).
     pub fn sha256(&self) -> [u8; 32] {
+        if !self.is_complete() {
+            return self.hash_now();
+        }
+        *self.whole_sha256.get_or_init(|| self.hash_now())
+    }
+
+    fn hash_now(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         for n in 0..self.layout.piece_count() {

@@ -6,8 +6,10 @@
 //! - [`piece`]: how a file is cut into pieces, and piece digests.
 //! - [`frame`]: the wire format of the peer-to-peer piece protocol.
 //! - [`transport`]: the trait every piece transport (TCP, RDMA) implements.
+//! - [`http_range`]: the HTTP `Range` header, as every weightcast HTTP server answers it.
 
 pub mod frame;
+pub mod http_range;
 pub mod ids;
 pub mod metrics_text;
 pub mod piece;

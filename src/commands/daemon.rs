@@ -1,12 +1,12 @@
 //! `weightcast daemon`: a node's peer.
 
-use super::engine_args::{default_data_dir, EngineArgs};
+use super::engine_args::{default_data_dir, EngineArgs, HfArgs};
 use super::ready_file;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use weightcast_engine::{local_api, Engine};
+use weightcast_engine::{hf_endpoint, local_api, Engine};
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
@@ -27,6 +27,13 @@ pub struct DaemonArgs {
         default_value = "127.0.0.1:7431"
     )]
     pub metrics_listen: SocketAddr,
+    /// Serve a Hugging Face Hub endpoint here, e.g. 127.0.0.1:7410: point
+    /// `HF_ENDPOINT=http://127.0.0.1:7410` at it and `hf download`,
+    /// `snapshot_download` and `from_pretrained` fetch through the swarm.
+    #[arg(long, env = "WEIGHTCAST_HF_LISTEN")]
+    pub hf_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub hf: HfArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -39,7 +46,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     let api = local_api::bind(&socket)
         .await
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let config = a.engine.config(data_dir.clone(), a.listen, a.seed);
+    let config = a.engine.config(data_dir.clone(), a.listen, a.seed, &a.hf)?;
     let engine = Engine::start(config)
         .await
         .context("cannot start the engine")?;
@@ -49,6 +56,22 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener.local_addr()?;
     tokio::spawn(engine.clone().serve_metrics(metrics_listener));
     tokio::spawn(local_api::serve(api, engine.clone()));
+    let hf_addr = match a.hf_listen {
+        Some(addr) => {
+            let hub = a.hf.hub()?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the Hugging Face endpoint")
+            })?;
+            let bound = listener.local_addr()?;
+            if hub.endpoint().ends_with(&format!("//{bound}")) {
+                anyhow::bail!("--hf-endpoint {} is this daemon's own --hf-listen: point it at the origin Hub (HF_ENDPOINT in the daemon's environment is read as the origin)", hub.endpoint());
+            }
+            tracing::info!(addr = %bound, origin = %hub.endpoint(), "Hugging Face endpoint ready");
+            tokio::spawn(hf_endpoint::serve(listener, engine.clone(), hub));
+            Some(bound.to_string())
+        }
+        None => None,
+    };
     if a.engine.scheduler.is_some()
         && !engine
             .scheduler_connected(std::time::Duration::from_secs(3))
@@ -63,6 +86,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
             "piece_addr": engine.piece_addr,
             "metrics_addr": metrics_addr.to_string(),
             "socket": socket,
+            "hf_addr": hf_addr,
         }),
     )?;
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), metrics = %metrics_addr, "daemon ready");

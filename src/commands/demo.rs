@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weightcast_bench::{byte_size, cluster::sha256_file, origin, safetensors_file};
-use weightcast_engine::{Engine, EngineConfig, GetRequest};
+use weightcast_engine::{Engine, EngineConfig, GetRequest, Validation};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -90,10 +90,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     for (i, p) in peers.iter().enumerate() {
         let p: Arc<Engine> = p.clone();
         let req = GetRequest {
-            url: url.clone(),
-            output: root.join(format!("peer-{i:02}/out/model.safetensors")),
             digest: Some(format!("sha256:{want}")),
-            back_to_source: true,
+            validate: Some(Validation::Safetensors),
+            ..GetRequest::new(
+                &url,
+                root.join(format!("peer-{i:02}/out/model.safetensors")),
+            )
         };
         runs.push(tokio::spawn(async move { p.get(&req, |_| {}).await }));
     }

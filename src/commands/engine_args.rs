@@ -4,8 +4,50 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use weightcast_bench::byte_size;
-use weightcast_engine::origin::OriginConfig;
+use weightcast_engine::hub_client::{HubClient, DEFAULT_ENDPOINT};
+use weightcast_engine::origin::{OriginAuth, OriginConfig};
 use weightcast_engine::EngineConfig;
+
+/// Where the Hugging Face Hub is, and the token for it.
+#[derive(Args, Debug, Clone)]
+pub struct HfArgs {
+    /// The origin Hugging Face Hub (or a mirror of it).
+    #[arg(long, env = "HF_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub hf_endpoint: String,
+    /// Hugging Face token for gated and private repos. It is sent to the
+    /// --hf-endpoint host only, never to its CDN, and never logged.
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
+}
+
+impl HfArgs {
+    pub fn hub(&self) -> anyhow::Result<HubClient> {
+        Ok(HubClient::new(&self.hf_endpoint)?)
+    }
+
+    /// The `Authorization` value for the Hub.
+    pub fn authorization(&self) -> Option<String> {
+        self.hf_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("Bearer {t}"))
+    }
+
+    /// The token as an origin credential bound to the Hub's host.
+    pub fn credential(&self) -> anyhow::Result<Option<OriginAuth>> {
+        match self.authorization() {
+            Some(a) => Ok(Some(OriginAuth::new(&self.hf_endpoint, a).map_err(
+                |_| {
+                    anyhow::anyhow!(
+                        "invalid --hf-endpoint {:?}: expected http(s)://host[:port]",
+                        self.hf_endpoint
+                    )
+                },
+            )?)),
+            None => Ok(None),
+        }
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
@@ -51,12 +93,15 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// The engine's configuration; `hf` gives this peer's own Hub token
+    /// (a seed's, for gated files the Hub serves without a CDN redirect).
     pub fn config(
         &self,
         data_dir: PathBuf,
         listen: std::net::SocketAddr,
         seed: bool,
-    ) -> EngineConfig {
+        hf: &HfArgs,
+    ) -> anyhow::Result<EngineConfig> {
         let mut c = EngineConfig::new(data_dir);
         c.listen = listen;
         c.advertise_addr = self.advertise_addr.clone();
@@ -80,9 +125,10 @@ impl EngineArgs {
             concurrency: self.origin_concurrency,
             rate_limit: self.origin_rate_limit,
             retries: self.origin_retries,
+            credentials: hf.credential()?.into_iter().collect(),
             ..OriginConfig::default()
         };
-        c
+        Ok(c)
     }
 }
 

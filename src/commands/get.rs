@@ -1,22 +1,36 @@
 //! `weightcast get`: what init containers, model-repository fetchers and
 //! people run.
 
-use super::engine_args::{default_data_dir, EngineArgs};
+use super::engine_args::{default_data_dir, EngineArgs, HfArgs};
+use super::get_hf;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use weightcast_bench::byte_size;
 use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
+use weightcast_modelpack::{HfUri, Layout};
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// What to download: an http:// or https:// URL.
+    /// What to download: a Hugging Face repo,
+    /// hf://[datasets/]owner/name[@revision][/path-or-glob] (a revision with
+    /// a slash is written %2F-encoded), or an http:// or https:// URL.
     pub url: String,
-    /// Output file, or an existing directory to put the file in (named after the URL).
+    /// Output: for a URL, a file or an existing directory to put it in (named
+    /// after the URL); for hf://, the directory to write the repo's files to.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// How an hf:// repo is written under -o: `plain` (its files as in the
+    /// repo) or `hf-cache` (the Hugging Face cache structure: give -o as
+    /// $HF_HOME/hub and `from_pretrained(..., local_files_only=True)` finds it).
+    #[arg(long, env = "WEIGHTCAST_LAYOUT", default_value = "plain")]
+    pub layout: Layout,
+    /// Files downloaded at once (hf://).
+    #[arg(long, env = "WEIGHTCAST_JOBS", default_value_t = 4)]
+    pub jobs: usize,
     /// Data dir of the node's daemon: `get` uses the daemon listening there,
     /// or runs an engine in this process with its cache there.
     #[arg(long, env = "WEIGHTCAST_DATA_DIR")]
@@ -40,6 +54,8 @@ pub struct GetArgs {
     #[arg(long, env = "WEIGHTCAST_GET_LISTEN", default_value = "0.0.0.0:0")]
     pub listen: std::net::SocketAddr,
     #[command(flatten)]
+    pub hf: HfArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
@@ -61,16 +77,17 @@ fn url_file_name(url: &str) -> Option<String> {
     (!name.is_empty() && name != "." && name != "..").then(|| name.to_string())
 }
 
-struct Progress {
+/// A progress bar on a terminal, nothing elsewhere.
+pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
 impl Progress {
-    fn new(show: bool) -> Self {
+    pub fn new(show: bool) -> Self {
         let bar = show.then(|| {
             let b = ProgressBar::new(0);
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}")
                     .expect("valid template"),
             );
             b
@@ -78,12 +95,18 @@ impl Progress {
         Self { bar }
     }
 
-    fn update(&self, done: u64, total: Option<u64>) {
+    pub fn update(&self, done: u64, total: Option<u64>) {
         if let Some(b) = &self.bar {
             if let Some(t) = total {
                 b.set_length(t);
             }
             b.set_position(done);
+        }
+    }
+
+    pub fn message(&self, msg: String) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg);
         }
     }
 
@@ -94,43 +117,75 @@ impl Progress {
     }
 }
 
-pub async fn run(a: GetArgs) -> anyhow::Result<()> {
-    let output = output_path(&a.url, &a.output)?;
-    let req = GetRequest {
-        url: a.url.clone(),
-        output: output.clone(),
-        digest: a.digest.clone(),
-        back_to_source: !a.no_back_to_source,
-    };
-    let progress = Progress::new(!a.json && !a.quiet && std::io::stderr().is_terminal());
-    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    let (socket, must_answer) = match &a.daemon {
-        Some(s) => (s.clone(), true),
-        None => (local_api::socket_path(&data_dir), false),
-    };
-    let summary = match local_api::connect(&socket).await {
-        Some(stream) => {
-            tracing::info!(socket = %socket.display(), "using the node's daemon");
-            local_api::get_via_daemon(stream, &socket, &req, |d, t| progress.update(d, t)).await?
-        }
-        None if must_answer => bail!("no weightcast daemon answers on {}", socket.display()),
-        None => in_process(&a, data_dir, &req, &progress).await?,
-    };
-    progress.finish();
-    report(&a, &summary)
+/// Where downloads run: the node's daemon, or an engine in this process.
+pub enum Fetcher {
+    Daemon(PathBuf),
+    InProcess(Arc<Engine>),
 }
 
-async fn in_process(
-    a: &GetArgs,
-    data_dir: PathBuf,
-    req: &GetRequest,
-    progress: &Progress,
-) -> anyhow::Result<GetSummary> {
-    let config = a.engine.config(data_dir, a.listen, false);
-    let engine = Engine::start(config).await?;
-    Ok(engine
-        .get(req, |p| progress.update(p.done, p.total))
-        .await?)
+impl Fetcher {
+    async fn start(a: &GetArgs) -> anyhow::Result<Self> {
+        let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+        let (socket, must_answer) = match &a.daemon {
+            Some(s) => (s.clone(), true),
+            None => (local_api::socket_path(&data_dir), false),
+        };
+        if local_api::connect(&socket).await.is_some() {
+            tracing::info!(socket = %socket.display(), "using the node's daemon");
+            return Ok(Fetcher::Daemon(socket));
+        }
+        if must_answer {
+            bail!("no weightcast daemon answers on {}", socket.display());
+        }
+        let config = a.engine.config(data_dir, a.listen, false, &a.hf)?;
+        Ok(Fetcher::InProcess(Engine::start(config).await?))
+    }
+
+    /// Runs one download; `on_progress` sees (bytes done, total when known).
+    pub async fn get(
+        &self,
+        req: &GetRequest,
+        mut on_progress: impl FnMut(u64, Option<u64>),
+    ) -> anyhow::Result<GetSummary> {
+        match self {
+            Fetcher::Daemon(socket) => {
+                let stream = local_api::connect(socket).await.with_context(|| {
+                    format!("the daemon on {} stopped answering", socket.display())
+                })?;
+                Ok(local_api::get_via_daemon(stream, socket, req, on_progress).await?)
+            }
+            Fetcher::InProcess(engine) => {
+                Ok(engine.get(req, |p| on_progress(p.done, p.total)).await?)
+            }
+        }
+    }
+}
+
+pub async fn run(a: GetArgs) -> anyhow::Result<()> {
+    let progress = Progress::new(!a.json && !a.quiet && std::io::stderr().is_terminal());
+    if HfUri::is_hf(&a.url) {
+        let uri = HfUri::parse(&a.url)?;
+        if a.digest.is_some() {
+            bail!("--digest is for http(s) URLs: hf:// files are checked against the sha256 the Hub publishes");
+        }
+        let fetcher = Fetcher::start(&a).await?;
+        let summary = get_hf::run(&a, &uri, &fetcher, &progress).await;
+        progress.finish();
+        return get_hf::report(&a, &summary?);
+    }
+    if a.layout != Layout::Plain {
+        bail!("--layout applies to hf:// sources only");
+    }
+    let output = output_path(&a.url, &a.output)?;
+    let req = GetRequest {
+        digest: a.digest.clone(),
+        back_to_source: !a.no_back_to_source,
+        ..GetRequest::new(&a.url, output.clone())
+    };
+    let fetcher = Fetcher::start(&a).await?;
+    let summary = fetcher.get(&req, |d, t| progress.update(d, t)).await;
+    progress.finish();
+    report(&a, &summary?)
 }
 
 fn report(a: &GetArgs, s: &GetSummary) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine_args;
 pub mod get;
+pub mod get_hf;
 pub mod logging;
 pub mod origin;
 pub mod ready_file;

@@ -6,6 +6,10 @@
 //! and a BitTorrent swarm (aria2 + opentracker, the origin host as the only
 //! seeder). Needs root and iproute2; BitTorrent needs aria2, opentracker and
 //! mktorrent (`scripts/setup-bench` installs them).
+//!
+//! `weightcast-bench hf-hub`: serves a directory as one repo of a
+//! Hugging Face–compatible test hub (see `weightcast_bench::hf_hub`), for
+//! running the real `huggingface_hub` client or weightcast against it.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,6 +28,36 @@ struct Cli {
 enum Command {
     /// Run scenarios on an emulated cluster of bandwidth-capped hosts.
     Cluster(ClusterArgs),
+    /// Serve a directory as a Hugging Face repo (hub + LFS CDN) until killed.
+    HfHub(HfHubArgs),
+}
+
+#[derive(clap::Args)]
+struct HfHubArgs {
+    /// Where the hub listens: what HF_ENDPOINT should point to.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: std::net::SocketAddr,
+    /// Where the CDN that LFS files redirect to listens.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    cdn_listen: std::net::SocketAddr,
+    /// Repo id, `org/name`.
+    #[arg(long)]
+    repo: String,
+    /// Directory whose files (recursively) make up the repo.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Serve it as a dataset instead of a model.
+    #[arg(long)]
+    dataset: bool,
+    /// Gate the repo: downloads need `Authorization: Bearer <token>`.
+    #[arg(long)]
+    token: Option<String>,
+    /// Write the hub URL here once listening (for scripts to wait on).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Tree API entries per page.
+    #[arg(long, default_value_t = weightcast_bench::hf_hub::HubConfig::default().tree_page_size)]
+    tree_page_size: usize,
 }
 
 /// `100mbit`, `1gbit`, `500kbit`, or plain bits per second.
@@ -73,6 +107,18 @@ struct ClusterArgs {
 }
 
 fn main() {
+    let command = Cli::parse().command;
+    // The hub touches no namespaces: keep it clear of the cluster clean-up.
+    let command = match command {
+        Command::HfHub(a) => {
+            if let Err(e) = hf_hub(a) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        other => other,
+    };
     let pid = std::process::id();
     // Ctrl-C / SIGTERM: delete every namespace of this run before exiting.
     let _ = ctrlc::set_handler(move || {
@@ -80,8 +126,9 @@ fn main() {
         eprintln!("interrupted: emulated cluster torn down");
         std::process::exit(130);
     });
-    let result = match Cli::parse().command {
+    let result = match command {
         Command::Cluster(a) => cluster(a),
+        Command::HfHub(_) => unreachable!("handled above"),
     };
     netns::teardown(pid);
     let left = netns::leftover_namespaces(pid);
@@ -171,4 +218,47 @@ fn cluster(a: ClusterArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn hf_hub(a: HfHubArgs) -> Result<()> {
+    use weightcast_bench::hf_hub::{self, HubConfig, RepoKind, RepoSpec};
+    let kind = if a.dataset {
+        RepoKind::Dataset
+    } else {
+        RepoKind::Model
+    };
+    let spec = RepoSpec::from_dir(kind, &a.repo, &a.dir, a.token)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let hub_listener = tokio::net::TcpListener::bind(a.listen).await?;
+        let cdn_listener = tokio::net::TcpListener::bind(a.cdn_listen).await?;
+        let config = HubConfig {
+            tree_page_size: a.tree_page_size,
+        };
+        let files = spec.files.len();
+        let hub = hf_hub::serve(hub_listener, cdn_listener, vec![spec], config).await?;
+        eprintln!(
+            "serving {files} files as {} at {} (CDN {})",
+            a.repo, hub.hub_url, hub.cdn_url
+        );
+        println!("{}", hub.hub_url);
+        if let Some(f) = &a.ready_file {
+            // Write then rename, so a watcher never reads a partial URL.
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, format!("{}\n", hub.hub_url))?;
+            std::fs::rename(&tmp, f)?;
+        }
+        // Scripts stop the hub with SIGTERM: remove the ready file then too,
+        // so a stale one never announces a hub that is gone.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        drop(hub);
+        if let Some(f) = &a.ready_file {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    })
 }
