@@ -213,6 +213,14 @@ impl Cluster {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// The tail of every process's log, each under its name: what a failed
+    /// end-to-end test prints.
+    pub fn logs(&self) -> String {
+        (0..self.procs.len())
+            .map(|i| format!("--- {} ---\n{}\n", self.procs[i].name, self.log_tail(i)))
+            .collect()
+    }
+
     fn wait_ready<T: for<'de> Deserialize<'de>>(&mut self, i: usize, file: &Path) -> Result<T> {
         let t0 = Instant::now();
         loop {

@@ -41,6 +41,9 @@ pub struct DownloadSpec {
     pub back_to_source: bool,
     /// Credentials for the origin of `url` (a gated repo's token).
     pub auth: Option<OriginAuth>,
+    /// `false`: a private download, never announced to the scheduler (the
+    /// file is small, or only this node's credentials can fetch it).
+    pub swarm: bool,
 }
 
 /// Live numbers of one download, for progress output.
@@ -156,7 +159,7 @@ pub async fn run(
 
 impl Download {
     fn send(&self, m: PeerMsg) {
-        if let Some(link) = &self.ctx.link {
+        if let (Some(link), true) = (&self.ctx.link, self.spec.swarm) {
             link.send(m);
         }
     }
@@ -240,7 +243,7 @@ impl Download {
         &mut self,
         events: &mut mpsc::UnboundedReceiver<TaskEvent>,
     ) -> Result<Downloaded, DownloadError> {
-        let swarm = self.ctx.link.is_some();
+        let swarm = self.ctx.link.is_some() && self.spec.swarm;
         if swarm {
             // A task on disk from an earlier run resumes with what it has.
             if let Some(meta) = self.ctx.store.peek_meta(&self.spec.id) {

@@ -374,6 +374,7 @@ impl Engine {
                         mode: Mode::Source,
                         back_to_source: true,
                         auth: None,
+                        swarm: true,
                     });
                 }
                 LinkEvent::Message(m) => {
@@ -469,7 +470,7 @@ impl Engine {
     /// How a new download starts: in the swarm when the scheduler answers,
     /// else from the origin (unless back-to-source is forbidden).
     async fn mode_for(&self, swarm: bool, back_to_source: bool) -> Result<Mode, GetError> {
-        if !swarm && back_to_source {
+        if !swarm {
             return Ok(Mode::Source);
         }
         if self.ctx.link.is_some() && self.scheduler_connected(Duration::from_secs(3)).await {
@@ -513,6 +514,7 @@ impl Engine {
             mode,
             back_to_source: true,
             auth,
+            swarm,
         });
         Ok(TaskWatch(WatchState::Running {
             id,
@@ -560,6 +562,7 @@ impl Engine {
                     mode,
                     back_to_source: req.back_to_source,
                     auth: req.auth.clone(),
+                    swarm: req.swarm,
                 });
                 let mut progress = run.progress.clone();
                 let mut outcome = run.outcome.clone();
@@ -656,7 +659,11 @@ impl TaskWatch {
                             }
                             tokio::select! {
                                 r = outcome.changed() => if r.is_err() { return Err(GetError::ShuttingDown) },
-                                r = progress.changed() => if r.is_err() { return Err(GetError::ShuttingDown) },
+                                // The download drops its progress sender just
+                                // before it reports the outcome: wait for that.
+                                r = progress.changed() => if r.is_err() && outcome.changed().await.is_err() {
+                                    return Err(GetError::ShuttingDown);
+                                },
                             }
                         }
                     }

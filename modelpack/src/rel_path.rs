@@ -69,34 +69,43 @@ impl RelPath {
         self.0.matches('/').count()
     }
 
-    /// `root/self`, creating the parent directories, after checking that the
-    /// parent, with every symlink resolved, is still inside `root`.
+    /// `root/self`, creating the parent directories one at a time, each
+    /// checked first: a directory that is a symlink must resolve inside
+    /// `root`, so nothing (not even an empty directory) is created through a
+    /// symlink that leads out.
     pub fn join_checked(&self, root: &Path) -> Result<PathBuf, JoinError> {
-        let target = root.join(&self.0);
-        let parent = target.parent().unwrap_or(root);
-        std::fs::create_dir_all(parent).map_err(|source| JoinError::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| JoinError::Io { path: p, source }
         };
         let real_root = root.canonicalize().map_err(io(root))?;
-        let real_parent = parent.canonicalize().map_err(io(parent))?;
-        if !real_parent.starts_with(&real_root) {
-            return Err(JoinError::Escapes {
-                name: self.0.clone(),
-                resolved: real_parent,
-            });
+        let escapes = |resolved: PathBuf| JoinError::Escapes {
+            name: self.0.clone(),
+            resolved,
+        };
+        let parts: Vec<&str> = self.components().collect();
+        let mut dir = root.to_path_buf();
+        for part in &parts[..parts.len() - 1] {
+            dir.push(part);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    let real = dir.canonicalize().map_err(io(&dir))?;
+                    if !real.starts_with(&real_root) {
+                        return Err(escapes(real));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&dir).map_err(io(&dir))?;
+                }
+                Err(e) => return Err(io(&dir)(e)),
+            }
         }
+        let target = dir.join(parts[parts.len() - 1]);
         // The file itself must not be a symlink planted to point elsewhere.
         if let Ok(m) = std::fs::symlink_metadata(&target) {
             if m.file_type().is_symlink() {
-                return Err(JoinError::Escapes {
-                    name: self.0.clone(),
-                    resolved: target,
-                });
+                return Err(escapes(target));
             }
         }
         Ok(target)
@@ -163,6 +172,19 @@ mod tests {
             p.join_checked(root.path()),
             Err(JoinError::Escapes { .. })
         ));
+        let deep = RelPath::parse("sub/d/x.bin").unwrap();
+        assert!(deep.join_checked(root.path()).is_err());
+        assert!(
+            std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "no directory is created through the symlink"
+        );
+        // A symlink that stays inside the root is fine.
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(root.path().join("real"), root.path().join("alias")).unwrap();
+        assert!(RelPath::parse("alias/x")
+            .unwrap()
+            .join_checked(root.path())
+            .is_ok());
         std::os::unix::fs::symlink("/etc/passwd", root.path().join("f")).unwrap();
         assert!(RelPath::parse("f")
             .unwrap()

@@ -135,14 +135,14 @@ impl FileJob<'_> {
                 .then_some(Validation::Safetensors),
             ..GetRequest::new(&hub_url, place.target.clone())
         };
+        // The Hub's answer for the file: its own words on refusal (gated,
+        // missing), and for LFS files the CDN location of the bytes.
+        let meta = self
+            .hub
+            .file_meta(repo, &self.resolved.commit, file.path.as_str(), self.auth)
+            .await?;
         match file.blob.sha256() {
             Some(sha) => {
-                // The Hub sends LFS bytes to its CDN with a signed URL: that
-                // URL is the task's origin, so a seed needs no token for it.
-                let meta = self
-                    .hub
-                    .file_meta(repo, &self.resolved.commit, file.path.as_str(), self.auth)
-                    .await?;
                 if meta.etag != sha {
                     anyhow::bail!(
                         "the Hub's tree says sha256 {sha} but the file's ETag is {}",
@@ -150,6 +150,8 @@ impl FileJob<'_> {
                     );
                 }
                 req.digest = Some(format!("sha256:{sha}"));
+                // The Hub sends LFS bytes to its CDN with a signed URL: that
+                // URL is the task's origin, so a seed needs no token for it.
                 match meta.location {
                     Some(cdn) => req.url = cdn,
                     None => req.auth = hub_auth,
@@ -157,9 +159,11 @@ impl FileJob<'_> {
             }
             None => {
                 // Small git-stored files: from the Hub, by this node, with
-                // the token; not worth a round through the scheduler.
+                // the token; not worth a round through the scheduler, and
+                // fetched so even with --no-back-to-source.
                 req.auth = hub_auth;
                 req.swarm = false;
+                req.back_to_source = true;
             }
         }
         let summary = self.fetcher.get(&req, |d, _| on_done(d)).await?;
