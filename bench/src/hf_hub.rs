@@ -17,7 +17,6 @@
 //! that another process (a Python benchmark, a `weightcast` run) can read the
 //! counters.
 
-use crate::origin::parse_range;
 use anyhow::{ensure, Context as _};
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -38,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use weightcast_proto::http_range;
 
 /// Body chunks of this size keep memory flat for multi-GiB blobs while
 /// keeping per-chunk overhead (counting, syscalls) negligible.
@@ -982,7 +982,7 @@ async fn ranged(
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match range {
         None => (StatusCode::OK, 0, size),
-        Some(r) => match parse_range(r, size) {
+        Some(r) => match http_range::parse(r, size) {
             Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
             None => {
                 let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();

@@ -189,13 +189,7 @@ fn parse_resolve(path: &str) -> Option<(RepoRef, String, RelPath)> {
             .map(|c| c.into_owned())
     };
     let rest = path.strip_prefix('/')?;
-    let (kind, rest) = match rest.strip_prefix("datasets/") {
-        Some(r) => (RepoKind::Dataset, r),
-        None => (
-            RepoKind::Model,
-            rest.strip_prefix("models/").unwrap_or(rest),
-        ),
-    };
+    let (kind, rest) = RepoKind::split_prefix(rest);
     let mut parts = rest.splitn(5, '/');
     let (org, name, verb, rev, file) = (
         parts.next()?,

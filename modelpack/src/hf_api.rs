@@ -27,6 +27,18 @@ impl RepoKind {
         }
     }
 
+    /// Splits a leading `datasets/` (or `models/`) off a path: the kind of
+    /// repo it names, and the rest. No prefix means a model, as on the Hub.
+    pub fn split_prefix(path: &str) -> (RepoKind, &str) {
+        match path.strip_prefix("datasets/") {
+            Some(rest) => (RepoKind::Dataset, rest),
+            None => (
+                RepoKind::Model,
+                path.strip_prefix("models/").unwrap_or(path),
+            ),
+        }
+    }
+
     /// `models--org--name` / `datasets--org--name` in the HF cache.
     fn cache_prefix(self) -> &'static str {
         match self {

@@ -37,13 +37,7 @@ impl HfUri {
         let rest = s
             .strip_prefix("hf://")
             .ok_or_else(|| bad("it does not start with hf://"))?;
-        let (kind, rest) = match rest.strip_prefix("datasets/") {
-            Some(r) => (RepoKind::Dataset, r),
-            None => (
-                RepoKind::Model,
-                rest.strip_prefix("models/").unwrap_or(rest),
-            ),
-        };
+        let (kind, rest) = RepoKind::split_prefix(rest);
         let mut parts = rest.splitn(3, '/');
         let owner = parts.next().unwrap_or_default();
         let name_rev = parts
