@@ -8,8 +8,11 @@
 //!   is one that cannot leave the directory it is joined to.
 //! - [`glob`]: the path selector of an `hf://` URI.
 //! - [`safetensors_check`]: a `.safetensors` file's header and offsets.
-//! - [`layout`]: where files land: a plain directory or the Hugging Face
-//!   cache structure.
+//! - [`oci_ref`], [`oci_artifact`]: `oci://` references, and a ModelPack
+//!   or plain OCI artifact's manifest turned into layers and file paths.
+//! - [`tar_extract`]: safe extraction of tar layers.
+//! - [`layout`]: where files land: a plain directory, the Hugging Face
+//!   cache structure, a Triton or TorchServe model repository entry.
 //!
 //! The engine does the HTTP; this crate only knows shapes, so everything in
 //! it is tested without sockets.
@@ -18,8 +21,11 @@ pub mod glob;
 pub mod hf_api;
 pub mod hf_uri;
 pub mod layout;
+pub mod oci_artifact;
+pub mod oci_ref;
 pub mod rel_path;
 pub mod safetensors_check;
+pub mod tar_extract;
 
 pub use hf_api::{BlobId, HfFile, RepoKind, RepoRef};
 pub use hf_uri::HfUri;

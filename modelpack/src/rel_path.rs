@@ -17,8 +17,10 @@ pub struct UnsafePath {
     pub why: &'static str,
 }
 
-/// A relative path of normal components, `/`-separated.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A relative path of normal components, `/`-separated. It serializes as
+/// its string (for `inspect --json` and summaries).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct RelPath(String);
 
 impl RelPath {
