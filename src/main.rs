@@ -16,7 +16,9 @@ use clap::{Parser, Subcommand};
 The origin sends about one copy; nodes pass verified pieces to each other and \
 write them straight into memory-mapped caches.\n\n\
 Quick start (no cluster needed):   weightcast demo --peers 8 --size 1GiB\n\
-One file through a node's daemon:  weightcast get https://host/model.safetensors -o /models/\n\n\
+One file through a node's daemon:  weightcast get https://host/model.safetensors -o /models/\n\
+A Hugging Face repo:               weightcast get hf://org/model@main -o /models/model\n\
+A ModelPack artifact:              weightcast get oci://registry/models/llama3:8b -o /models/llama3\n\n\
 Every flag can also be set by an environment variable (shown in each command's --help) \
 or by a WEIGHTCAST_*=value line in the config file (--config, default /etc/weightcast/weightcast.env)."
 )]
@@ -32,8 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download a file through the local daemon, or in-process when none runs.
+    /// Download a file (https://), a Hugging Face repo (hf://) or an OCI model
+    /// artifact (oci://) through the local daemon, or in-process when none runs.
     Get(commands::get::GetArgs),
+    /// Show what a `get` of an hf:// or oci:// source would fetch, without fetching.
+    Inspect(commands::inspect::InspectArgs),
     /// Run a peer on this node: cache, upload server, local API and metrics.
     Daemon(commands::daemon::DaemonArgs),
     /// Run the scheduler that plans which peer serves which.
@@ -55,7 +60,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_log = match &cli.command {
         Command::Daemon(_) | Command::Scheduler(_) | Command::Origin(_) => "info",
-        Command::Get(_) | Command::Demo(_) => "warn",
+        Command::Get(_) | Command::Demo(_) | Command::Inspect(_) => "warn",
     };
     commands::logging::init(default_log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -71,6 +76,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Get(a) => commands::get::run(a).await,
+            Command::Inspect(a) => commands::inspect::run(a).await,
             Command::Daemon(a) => commands::daemon::run(a).await,
             Command::Scheduler(a) => commands::scheduler::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,

@@ -60,6 +60,9 @@ pub struct DaemonReady {
     /// The Hugging Face endpoint, when started with `--hf-listen`.
     #[serde(default)]
     pub hf_addr: Option<String>,
+    /// The registry mirror, when started with `--registry-listen`.
+    #[serde(default)]
+    pub registry_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

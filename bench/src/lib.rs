@@ -14,6 +14,7 @@ pub mod byte_size;
 pub mod cluster;
 pub mod hf_hub;
 pub mod netns;
+pub mod oci_registry;
 pub mod origin;
 pub mod report;
 pub mod safetensors_file;

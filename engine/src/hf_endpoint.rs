@@ -24,6 +24,7 @@
 use crate::engine::{Engine, GetError, TaskWatch};
 use crate::hub_client::{FileMeta, HubClient, HubError};
 use crate::origin::OriginAuth;
+use crate::piece_stream::BodyRange;
 use crate::ttl_cache::TtlCache;
 use axum::body::Body;
 use axum::extract::State;
@@ -37,7 +38,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use weightcast_modelpack::hf_api::is_sha256_hex;
 use weightcast_modelpack::{RelPath, RepoKind, RepoRef};
-use weightcast_proto::http_range;
 
 /// How long metadata answers are reused.
 const METADATA_TTL: Duration = Duration::from_secs(10);
@@ -329,28 +329,21 @@ impl HfEndpoint {
             Err(r) => return error(r.status, r.code.as_deref(), r.commit.as_deref(), &r.message),
         };
         let size = meta.size;
-        let (status, first, last) = match range.map(|h| http_range::parse(h, size)) {
-            None => (StatusCode::OK, 0, size.saturating_sub(1)),
-            Some(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
-            Some(None) => {
-                let mut r = error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    None,
-                    Some(&meta.commit),
-                    "range not satisfiable",
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return r;
-            }
+        let Ok(span) = BodyRange::new(range, size) else {
+            let mut r = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                None,
+                Some(&meta.commit),
+                "range not satisfiable",
+            );
+            BodyRange::unsatisfiable(size, r.headers_mut());
+            return r;
         };
-        let len = if size == 0 { 0 } else { last - first + 1 };
-        let body = if head || len == 0 {
+        let body = if head || span.len == 0 {
             Body::empty()
         } else {
             match self.watch(repo, file, &meta, auth).await {
-                Ok(w) => Body::from_stream(stream_pieces(w, first, first + len)),
+                Ok(w) => span.body(w),
                 Err(e) => {
                     return error(
                         StatusCode::BAD_GATEWAY,
@@ -362,7 +355,7 @@ impl HfEndpoint {
             }
         };
         let mut r = Response::new(body);
-        *r.status_mut() = status;
+        span.set_headers(&mut r);
         let etag = format!("\"{}\"", meta.etag);
         let mut set = |name: &'static str, value: String| {
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -371,15 +364,10 @@ impl HfEndpoint {
         };
         set("x-repo-commit", meta.commit.clone());
         set("etag", etag.clone());
-        set("content-length", len.to_string());
-        set("accept-ranges", "bytes".into());
         set("content-type", "application/octet-stream".into());
         if meta.sha256().is_some() {
             set("x-linked-etag", etag);
             set("x-linked-size", size.to_string());
-        }
-        if status == StatusCode::PARTIAL_CONTENT {
-            set("content-range", format!("bytes {first}-{last}/{size}"));
         }
         r
     }
@@ -412,35 +400,6 @@ impl HfEndpoint {
             None => self.engine.watch(&url, None, origin_auth, false).await,
         }
     }
-}
-
-/// The bytes `[from, to)` of the watched file, piece by piece as each is
-/// verified, without copying them out of the mapping.
-fn stream_pieces(
-    watch: TaskWatch,
-    from: u64,
-    to: u64,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    futures::stream::try_unfold((watch, from), move |(mut w, pos)| async move {
-        if pos >= to {
-            return Ok(None);
-        }
-        let io = |e: GetError| std::io::Error::other(e.to_string());
-        let layout = w.file().await.map_err(io)?.layout;
-        if layout.content_length < to {
-            return Err(std::io::Error::other(format!(
-                "the file is {} bytes, shorter than the Hub said",
-                layout.content_length
-            )));
-        }
-        let num = (pos / layout.piece_size) as u32;
-        let piece = w.piece(num).await.map_err(io)?;
-        let start = num as u64 * layout.piece_size;
-        let a = (pos - start) as usize;
-        let b = (to.min(start + layout.piece_size) - start) as usize;
-        let bytes = Bytes::from_owner(piece).slice(a..b);
-        Ok(Some((bytes, (w, start + b as u64))))
-    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,12 @@
 //! - [`scheduler_link`]: the stream to the scheduler.
 //! - [`engine`]: ties them together; [`local_api`] serves it on a unix socket.
 //! - [`output`]: atomic exposure of a verified file at the user's path.
+//! - [`hub_client`], [`hf_endpoint`]: the Hugging Face Hub as an origin, and
+//!   the daemon as a Hub endpoint for the real `huggingface_hub` client.
+//! - [`registry_client`], [`registry_mirror`]: OCI registries as an origin,
+//!   and the daemon as a pull-through registry mirror.
+//! - [`piece_stream`]: serving a file over HTTP while its pieces arrive.
+//! - [`ttl_cache`]: the endpoints' brief metadata cache.
 
 pub mod download;
 pub mod engine;
@@ -18,6 +24,9 @@ pub mod metrics;
 pub mod origin;
 pub mod output;
 pub mod parent_choice;
+pub mod piece_stream;
+pub mod registry_client;
+pub mod registry_mirror;
 pub mod scheduler_link;
 pub mod store;
 pub mod ttl_cache;

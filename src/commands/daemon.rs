@@ -1,11 +1,13 @@
 //! `weightcast daemon`: a node's peer.
 
-use super::engine_args::{default_data_dir, EngineArgs, HfArgs};
+use super::engine_args::{default_data_dir, EngineArgs, HfArgs, RegistryLogin};
 use super::ready_file;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use weightcast_engine::origin::OriginAuth;
+use weightcast_engine::registry_mirror::RegistryMirror;
 use weightcast_engine::{hf_endpoint, local_api, Engine};
 
 #[derive(Args, Debug)]
@@ -34,6 +36,23 @@ pub struct DaemonArgs {
     pub hf_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub hf: HfArgs,
+    /// Serve a pull-through OCI registry mirror here, e.g. 127.0.0.1:7420:
+    /// registry clients on the node pull from it and blobs come through the
+    /// swarm. Needs --registry-upstream.
+    #[arg(
+        long,
+        env = "WEIGHTCAST_REGISTRY_LISTEN",
+        requires = "registry_upstream"
+    )]
+    pub registry_listen: Option<SocketAddr>,
+    /// The registry the mirror pulls from, e.g. https://registry.example or
+    /// http://127.0.0.1:5000.
+    #[arg(long, env = "WEIGHTCAST_REGISTRY_UPSTREAM")]
+    pub registry_upstream: Option<String>,
+    /// Credentials for the upstream registry (the mirror's and a seed's blob
+    /// fetches); else ~/.docker/config.json, else anonymous.
+    #[command(flatten)]
+    pub registry: RegistryLogin,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -46,7 +65,17 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     let api = local_api::bind(&socket)
         .await
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let config = a.engine.config(data_dir.clone(), a.listen, a.seed, &a.hf)?;
+    let mut config = a.engine.config(data_dir.clone(), a.listen, a.seed, &a.hf)?;
+    // A seed fetches the upstream registry's blobs with the daemon's login.
+    let upstream = match &a.registry_upstream {
+        Some(u) => Some((u.clone(), registry_host(u)?)),
+        None => None,
+    };
+    if let Some((url, host)) = &upstream {
+        if let Some(h) = a.registry.credentials(host)?.basic_header() {
+            config.origin.credentials.push(OriginAuth::new(url, h)?);
+        }
+    }
     let engine = Engine::start(config)
         .await
         .context("cannot start the engine")?;
@@ -56,6 +85,19 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener.local_addr()?;
     tokio::spawn(engine.clone().serve_metrics(metrics_listener));
     tokio::spawn(local_api::serve(api, engine.clone()));
+    let registry_addr = match (a.registry_listen, &upstream) {
+        (Some(addr), Some((url, host))) => {
+            let mirror = RegistryMirror::new(engine.clone(), url, a.registry.credentials(host)?)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the registry mirror"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, upstream = %url, "registry mirror ready");
+            tokio::spawn(mirror.serve(listener));
+            Some(bound.to_string())
+        }
+        _ => None,
+    };
     let hf_addr = match a.hf_listen {
         Some(addr) => {
             let hub = a.hf.hub()?;
@@ -87,6 +129,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
             "metrics_addr": metrics_addr.to_string(),
             "socket": socket,
             "hf_addr": hf_addr,
+            "registry_addr": registry_addr,
         }),
     )?;
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), metrics = %metrics_addr, "daemon ready");
@@ -95,4 +138,19 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(data_dir.join("daemon.json"));
     Ok(())
+}
+
+/// `host[:port]` of a registry URL.
+fn registry_host(url: &str) -> anyhow::Result<String> {
+    let u = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .with_context(|| {
+            format!("invalid --registry-upstream {url:?}: expected http(s)://host[:port]")
+        })?;
+    let host = u.host_str().context("--registry-upstream names no host")?;
+    Ok(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
 }

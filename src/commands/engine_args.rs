@@ -6,7 +6,76 @@ use std::time::Duration;
 use weightcast_bench::byte_size;
 use weightcast_engine::hub_client::{HubClient, DEFAULT_ENDPOINT};
 use weightcast_engine::origin::{OriginAuth, OriginConfig};
+use weightcast_engine::registry_client::Credentials;
 use weightcast_engine::EngineConfig;
+use weightcast_modelpack::oci_artifact::LayerFilter;
+
+/// Which part of an oci:// artifact to fetch.
+#[derive(Args, Debug, Clone)]
+pub struct OciSelect {
+    /// In an oci:// image index, the platform to pick (os/arch[/variant]).
+    #[arg(long, env = "WEIGHTCAST_PLATFORM")]
+    pub platform: Option<String>,
+    /// oci://: only these layers: kinds (weight, weight.config, doc, code,
+    /// dataset), media types or path globs; comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    pub include: Vec<String>,
+    /// oci://: skip these layers (same forms as --include).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+}
+
+impl OciSelect {
+    pub fn filter(&self) -> LayerFilter {
+        LayerFilter {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+}
+
+/// How to reach an OCI registry.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to the registry (loopback and lab registries).
+    #[arg(long, env = "WEIGHTCAST_PLAIN_HTTP")]
+    pub plain_http: bool,
+    #[command(flatten)]
+    pub login: RegistryLogin,
+}
+
+impl RegistryArgs {
+    pub fn credentials(&self, registry: &str) -> anyhow::Result<Credentials> {
+        self.login.credentials(registry)
+    }
+}
+
+/// Who to be towards a registry.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryLogin {
+    /// Registry user name. Without it, ~/.docker/config.json (or
+    /// $DOCKER_CONFIG/config.json) is read, else the pull is anonymous.
+    #[arg(long, env = "WEIGHTCAST_REGISTRY_USER")]
+    pub registry_user: Option<String>,
+    /// Registry password or token for --registry-user.
+    #[arg(long, env = "WEIGHTCAST_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+}
+
+impl RegistryLogin {
+    pub fn credentials(&self, registry: &str) -> anyhow::Result<Credentials> {
+        match (&self.registry_user, &self.registry_password) {
+            (Some(user), Some(password)) => Ok(Credentials::Basic {
+                user: user.clone(),
+                password: password.clone(),
+            }),
+            (Some(_), None) | (None, Some(_)) => {
+                anyhow::bail!("--registry-user and --registry-password go together")
+            }
+            (None, None) => Ok(Credentials::from_docker_config(registry)?),
+        }
+    }
+}
 
 /// Where the Hugging Face Hub is, and the token for it.
 #[derive(Args, Debug, Clone)]

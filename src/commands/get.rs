@@ -1,8 +1,8 @@
 //! `weightcast get`: what init containers, model-repository fetchers and
 //! people run.
 
-use super::engine_args::{default_data_dir, EngineArgs, HfArgs};
-use super::get_hf;
+use super::engine_args::{default_data_dir, EngineArgs, HfArgs, OciSelect, RegistryArgs};
+use super::{artifact_jobs, get_hf, get_oci};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weightcast_bench::byte_size;
 use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
+use weightcast_modelpack::layout::ModelEntry;
+use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::{HfUri, Layout};
 
 #[derive(Args, Debug)]
@@ -23,12 +25,23 @@ pub struct GetArgs {
     /// after the URL); for hf://, the directory to write the repo's files to.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// How an hf:// repo is written under -o: `plain` (its files as in the
-    /// repo) or `hf-cache` (the Hugging Face cache structure: give -o as
-    /// $HF_HOME/hub and `from_pretrained(..., local_files_only=True)` finds it).
+    /// How an hf:// or oci:// artifact is written under -o: `plain` (its
+    /// files as they are named in it); `hf-cache` (hf:// only: the Hugging
+    /// Face cache structure; give -o as $HF_HOME/hub and
+    /// `from_pretrained(..., local_files_only=True)` finds it); `triton`
+    /// (-o/<model-name>/<version>/, config.pbtxt beside the versions);
+    /// `torchserve` (-o/<model-name>/ with MAR-INF/MANIFEST.json).
     #[arg(long, env = "WEIGHTCAST_LAYOUT", default_value = "plain")]
     pub layout: Layout,
-    /// Files downloaded at once (hf://).
+    /// The model's name in a `triton` or `torchserve` layout.
+    #[arg(long, env = "WEIGHTCAST_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// The model's version in a `triton` or `torchserve` layout.
+    #[arg(long, env = "WEIGHTCAST_MODEL_VERSION", default_value_t = 1)]
+    pub model_version: u32,
+    #[command(flatten)]
+    pub oci: OciSelect,
+    /// Files downloaded at once (hf://, oci://).
     #[arg(long, env = "WEIGHTCAST_JOBS", default_value_t = 4)]
     pub jobs: usize,
     /// Data dir of the node's daemon: `get` uses the daemon listening there,
@@ -55,6 +68,8 @@ pub struct GetArgs {
     pub listen: std::net::SocketAddr,
     #[command(flatten)]
     pub hf: HfArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -161,6 +176,16 @@ impl Fetcher {
     }
 }
 
+impl GetArgs {
+    /// The model-serving entry that `--model-name`/`--model-version` name.
+    pub fn model_entry(&self) -> Option<ModelEntry> {
+        self.model_name.clone().map(|name| ModelEntry {
+            name,
+            version: self.model_version,
+        })
+    }
+}
+
 pub async fn run(a: GetArgs) -> anyhow::Result<()> {
     let progress = Progress::new(!a.json && !a.quiet && std::io::stderr().is_terminal());
     if HfUri::is_hf(&a.url) {
@@ -171,10 +196,20 @@ pub async fn run(a: GetArgs) -> anyhow::Result<()> {
         let fetcher = Fetcher::start(&a).await?;
         let summary = get_hf::run(&a, &uri, &fetcher, &progress).await;
         progress.finish();
-        return get_hf::report(&a, &summary?);
+        return artifact_jobs::report(&a, &summary?);
+    }
+    if OciRef::is_oci(&a.url) {
+        let r = OciRef::parse(&a.url)?;
+        if a.digest.is_some() {
+            bail!("--digest is for http(s) URLs: oci:// layers are checked against the digests in the manifest");
+        }
+        let fetcher = Fetcher::start(&a).await?;
+        let summary = get_oci::run(&a, &r, &fetcher, &progress).await;
+        progress.finish();
+        return artifact_jobs::report(&a, &summary?);
     }
     if a.layout != Layout::Plain {
-        bail!("--layout applies to hf:// sources only");
+        bail!("--layout applies to hf:// and oci:// sources only");
     }
     let output = output_path(&a.url, &a.output)?;
     let req = GetRequest {

@@ -7,41 +7,23 @@
 //! Small git-stored files come straight from the Hub. Each file is verified
 //! (sha256, and `.safetensors` headers) before it appears under `-o`.
 
+use super::artifact_jobs::{self, ArtifactSummary};
 use super::get::{Fetcher, GetArgs, Progress};
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use weightcast_bench::byte_size;
 use weightcast_engine::hub_client::HubClient;
 use weightcast_engine::origin::OriginAuth;
 use weightcast_engine::{GetRequest, GetSummary, Validation};
-use weightcast_modelpack::layout::{symlink_atomically, RepoPlacement};
+use weightcast_modelpack::layout::{symlink_atomically, Placement};
 use weightcast_modelpack::safetensors_check;
 use weightcast_modelpack::{HfFile, HfUri};
-
-/// What `get hf://` reports (`--json` prints it).
-#[derive(Debug, Serialize)]
-pub struct RepoSummary {
-    pub source: String,
-    pub commit: String,
-    pub output: PathBuf,
-    pub files: Vec<GetSummary>,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub from_peers: u64,
-    pub from_origin: u64,
-    pub from_cache: u64,
-}
 
 pub async fn run(
     a: &GetArgs,
     uri: &HfUri,
     fetcher: &Fetcher,
     progress: &Progress,
-) -> anyhow::Result<RepoSummary> {
+) -> anyhow::Result<ArtifactSummary> {
     let t0 = Instant::now();
     let hub = a.hf.hub()?;
     let auth = a.hf.authorization();
@@ -52,17 +34,14 @@ pub async fn run(
     let root = std::path::absolute(&a.output)?;
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create output dir {}", root.display()))?;
-    let placement = RepoPlacement {
+    let model = a.model_entry();
+    let placement = Placement {
         layout: a.layout,
         root: &root,
-        repo: &resolved.repo,
-        commit: &resolved.commit,
+        hf: Some((&resolved.repo, &resolved.commit)),
+        model: model.as_ref(),
     };
-    let total: u64 = resolved.files.iter().map(|f| f.size).sum();
-    progress.message(format!("{} files", resolved.files.len()));
-    progress.update(0, Some(total));
-    // Bytes done per file, summed for the one progress bar.
-    let done = Arc::new(Mutex::new(vec![0u64; resolved.files.len()]));
+    placement.check()?;
     let job = FileJob {
         a,
         hub: &hub,
@@ -71,37 +50,27 @@ pub async fn run(
         placement: &placement,
         fetcher,
     };
-    let files: Vec<GetSummary> = futures::stream::iter(resolved.files.iter().enumerate())
-        .map(|(i, file)| {
-            let done = done.clone();
+    let files = artifact_jobs::run_all(
+        a,
+        progress,
+        &resolved.files,
+        |f| f.path.to_string(),
+        |f| f.size,
+        |file, slot| {
             let job = &job;
-            async move {
-                job.fetch(file, |d| {
-                    if let Ok(mut v) = done.lock() {
-                        v[i] = d;
-                        progress.update(v.iter().sum(), None);
-                    }
-                })
-                .await
-                .with_context(|| format!("{}", file.path))
-            }
-        })
-        .buffer_unordered(a.jobs.max(1))
-        .try_collect()
-        .await?;
-    placement.finish(uri.revision())?;
-    let sum = |f: fn(&GetSummary) -> u64| files.iter().map(f).sum();
-    Ok(RepoSummary {
-        source: uri.to_string(),
-        commit: resolved.commit.clone(),
-        output: root,
-        bytes: sum(|s| s.bytes),
-        from_peers: sum(|s| s.from_peers),
-        from_origin: sum(|s| s.from_origin),
-        from_cache: sum(|s| s.from_cache),
-        seconds: t0.elapsed().as_secs_f64(),
+            async move { job.fetch(file, |d| slot.set(d)).await }
+        },
+    )
+    .await?;
+    let paths: Vec<_> = resolved.files.iter().map(|f| f.path.clone()).collect();
+    placement.finish(Some(uri.revision()), &paths)?;
+    Ok(artifact_jobs::summarize(
+        uri.to_string(),
+        resolved.commit.clone(),
+        root,
         files,
-    })
+        t0,
+    ))
 }
 
 /// What every file's download shares.
@@ -110,7 +79,7 @@ struct FileJob<'a> {
     hub: &'a HubClient,
     auth: Option<&'a str>,
     resolved: &'a weightcast_engine::hub_client::ResolvedRepo,
-    placement: &'a RepoPlacement<'a>,
+    placement: &'a Placement<'a>,
     fetcher: &'a Fetcher,
 }
 
@@ -180,25 +149,4 @@ impl FileJob<'_> {
         on_done(summary.bytes);
         Ok(summary)
     }
-}
-
-pub fn report(a: &GetArgs, s: &RepoSummary) -> anyhow::Result<()> {
-    if a.json {
-        println!("{}", serde_json::to_string(s)?);
-    } else if !a.quiet {
-        eprintln!(
-            "{} ({}): {} files, {} in {:.2} s ({}/s) to {}; {} from peers, {} from origin, {} from cache",
-            s.source,
-            &s.commit[..s.commit.len().min(12)],
-            s.files.len(),
-            byte_size::format(s.bytes),
-            s.seconds,
-            byte_size::format((s.bytes as f64 / s.seconds.max(1e-9)) as u64),
-            s.output.display(),
-            byte_size::format(s.from_peers),
-            byte_size::format(s.from_origin),
-            byte_size::format(s.from_cache),
-        );
-    }
-    Ok(())
 }

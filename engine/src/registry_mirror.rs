@@ -1,0 +1,350 @@
+//! The daemon as a pull-through registry mirror: the OCI distribution read
+//! API (`/v2/`, manifests by tag and digest, blobs with `Range`), so that
+//! registry clients on the node (`skopeo`, containerd, `oras`) pull model
+//! artifacts through the swarm.
+//!
+//! Manifests come from the upstream registry (fetched by `oci-client`,
+//! which checks the digest against the bytes) and are cached for a few
+//! seconds; blobs are swarm tasks keyed by their digest, streamed to the
+//! client as verified pieces arrive, the last one only after the whole
+//! blob matched its digest. The mirror itself asks for no credentials: it
+//! pulls from upstream with the daemon's own (`--registry-user`, or the
+//! docker config), so put it on loopback or a node-local address.
+
+use crate::engine::{parse_digest, Engine};
+use crate::piece_stream::BodyRange;
+use crate::registry_client::{Credentials, RegistryClient, RegistryError};
+use crate::ttl_cache::TtlCache;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use weightcast_modelpack::oci_ref::{is_sha256_digest, OciRef, OciReference};
+
+const MANIFEST_TTL: Duration = Duration::from_secs(10);
+/// Pull tokens usually live 5 minutes or more.
+const AUTH_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct CachedManifest {
+    bytes: bytes::Bytes,
+    digest: String,
+    media_type: String,
+}
+
+pub struct RegistryMirror {
+    engine: Arc<Engine>,
+    /// `host:port` of the upstream registry.
+    upstream: String,
+    plain_http: bool,
+    creds: Credentials,
+    client: RegistryClient,
+    http: reqwest::Client,
+    manifests: TtlCache<String, CachedManifest>,
+    sizes: TtlCache<String, u64>,
+    auths: TtlCache<String, Option<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --registry-upstream {0:?}: expected http(s)://host[:port]")]
+pub struct BadUpstream(String);
+
+impl RegistryMirror {
+    pub fn new(
+        engine: Arc<Engine>,
+        upstream_url: &str,
+        creds: Credentials,
+    ) -> Result<Self, BadUpstream> {
+        let bad = || BadUpstream(upstream_url.to_string());
+        let u = reqwest::Url::parse(upstream_url).map_err(|_| bad())?;
+        let plain_http = match u.scheme() {
+            "http" => true,
+            "https" => false,
+            _ => return Err(bad()),
+        };
+        let host = u.host_str().ok_or_else(bad)?;
+        let upstream = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        Ok(Self {
+            engine,
+            upstream,
+            plain_http,
+            creds,
+            client: RegistryClient::new(plain_http),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .expect("a TLS backend is compiled in"),
+            manifests: TtlCache::new(MANIFEST_TTL, 1024),
+            sizes: TtlCache::new(MANIFEST_TTL, 4096),
+            auths: TtlCache::new(AUTH_TTL, 1024),
+        })
+    }
+
+    /// Serves the mirror on `listener` until it fails.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::new(self));
+        axum::serve(listener, app).await
+    }
+
+    fn blob_url(&self, r: &OciRef, digest: &str) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}{}", self.upstream, r.blob_path(digest))
+    }
+
+    async fn authorization(&self, r: &OciRef) -> Result<Option<String>, RegistryError> {
+        if let Some(a) = self.auths.get(&r.repository) {
+            return Ok(a);
+        }
+        let a = self.client.blob_authorization(r, &self.creds).await?;
+        self.auths.insert(r.repository.clone(), a.clone());
+        Ok(a)
+    }
+
+    async fn manifest(&self, r: &OciRef) -> Result<CachedManifest, RegistryError> {
+        let key = r.whole();
+        if let Some(m) = self.manifests.get(&key) {
+            return Ok(m);
+        }
+        let (bytes, digest) = self.client.manifest_raw(r, &self.creds).await?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| weightcast_modelpack::oci_artifact::MANIFEST.to_string());
+        let m = CachedManifest {
+            bytes: bytes.into(),
+            digest,
+            media_type,
+        };
+        self.manifests.insert(key, m.clone());
+        Ok(m)
+    }
+
+    /// The blob's size, from a `HEAD` upstream.
+    async fn blob_size(&self, r: &OciRef, digest: &str) -> Result<u64, Response> {
+        let url = self.blob_url(r, digest);
+        if let Some(s) = self.sizes.get(&url) {
+            return Ok(s);
+        }
+        let auth = self.authorization(r).await.map_err(registry_error)?;
+        let mut req = self.http.head(&url);
+        if let Some(a) = &auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(|e| {
+            oci_error(
+                StatusCode::BAD_GATEWAY,
+                "UNKNOWN",
+                &crate::origin::error_chain(&e),
+            )
+        })?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(oci_error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to the upstream registry",
+            ));
+        }
+        if !resp.status().is_success() {
+            let msg = format!("the upstream registry answered {}", resp.status());
+            return Err(oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN", &msg));
+        }
+        let size = resp.content_length().ok_or_else(|| {
+            oci_error(
+                StatusCode::BAD_GATEWAY,
+                "UNKNOWN",
+                "the upstream sent no blob size",
+            )
+        })?;
+        self.sizes.insert(url, size);
+        Ok(size)
+    }
+
+    async fn blob(&self, r: &OciRef, digest: &str, range: Option<&str>, head: bool) -> Response {
+        let size = match self.blob_size(r, digest).await {
+            Ok(s) => s,
+            Err(resp) => return resp,
+        };
+        let Ok(span) = BodyRange::new(range, size) else {
+            let mut resp = oci_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                "range not satisfiable",
+            );
+            BodyRange::unsatisfiable(size, resp.headers_mut());
+            return resp;
+        };
+        let body = if head || span.len == 0 {
+            Body::empty()
+        } else {
+            let sha = match parse_digest(digest) {
+                Ok(d) => d,
+                Err(e) => {
+                    return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", &e.to_string())
+                }
+            };
+            let auth = match self.authorization(r).await {
+                Ok(a) => a,
+                Err(e) => return registry_error(e),
+            };
+            let url = self.blob_url(r, digest);
+            let auth = auth.and_then(|a| crate::origin::OriginAuth::new(&url, a).ok());
+            match self.engine.watch(&url, Some(sha), auth, true).await {
+                Ok(w) => span.body(w),
+                Err(e) => return oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
+            }
+        };
+        let mut resp = Response::new(body);
+        span.set_headers(&mut resp);
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if let Ok(v) = HeaderValue::from_str(digest) {
+            h.insert("docker-content-digest", v.clone());
+            h.insert(header::ETAG, v);
+        }
+        resp
+    }
+}
+
+/// An error in the distribution API's JSON shape.
+fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
+    (status, axum::Json(body)).into_response()
+}
+
+fn registry_error(e: RegistryError) -> Response {
+    let (status, code) = match &e {
+        RegistryError::NotFound { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+        RegistryError::Unauthorized { .. } => (StatusCode::BAD_GATEWAY, "DENIED"),
+        _ => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+    };
+    oci_error(status, code, &e.to_string())
+}
+
+/// `/v2/<name>/(manifests|blobs)/<reference>` → (name, kind, reference).
+fn parse_path(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix("/v2/")?;
+    for kind in ["/manifests/", "/blobs/"] {
+        if let Some(i) = rest.rfind(kind) {
+            let (name, reference) = (&rest[..i], &rest[i + kind.len()..]);
+            return Some((name, kind.trim_matches('/'), reference));
+        }
+    }
+    None
+}
+
+async fn handle(
+    State(m): State<Arc<RegistryMirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return oci_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "this mirror only serves pulls",
+        );
+    }
+    let head = method == Method::HEAD;
+    let path = uri.path();
+    if path == "/v2/" || path == "/v2" {
+        let mut r = axum::Json(serde_json::json!({})).into_response();
+        r.headers_mut().insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static("registry/2.0"),
+        );
+        return r;
+    }
+    let Some((name, kind, reference)) = parse_path(path) else {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "not a distribution API path",
+        );
+    };
+    let reference = if is_sha256_digest(reference) {
+        OciReference::Digest(reference.to_string())
+    } else {
+        OciReference::Tag(reference.to_string())
+    };
+    let r = match OciRef::parse(&format!(
+        "oci://{}/{name}{}{}",
+        m.upstream,
+        if matches!(reference, OciReference::Digest(_)) {
+            "@"
+        } else {
+            ":"
+        },
+        reference.as_str()
+    )) {
+        Ok(r) => r,
+        Err(e) => return oci_error(StatusCode::BAD_REQUEST, "NAME_INVALID", &e.to_string()),
+    };
+    match kind {
+        "manifests" => match m.manifest(&r).await {
+            Ok(man) => {
+                let mut resp = if head {
+                    Response::new(Body::empty())
+                } else {
+                    Response::new(Body::from(man.bytes.clone()))
+                };
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(man.bytes.len()));
+                if let Ok(v) = HeaderValue::from_str(&man.media_type) {
+                    h.insert(header::CONTENT_TYPE, v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&man.digest) {
+                    h.insert("docker-content-digest", v.clone());
+                    h.insert(header::ETAG, v);
+                }
+                resp
+            }
+            Err(e) => registry_error(e),
+        },
+        _ => {
+            let OciReference::Digest(d) = &r.reference else {
+                return oci_error(
+                    StatusCode::BAD_REQUEST,
+                    "DIGEST_INVALID",
+                    "blobs are named by sha256 digest",
+                );
+            };
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+            m.blob(&r, d, range, head).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_path;
+
+    #[test]
+    fn distribution_paths() {
+        assert_eq!(
+            parse_path("/v2/models/x/manifests/v1"),
+            Some(("models/x", "manifests", "v1"))
+        );
+        assert_eq!(
+            parse_path("/v2/a/blobs/sha256:00"),
+            Some(("a", "blobs", "sha256:00"))
+        );
+        assert_eq!(parse_path("/v2/a/tags/list"), None);
+        assert_eq!(parse_path("/v3/a/blobs/x"), None);
+    }
+}
