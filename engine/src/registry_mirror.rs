@@ -160,13 +160,19 @@ impl RegistryMirror {
             let msg = format!("the upstream registry answered {}", resp.status());
             return Err(oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN", &msg));
         }
-        let size = resp.content_length().ok_or_else(|| {
-            oci_error(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                "the upstream sent no blob size",
-            )
-        })?;
+        // Not `content_length()`: for a HEAD that is the (empty) body's size.
+        let size = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                oci_error(
+                    StatusCode::BAD_GATEWAY,
+                    "UNKNOWN",
+                    "the upstream sent no blob size",
+                )
+            })?;
         self.sizes.insert(url, size);
         Ok(size)
     }
