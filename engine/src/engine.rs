@@ -113,6 +113,11 @@ pub struct GetRequest {
     /// are not worth a scheduler round trip, or that only this node may read).
     #[serde(default = "yes")]
     pub swarm: bool,
+    /// The caller puts the file at `output` itself, from
+    /// [`GetSummary::cache_path`]: a daemon does not see the filesystem of
+    /// a caller in another mount namespace (an init container).
+    #[serde(default)]
+    pub client_places: bool,
 }
 
 fn yes() -> bool {
@@ -129,6 +134,7 @@ impl GetRequest {
             auth: None,
             validate: None,
             swarm: true,
+            client_places: false,
         }
     }
 }
@@ -154,7 +160,11 @@ pub struct GetSummary {
     pub from_origin: u64,
     /// Bytes that were already in the cache.
     pub from_cache: u64,
-    pub placement: Placement,
+    /// How the file was put at `output`.
+    pub placement: Option<Placement>,
+    /// The verified cache file, for a caller that places it itself.
+    #[serde(default)]
+    pub cache_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -595,7 +605,10 @@ impl Engine {
                 })?;
         }
         on_progress(&progress);
-        let placement = output::expose(&file.data_path(), &req.output)?;
+        let placement = match req.client_places {
+            true => None,
+            false => Some(output::expose(&file.data_path(), &req.output)?),
+        };
         let seconds = t0.elapsed().as_secs_f64();
         let bytes = file.layout.content_length;
         Ok(GetSummary {
@@ -609,6 +622,7 @@ impl Engine {
             from_origin: progress.from_origin,
             from_cache: progress.resumed,
             placement,
+            cache_path: Some(file.data_path()),
         })
     }
 }

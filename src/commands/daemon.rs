@@ -16,6 +16,10 @@ pub struct DaemonArgs {
     /// Default: /var/lib/weightcast when writable, else ~/.cache/weightcast.
     #[arg(long, env = "WEIGHTCAST_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The local API socket that `get` talks to (mount its directory into
+    /// init containers). Default: <data-dir>/weightcast.sock.
+    #[arg(long, env = "WEIGHTCAST_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Act as a seed peer: the scheduler hands this peer tasks to fetch from their origin.
     #[arg(long, env = "WEIGHTCAST_SEED")]
     pub seed: bool,
@@ -61,7 +65,14 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let socket = local_api::socket_path(&data_dir);
+    let socket = a
+        .socket
+        .clone()
+        .unwrap_or_else(|| local_api::socket_path(&data_dir));
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket dir {}", dir.display()))?;
+    }
     let api = local_api::bind(&socket)
         .await
         .with_context(|| format!("cannot listen on {}", socket.display()))?;

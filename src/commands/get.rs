@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weightcast_bench::byte_size;
-use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
+use weightcast_engine::{local_api, output, Engine, GetRequest, GetSummary};
 use weightcast_modelpack::layout::ModelEntry;
 use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::{HfUri, Layout};
@@ -167,7 +167,25 @@ impl Fetcher {
                 let stream = local_api::connect(socket).await.with_context(|| {
                     format!("the daemon on {} stopped answering", socket.display())
                 })?;
-                Ok(local_api::get_via_daemon(stream, socket, req, on_progress).await?)
+                // The daemon verifies; this process places the file, since
+                // the daemon may not see this filesystem (an init container).
+                let req = GetRequest {
+                    client_places: true,
+                    ..req.clone()
+                };
+                let mut s = local_api::get_via_daemon(stream, socket, &req, on_progress).await?;
+                let cache = s
+                    .cache_path
+                    .clone()
+                    .context("the daemon did not say where the file is")?;
+                if !cache.exists() {
+                    bail!(
+                        "the daemon's cache file {} is not visible here: mount the daemon's data dir at the same path (see deploy/kubernetes)",
+                        cache.display()
+                    );
+                }
+                s.placement = Some(output::expose(&cache, &req.output)?);
+                Ok(s)
             }
             Fetcher::InProcess(engine) => {
                 Ok(engine.get(req, |p| on_progress(p.done, p.total)).await?)
