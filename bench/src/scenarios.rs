@@ -22,6 +22,12 @@ pub enum System {
     Weightcast,
     Direct,
     Bittorrent,
+    /// The real `huggingface_hub` client (`hf download`) on every peer,
+    /// straight from a test Hub whose LFS CDN runs on the origin host.
+    HfDirect,
+    /// The same client on every peer, through its node's weightcast
+    /// daemon (`HF_ENDPOINT=http://127.0.0.1:7410`).
+    HfWeightcast,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -142,7 +148,14 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     }
     let mut c = Cluster::new(&setup.bin)?;
     let at = |h: &NetHost| Place::in_ns(&h.ns, &h.ip);
-    let (origin_url, origin_addr) = c.origin_at(&at(&origin), &files, 0)?;
+    let hf = matches!(system, System::HfDirect | System::HfWeightcast);
+    // The Hugging Face systems get their bytes from a test Hub's CDN on the
+    // origin host; the others from the plain origin.
+    let (origin_url, origin_addr) = if hf {
+        hf_hub_at(&mut c, &at(&origin), &files)?
+    } else {
+        c.origin_at(&at(&origin), &files, 0)?
+    };
     let url = format!("{origin_url}/model.safetensors");
     let mut seed_daemon = None;
     let mut runs: Vec<PeerRun> = match system {
@@ -199,6 +212,43 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             runs
         }
         System::Bittorrent => bittorrent(&mut c, &origin, &peers, &files)?,
+        System::HfDirect => {
+            let mut runs = Vec::new();
+            for h in &peers {
+                let dir = c.path(&format!("{}-out", h.name));
+                let cmd = hf_download(&c, &at(h), &origin_url, &dir)?;
+                runs.push(PeerRun::spawn(
+                    h,
+                    cmd,
+                    dir.join("model.safetensors"),
+                    None,
+                    vec![],
+                )?);
+            }
+            runs
+        }
+        System::HfWeightcast => {
+            let (endpoint, _) = c.scheduler_at(&at(&sched))?;
+            let hub = ["--hf-endpoint", origin_url.as_str()];
+            seed_daemon =
+                Some(c.daemon_at(&at(&origin), "seed", &c.path("seed"), &endpoint, true, &hub)?);
+            let mut runs = Vec::new();
+            for h in &peers {
+                let mut extra = hub.to_vec();
+                extra.extend(["--hf-listen", "127.0.0.1:7410"]);
+                let d = c.daemon_at(&at(h), &h.name, &c.path(&h.name), &endpoint, false, &extra)?;
+                let dir = c.path(&format!("{}-out", h.name));
+                let cmd = hf_download(&c, &at(h), "http://127.0.0.1:7410", &dir)?;
+                runs.push(PeerRun::spawn(
+                    h,
+                    cmd,
+                    dir.join("model.safetensors"),
+                    None,
+                    vec![d.proc],
+                )?);
+            }
+            runs
+        }
     };
     let t0 = Instant::now();
     let timeout = Duration::from_secs_f64(setup.bound_secs() * (setup.peers as f64 + 4.0) + 120.0);
@@ -248,6 +298,11 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     }
     let origin_http_bytes = match system {
         System::Bittorrent => None,
+        System::HfDirect | System::HfWeightcast => {
+            let stats = crate::cluster::http_get(&origin_addr, "/_stats")?;
+            let stats: crate::hf_hub::HubStatsSnapshot = serde_json::from_str(&stats)?;
+            Some(stats.cdn_bytes_served)
+        }
         _ => Some(origin_stats(&origin_addr)?.bytes_served),
     };
     let slow_hosts_upload = (scenario == Scenario::Heterogeneous).then(|| {
@@ -283,6 +338,68 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     drop(c);
     drop(net);
     Ok(result)
+}
+
+/// A test Hub serving `files` as repo `bench/model` at `place` (hub on port
+/// 7400, its CDN on 7401). Returns the hub's URL and the CDN's address
+/// (where `/_stats` counts the LFS bytes).
+fn hf_hub_at(c: &mut Cluster, place: &Place, files: &Path) -> Result<(String, String)> {
+    let bench = std::env::current_exe()?.with_file_name("weightcast-bench");
+    let ready = c.path("hf-hub.ready");
+    let args = [
+        "hf-hub".to_string(),
+        "--repo".into(),
+        "bench/model".into(),
+        "--dir".into(),
+        files.display().to_string(),
+        "--listen".into(),
+        format!("{}:7400", place.ip),
+        "--cdn-listen".into(),
+        format!("{}:7401", place.ip),
+        "--ready-file".into(),
+        ready.display().to_string(),
+    ];
+    let i = c.spawn_at(place, &bench, "hf-hub", &args)?;
+    let t0 = Instant::now();
+    while !ready.exists() {
+        if !c.proc(i).is_running() || t0.elapsed() > Duration::from_secs(120) {
+            bail!("the test Hub did not start:\n{}", c.log_tail(i));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((
+        format!("http://{}:7400", place.ip),
+        format!("{}:7401", place.ip),
+    ))
+}
+
+/// `hf download bench/model --local-dir dir` at `place`, against `endpoint`.
+fn hf_download(
+    c: &Cluster,
+    place: &Place,
+    endpoint: &str,
+    dir: &Path,
+) -> Result<std::process::Command> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let hf = root.join("target/hf-clients/v2/bin/hf");
+    if !hf.exists() {
+        let ok = std::process::Command::new(root.join("scripts/setup-hf-clients")).status()?;
+        if !ok.success() {
+            bail!("scripts/setup-hf-clients failed");
+        }
+    }
+    let mut cmd = place.command(&std::path::absolute(hf)?);
+    cmd.args(["download", "bench/model", "--local-dir"])
+        .arg(dir)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", c.path(&format!("hf-home-{}", place.ip)))
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
+        .env("HF_HUB_DISABLE_XET", "1")
+        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "60")
+        .env_remove("HF_TOKEN");
+    Ok(cmd)
 }
 
 impl PeerRun {
