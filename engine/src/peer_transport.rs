@@ -90,7 +90,7 @@ impl PeerTransport {
                 addr: addr.0.clone(),
                 source: weightcast_rdma::RdmaError::NotRegistered,
             }),
-            Some((base, len)) => match rdma.node().region(task, base, len, file.clone()) {
+            Some((base, len)) => match local_region(rdma.node(), file, base as usize, len).await {
                 Err(source) => Err(RdmaFetchError::Rdma {
                     addr: addr.0.clone(),
                     source,
@@ -135,6 +135,29 @@ impl PeerTransport {
         self.metrics.inc(&self.metrics.tcp_bytes, r.bytes);
         Ok((r, Carrier::Tcp))
     }
+}
+
+/// The task's registered region. Registering pins the whole file, which
+/// takes time in proportion to its size: the first time, it runs on the
+/// blocking pool, not on an async worker.
+async fn local_region(
+    node: &Arc<RdmaNode>,
+    file: &Arc<TaskFile>,
+    base: usize,
+    len: usize,
+) -> Result<
+    Arc<weightcast_rdma::mr::Registered<weightcast_rdma::mr::MemoryRegion>>,
+    weightcast_rdma::RdmaError,
+> {
+    if let Some(r) = node.registered(&file.id) {
+        if r.base == base && r.len == len {
+            return Ok(r);
+        }
+    }
+    let (node, file) = (node.clone(), file.clone());
+    tokio::task::spawn_blocking(move || node.region(file.id, base as *mut u8, len, file.clone()))
+        .await
+        .unwrap_or(Err(weightcast_rdma::RdmaError::Broken))
 }
 
 /// The parent side of RDMA for the upload server: QPs from the device,

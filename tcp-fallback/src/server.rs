@@ -157,7 +157,14 @@ impl<S: PieceSource> PieceServer<S> {
                     };
                     let g = match (&self.rdma, &qp) {
                         (Some(r), Some(_)) if active <= self.max_uploads => {
-                            match r.expose(&req.task, req.piece) {
+                            // The first exposure of a task registers (pins) its
+                            // whole file: not on an async worker.
+                            let r = r.clone();
+                            let exposed =
+                                tokio::task::spawn_blocking(move || r.expose(&req.task, req.piece))
+                                    .await
+                                    .unwrap_or_else(|e| Err(e.to_string()));
+                            match exposed {
                                 Ok(Some(loc)) => {
                                     granted.insert((req.task, req.piece), (slot, loc.length));
                                     grant(Status::Ok, Some(loc))
