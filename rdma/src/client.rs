@@ -189,10 +189,14 @@ impl Drop for Conn {
     }
 }
 
+/// The connection to one parent; the async lock makes concurrent first
+/// pieces wait for one handshake instead of racing.
+type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
 /// RDMA piece transport (child side).
 pub struct RdmaTransport {
     node: Arc<RdmaNode>,
-    conns: Mutex<HashMap<ParentAddr, Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>>>,
+    conns: Mutex<HashMap<ParentAddr, ConnSlot>>,
     next_op: AtomicU64,
     /// QPs built so far (a rebuilt one counts again).
     pub connects: AtomicU64,
