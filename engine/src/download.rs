@@ -22,7 +22,7 @@ use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
 use weightcast_proto::piece::{digest_from_slice, PieceDigest};
-use weightcast_proto::transport::{ParentAddr, PieceTransport, TransportError};
+use weightcast_proto::transport::{ParentAddr, TransportError};
 use weightcast_proto::{PeerId, TaskId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +292,10 @@ impl Download {
                 .await
                 .unwrap_or([0; 32]);
             if got != want {
+                // Evicted: its RDMA region goes with it.
+                if let Some(node) = self.ctx.peers.rdma_node() {
+                    node.evict(&self.spec.id);
+                }
                 self.ctx.store.discard(&self.spec.id);
                 return Err(DownloadError::DigestMismatch {
                     url: self.spec.url.clone(),
@@ -328,8 +332,13 @@ impl Download {
                 SchedMsg::Meta(m) => self.open(m.content_length)?,
                 SchedMsg::Parents(p) => {
                     for parent in p.parents {
+                        if !self.ctx.peers.accepts_parent(parent.rdma) {
+                            tracing::debug!(task = %self.spec.id, parent = %parent.peer_id, "skipping a parent without RDMA (--transport rdma)");
+                            continue;
+                        }
                         let mut v = ParentView::new(parent.addr, parent.seed);
                         v.remote = parent.remote;
+                        v.rdma = parent.rdma;
                         for piece in parent.pieces {
                             if let Some(d) = digest_from_slice(&piece.digest) {
                                 v.pieces.insert(piece.num, d);
@@ -381,7 +390,6 @@ impl Download {
             let range = file.layout.range(num).expect("piece in range");
             self.inflight_pieces.insert(num);
             let ctx = self.ctx.clone();
-            let id = self.spec.id;
             match parent {
                 None => {
                     let url = self.spec.url.clone();
@@ -411,21 +419,27 @@ impl Download {
                 Some(parent) => {
                     let view = &self.choice.parents[&parent];
                     let addr = ParentAddr(view.addr.clone());
+                    let parent_rdma = view.rdma;
                     let expected = view.pieces.get(&num).copied();
+                    let file = file.clone();
                     self.choice.started(&parent, bytes);
                     self.inflight.spawn(async move {
                         let t0 = Instant::now();
-                        let outcome =
-                            match ctx.transport.fetch_piece(&addr, id, num, write.buf()).await {
-                                Ok(report) => match write.commit(expected) {
-                                    Ok(digest) => PieceOutcome::Ok {
-                                        digest,
-                                        load: Some(report.parent_load),
-                                    },
-                                    Err(e) => PieceOutcome::Digest(e),
+                        let outcome = match ctx
+                            .peers
+                            .fetch(&addr, parent_rdma, &file, num, write.buf())
+                            .await
+                        {
+                            // The digest is checked whatever carried the bytes.
+                            Ok((report, _carrier)) => match write.commit(expected) {
+                                Ok(digest) => PieceOutcome::Ok {
+                                    digest,
+                                    load: Some(report.parent_load),
                                 },
-                                Err(e) => PieceOutcome::Transport(e),
-                            };
+                                Err(e) => PieceOutcome::Digest(e),
+                            },
+                            Err(e) => PieceOutcome::Transport(e),
+                        };
                         PieceResult {
                             num,
                             bytes,

@@ -6,6 +6,7 @@ use crate::download::{self, DownloadError, DownloadSpec, Mode, Progress, TaskEve
 use crate::metrics::EngineMetrics;
 use crate::origin::{OriginAuth, OriginConfig, OriginError, OriginFetcher};
 use crate::output::{self, OutputError, Placement};
+use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::scheduler_link::{LinkEvent, SchedulerLink};
 use crate::store::{Store, StoreError, TaskFile, VerifiedPiece};
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,8 @@ use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
 use weightcast_proto::TaskId;
-use weightcast_tcp::{PieceServer, PieceSource, TcpTransport};
+use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
+use weightcast_tcp::{PieceServer, PieceSource};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -51,6 +53,11 @@ pub struct EngineConfig {
     /// With no piece from peers for this long, go to the origin (or fail).
     pub stall_timeout: Duration,
     pub origin: OriginConfig,
+    /// How piece bytes move between peers (`--transport`).
+    pub transport: TransportMode,
+    /// RDMA device to use (`--rdma-device`); default: the first with an
+    /// active port.
+    pub rdma_device: Option<String>,
 }
 
 impl EngineConfig {
@@ -70,6 +77,8 @@ impl EngineConfig {
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
             origin: OriginConfig::default(),
+            transport: TransportMode::Auto,
+            rdma_device: None,
         }
     }
 }
@@ -88,7 +97,8 @@ pub struct EngineCtx {
     pub peer_id: String,
     pub store: Arc<Store>,
     pub origin: OriginFetcher,
-    pub transport: TcpTransport,
+    /// Piece bytes from parents: RDMA or TCP per parent.
+    pub peers: PeerTransport,
     pub link: Option<Arc<SchedulerLink>>,
     pub metrics: Arc<EngineMetrics>,
 }
@@ -189,6 +199,39 @@ pub enum GetError {
     Invalid(#[from] InvalidSafetensors),
 }
 
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--transport rdma, but {0}")]
+    RdmaUnavailable(weightcast_rdma::RdmaError),
+}
+
+/// Opens RDMA as `--transport` asks: never for `tcp`; for `auto`, when a
+/// device is there (its absence is not worth more than a debug line); for
+/// `rdma`, or fails.
+fn open_rdma(config: &EngineConfig) -> Result<Option<Arc<RdmaNode>>, StartError> {
+    if config.transport == TransportMode::Tcp {
+        return Ok(None);
+    }
+    match RdmaNode::open(config.rdma_device.as_deref(), RdmaConfig::default()) {
+        Ok(node) => {
+            tracing::info!(device = %node.device.name, port = node.device.port, gid = %weightcast_rdma::device::format_gid(&node.device.gid), "RDMA enabled: piece bytes move by RDMA READ where the parent has RDMA too");
+            Ok(Some(node))
+        }
+        Err(e) if config.transport == TransportMode::Rdma => Err(StartError::RdmaUnavailable(e)),
+        Err(e) if e.is_absent() && config.rdma_device.is_none() => {
+            tracing::debug!(reason = %e, "no RDMA; piece bytes go over TCP");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "RDMA device unusable; piece bytes go over TCP");
+            Ok(None)
+        }
+    }
+}
+
 type Outcome = Option<Result<Arc<TaskFile>, String>>;
 
 /// A download in progress, shared by every `get` of the same task.
@@ -252,9 +295,11 @@ pub fn parse_digest(d: &str) -> Result<[u8; 32], GetError> {
 impl Engine {
     /// Binds the upload server and, with a scheduler configured, starts the
     /// link to it (connecting in the background).
-    pub async fn start(config: EngineConfig) -> Result<Arc<Engine>, StoreError> {
+    pub async fn start(config: EngineConfig) -> Result<Arc<Engine>, StartError> {
         let store = Arc::new(Store::new(&config.data_dir)?);
         let metrics = Arc::new(EngineMetrics::default());
+        let rdma = open_rdma(&config)?;
+        metrics.inc(&metrics.rdma_enabled, rdma.is_some() as u64);
         let io = |source| StoreError::Io {
             path: config.data_dir.clone(),
             source,
@@ -281,11 +326,17 @@ impl Engine {
         } else {
             format!("{host}:{}", bound.port())
         };
-        let server = PieceServer::new(
+        let mut server = PieceServer::new(
             Arc::new(StoreSource(store.clone())),
             config.upload_concurrency,
             metrics.uploads.clone(),
         );
+        if let Some(node) = &rdma {
+            server = server.with_rdma(Arc::new(StoreRdma {
+                node: node.clone(),
+                store: store.clone(),
+            }));
+        }
         let server = Arc::new(server);
         tokio::spawn(async move {
             if let Err(e) = server.run(listener).await {
@@ -305,6 +356,7 @@ impl Engine {
                     rack: config.rack.clone(),
                     seed: config.seed,
                     upload_slots: config.upload_slots,
+                    rdma: rdma.is_some(),
                 },
                 link_tx,
             )
@@ -312,7 +364,7 @@ impl Engine {
         let ctx = Arc::new(EngineCtx {
             peer_id: peer_id.clone(),
             origin: OriginFetcher::new(config.origin.clone(), metrics.clone()),
-            transport: TcpTransport::new(),
+            peers: PeerTransport::new(config.transport, rdma, metrics.clone()),
             config,
             store,
             link,

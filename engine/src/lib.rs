@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod origin;
 pub mod output;
 pub mod parent_choice;
+pub mod peer_transport;
 pub mod piece_stream;
 pub mod registry_client;
 pub mod registry_mirror;
@@ -31,4 +32,7 @@ pub mod scheduler_link;
 pub mod store;
 pub mod ttl_cache;
 
-pub use engine::{Engine, EngineConfig, GetError, GetRequest, GetSummary, TaskWatch, Validation};
+pub use engine::{
+    Engine, EngineConfig, GetError, GetRequest, GetSummary, StartError, TaskWatch, Validation,
+};
+pub use weightcast_rdma::TransportMode;

@@ -11,6 +11,16 @@ pub struct EngineMetrics {
     pub origin_requests: AtomicU64,
     pub origin_retries: AtomicU64,
     pub peer_bytes: AtomicU64,
+    /// Peer piece bytes by transport (the two sum to `peer_bytes`, give or
+    /// take pieces that arrived but failed their digest).
+    pub rdma_bytes: AtomicU64,
+    pub tcp_bytes: AtomicU64,
+    /// RDMA reads that failed (any cause but the parent's answer).
+    pub rdma_failures: AtomicU64,
+    /// Pieces retried over TCP after an RDMA failure.
+    pub rdma_fallbacks: AtomicU64,
+    /// 1 when this peer opened an RDMA device.
+    pub rdma_enabled: AtomicU64,
     pub pieces_from_peers: AtomicU64,
     pub pieces_from_origin: AtomicU64,
     pub piece_failures: AtomicU64,
@@ -47,6 +57,35 @@ impl EngineMetrics {
             "Piece bytes downloaded, by source.",
             &[("source", "origin")],
             g(&self.origin_bytes) as f64,
+        )
+        .sample(
+            "weightcast_peer_bytes_total",
+            "counter",
+            "Piece bytes received from peers, by transport.",
+            &[("transport", "rdma")],
+            g(&self.rdma_bytes) as f64,
+        )
+        .sample(
+            "weightcast_peer_bytes_total",
+            "counter",
+            "Piece bytes received from peers, by transport.",
+            &[("transport", "tcp")],
+            g(&self.tcp_bytes) as f64,
+        )
+        .counter(
+            "weightcast_rdma_failures_total",
+            "RDMA piece reads that failed (QP, completion or control errors).",
+            g(&self.rdma_failures),
+        )
+        .counter(
+            "weightcast_rdma_fallbacks_total",
+            "Pieces retried over TCP after an RDMA failure.",
+            g(&self.rdma_fallbacks),
+        )
+        .gauge(
+            "weightcast_rdma_enabled",
+            "1 when this peer moves pieces over RDMA.",
+            g(&self.rdma_enabled),
         )
         .sample(
             "weightcast_pieces_total",
@@ -101,6 +140,27 @@ impl EngineMetrics {
             "weightcast_upload_bytes_total",
             "Piece bytes uploaded to peers.",
             u.bytes.load(Ordering::Relaxed),
+        )
+        .sample(
+            "weightcast_upload_transport_bytes_total",
+            "counter",
+            "Piece bytes uploaded to peers, by transport.",
+            &[("transport", "rdma")],
+            u.rdma_bytes.load(Ordering::Relaxed) as f64,
+        )
+        .sample(
+            "weightcast_upload_transport_bytes_total",
+            "counter",
+            "Piece bytes uploaded to peers, by transport.",
+            &[("transport", "tcp")],
+            u.bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(u.rdma_bytes.load(Ordering::Relaxed)) as f64,
+        )
+        .counter(
+            "weightcast_rdma_queue_pairs_accepted_total",
+            "RDMA queue pairs connected for children.",
+            u.rdma_connects.load(Ordering::Relaxed),
         )
         .counter(
             "weightcast_upload_pieces_total",

@@ -33,6 +33,8 @@ pub struct ParentView {
     pub seed: bool,
     /// In another zone: the link to it is the scarce one.
     pub remote: bool,
+    /// The parent serves pieces over RDMA.
+    pub rdma: bool,
     pub pieces: BTreeMap<u32, PieceDigest>,
     pub inflight: u32,
     pub inflight_bytes: u64,
@@ -49,6 +51,7 @@ impl ParentView {
             addr,
             seed,
             remote: false,
+            rdma: false,
             pieces: BTreeMap::new(),
             inflight: 0,
             inflight_bytes: 0,

@@ -323,6 +323,15 @@ impl TaskFile {
         self.dir.join("data")
     }
 
+    /// The whole mapping (base, length), for registering the file as an RDMA
+    /// memory region; `None` for an empty file. Writes through it must follow
+    /// the same rules as [`PieceWrite`]: the RDMA transport only writes into
+    /// the slice of a [`PieceWrite`] it was handed.
+    pub fn raw_mapping(&self) -> Option<(*mut u8, usize)> {
+        let map = self.map.as_ref()?;
+        Some((map.as_mut_ptr(), map.len()))
+    }
+
     /// The raw bytes of piece `num` in the mapping. Callers guarantee no
     /// writer is active on it.
     fn bytes(&self, num: u32) -> Option<&[u8]> {

@@ -694,6 +694,7 @@ impl Core {
                 seed: host.info.seed,
                 pieces,
                 remote: !child_zone.is_empty() && host.info.zone != *child_zone,
+                rdma: host.info.rdma,
             });
         }
         self.stats.parents_assigned += parents.len() as u64;

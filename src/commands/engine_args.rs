@@ -7,7 +7,7 @@ use weightcast_bench::byte_size;
 use weightcast_engine::hub_client::{HubClient, DEFAULT_ENDPOINT};
 use weightcast_engine::origin::{OriginAuth, OriginConfig};
 use weightcast_engine::registry_client::Credentials;
-use weightcast_engine::EngineConfig;
+use weightcast_engine::{EngineConfig, TransportMode};
 use weightcast_modelpack::oci_artifact::LayerFilter;
 
 /// Which part of an oci:// artifact to fetch.
@@ -159,6 +159,14 @@ pub struct EngineArgs {
     /// failing, with --no-back-to-source).
     #[arg(long, env = "WEIGHTCAST_STALL_TIMEOUT", default_value_t = 30)]
     pub stall_timeout: u64,
+    /// How piece bytes move between peers: `auto` (RDMA READ where both
+    /// ends have an RDMA device, TCP otherwise), `rdma` (RDMA only: an error
+    /// without a device, parents without RDMA are not used) or `tcp`.
+    #[arg(long, env = "WEIGHTCAST_TRANSPORT", default_value = "auto")]
+    pub transport: TransportMode,
+    /// RDMA device (e.g. mlx5_0, rxe0). Default: the first with an active port.
+    #[arg(long, env = "WEIGHTCAST_RDMA_DEVICE")]
+    pub rdma_device: Option<String>,
 }
 
 impl EngineArgs {
@@ -190,6 +198,8 @@ impl EngineArgs {
         c.upload_slots = self.upload_slots;
         c.upload_concurrency = self.upload_concurrency.max(1);
         c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));
+        c.transport = self.transport;
+        c.rdma_device = self.rdma_device.clone();
         c.origin = OriginConfig {
             concurrency: self.origin_concurrency,
             rate_limit: self.origin_rate_limit,

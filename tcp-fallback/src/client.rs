@@ -80,7 +80,9 @@ impl TcpTransport {
             Status::Ok => {}
             Status::NotFound => return Err(TransportError::NotFound(addr.0.clone())),
             Status::Busy => return Err(TransportError::Busy(addr.0.clone())),
-            Status::Failed => return Err(TransportError::ParentFailed(addr.0.clone())),
+            Status::Failed | Status::Unsupported => {
+                return Err(TransportError::ParentFailed(addr.0.clone()))
+            }
         }
         if header.length != dst.len() as u64 {
             return Err(TransportError::LengthMismatch {

@@ -5,9 +5,13 @@
 //! from the sender's mmap'd task file and the client reads it straight into
 //! the receiver's: no buffer the size of a piece exists on either side, so
 //! memory stays flat however big the files are.
+//!
+//! The same connection carries the RDMA control frames (queue-pair setup,
+//! piece locations); the server answers them through an [`RdmaResponder`]
+//! that the engine provides, so this crate never touches verbs.
 
 mod client;
 mod server;
 
 pub use client::TcpTransport;
-pub use server::{PieceServer, PieceSource, UploadStats};
+pub use server::{PieceServer, PieceSource, RdmaPieceLocation, RdmaResponder, UploadStats};

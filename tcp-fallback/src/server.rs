@@ -1,11 +1,41 @@
-//! The upload side: answers piece requests from a [`PieceSource`].
+//! The upload side: answers piece requests from a [`PieceSource`], and, when
+//! given an [`RdmaResponder`], the RDMA control frames on the same
+//! connection (this crate knows the frames, not verbs).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weightcast_proto::frame::{PieceRequest, ResponseHeader, Status, REQUEST_LEN};
+use weightcast_proto::frame::{
+    ClientFrame, PieceRequest, QpEndpoint, RdmaAccept, RdmaGrant, ResponseHeader, Status,
+};
 use weightcast_proto::TaskId;
+
+/// Where a verified piece lies in registered memory, for a child's RDMA READ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RdmaPieceLocation {
+    pub addr: u64,
+    pub rkey: u32,
+    pub length: u64,
+}
+
+/// The RDMA half of a parent, provided by the engine (which owns the device
+/// and the task files). Without one, RDMA frames are answered `Unsupported`
+/// and children use TCP.
+pub trait RdmaResponder: Send + Sync + 'static {
+    /// Connects a new queue pair to the child's endpoint. Returns this side's
+    /// endpoint and a value that keeps the QP alive: it is dropped when the
+    /// child's connection ends.
+    fn accept(
+        &self,
+        child: &QpEndpoint,
+    ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), String>;
+    /// Where verified piece `num` of `task` lies in registered memory
+    /// (registering the task file on first use). `Ok(None)`: not verified
+    /// here; a piece that is not verified is never exposed.
+    fn expose(&self, task: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, String>;
+}
 
 /// Where the server finds verified pieces (the engine's task store).
 pub trait PieceSource: Send + Sync + 'static {
@@ -19,8 +49,14 @@ pub trait PieceSource: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct UploadStats {
     pub active: AtomicU32,
+    /// Piece bytes served, over either transport.
     pub bytes: AtomicU64,
     pub pieces: AtomicU64,
+    /// The part of `bytes` that children read over RDMA.
+    pub rdma_bytes: AtomicU64,
+    pub rdma_pieces: AtomicU64,
+    /// RDMA queue pairs connected for children.
+    pub rdma_connects: AtomicU64,
     pub refused_busy: AtomicU64,
 }
 
@@ -28,6 +64,7 @@ pub struct PieceServer<S> {
     source: Arc<S>,
     max_uploads: u32,
     pub stats: Arc<UploadStats>,
+    rdma: Option<Arc<dyn RdmaResponder>>,
 }
 
 /// Counts one upload in flight for as long as it lives.
@@ -47,7 +84,14 @@ impl<S: PieceSource> PieceServer<S> {
             source,
             max_uploads: max_uploads.max(1),
             stats,
+            rdma: None,
         }
+    }
+
+    /// Serves RDMA control frames through `rdma` as well.
+    pub fn with_rdma(mut self, rdma: Arc<dyn RdmaResponder>) -> Self {
+        self.rdma = Some(rdma);
+        self
     }
 
     /// Accepts connections until the listener fails.
@@ -65,46 +109,257 @@ impl<S: PieceSource> PieceServer<S> {
     }
 
     async fn serve_connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut req = [0u8; REQUEST_LEN];
+        let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let mut frame = [0u8; 64];
+        // RDMA state of this connection: the child's QP, and the pieces it
+        // was granted and is reading now (each holds an upload slot).
+        let mut qp: Option<Box<dyn std::any::Any + Send>> = None;
+        let mut granted: HashMap<(TaskId, u32), (UploadSlot, u64)> = HashMap::new();
         loop {
-            match stream.read_exact(&mut req).await {
+            match stream.read_exact(&mut frame[..4]).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(e),
             }
-            let req = PieceRequest::decode(&req)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
-            let slot = UploadSlot(self.stats.clone());
-            let header = |status, length| ResponseHeader {
-                status,
-                active_uploads: active,
-                length,
-            };
-            if active > self.max_uploads {
-                self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                stream.write_all(&header(Status::Busy, 0).encode()).await?;
-                continue;
-            }
-            match self.source.verified_piece(&req.task, req.piece) {
-                None => {
+            let magic: [u8; 4] = frame[..4].try_into().expect("4 bytes");
+            let len = ClientFrame::len_for_magic(magic).map_err(invalid)?;
+            stream.read_exact(&mut frame[4..len]).await?;
+            match ClientFrame::decode(&frame[..len]).map_err(invalid)? {
+                ClientFrame::Piece(req) => self.serve_tcp_piece(&mut stream, req).await?,
+                ClientFrame::RdmaConnect(child) => {
+                    let (status, endpoint) = match &self.rdma {
+                        None => (Status::Unsupported, child),
+                        Some(r) => match r.accept(&child) {
+                            Ok((ep, q)) => {
+                                qp = Some(q);
+                                self.stats.rdma_connects.fetch_add(1, Ordering::Relaxed);
+                                (Status::Ok, ep)
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot connect an RDMA queue pair for a child");
+                                (Status::Failed, child)
+                            }
+                        },
+                    };
                     stream
-                        .write_all(&header(Status::NotFound, 0).encode())
-                        .await?
-                }
-                Some(piece) => {
-                    let bytes = piece.as_ref();
-                    stream
-                        .write_all(&header(Status::Ok, bytes.len() as u64).encode())
+                        .write_all(&RdmaAccept { status, endpoint }.encode())
                         .await?;
-                    stream.write_all(bytes).await?;
-                    self.stats
-                        .bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    self.stats.pieces.fetch_add(1, Ordering::Relaxed);
+                }
+                ClientFrame::RdmaPiece(req) => {
+                    let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
+                    let slot = UploadSlot(self.stats.clone());
+                    let grant = |status, loc: Option<RdmaPieceLocation>| RdmaGrant {
+                        status,
+                        active_uploads: active,
+                        addr: loc.map_or(0, |l| l.addr),
+                        rkey: loc.map_or(0, |l| l.rkey),
+                        length: loc.map_or(0, |l| l.length),
+                    };
+                    let g = match (&self.rdma, &qp) {
+                        (Some(r), Some(_)) if active <= self.max_uploads => {
+                            // The first exposure of a task registers (pins) its
+                            // whole file: not on an async worker.
+                            let r = r.clone();
+                            let exposed =
+                                tokio::task::spawn_blocking(move || r.expose(&req.task, req.piece))
+                                    .await
+                                    .unwrap_or_else(|e| Err(e.to_string()));
+                            match exposed {
+                                Ok(Some(loc)) => {
+                                    granted.insert((req.task, req.piece), (slot, loc.length));
+                                    grant(Status::Ok, Some(loc))
+                                }
+                                Ok(None) => grant(Status::NotFound, None),
+                                Err(e) => {
+                                    tracing::warn!(task = %req.task, piece = req.piece, error = %e, "cannot expose a piece over RDMA");
+                                    grant(Status::Failed, None)
+                                }
+                            }
+                        }
+                        (Some(_), Some(_)) => {
+                            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                            grant(Status::Busy, None)
+                        }
+                        _ => grant(Status::Unsupported, None),
+                    };
+                    stream.write_all(&g.encode()).await?;
+                }
+                ClientFrame::RdmaDone { req, ok } => {
+                    // The child's reads are over: free the slot, count the bytes.
+                    if let Some((_slot, length)) = granted.remove(&(req.task, req.piece)) {
+                        if ok {
+                            self.stats.bytes.fetch_add(length, Ordering::Relaxed);
+                            self.stats.rdma_bytes.fetch_add(length, Ordering::Relaxed);
+                            self.stats.pieces.fetch_add(1, Ordering::Relaxed);
+                            self.stats.rdma_pieces.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
-            drop(slot);
         }
+    }
+
+    async fn serve_tcp_piece(
+        &self,
+        stream: &mut TcpStream,
+        req: PieceRequest,
+    ) -> std::io::Result<()> {
+        let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
+        let _slot = UploadSlot(self.stats.clone());
+        let header = |status, length| ResponseHeader {
+            status,
+            active_uploads: active,
+            length,
+        };
+        if active > self.max_uploads {
+            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            return stream.write_all(&header(Status::Busy, 0).encode()).await;
+        }
+        match self.source.verified_piece(&req.task, req.piece) {
+            None => {
+                stream
+                    .write_all(&header(Status::NotFound, 0).encode())
+                    .await
+            }
+            Some(piece) => {
+                let bytes = piece.as_ref();
+                stream
+                    .write_all(&header(Status::Ok, bytes.len() as u64).encode())
+                    .await?;
+                stream.write_all(bytes).await?;
+                self.stats
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                self.stats.pieces.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weightcast_proto::frame::{RDMA_ACCEPT_LEN, RDMA_GRANT_LEN};
+
+    struct NoPieces;
+    impl PieceSource for NoPieces {
+        type Piece = Vec<u8>;
+        fn verified_piece(&self, _: &TaskId, _: u32) -> Option<Vec<u8>> {
+            None
+        }
+    }
+
+    /// A responder that "registers" piece 0 only.
+    struct FakeRdma;
+    impl RdmaResponder for FakeRdma {
+        fn accept(
+            &self,
+            child: &QpEndpoint,
+        ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), String> {
+            Ok((
+                QpEndpoint {
+                    qp_num: child.qp_num + 1,
+                    ..*child
+                },
+                Box::new(()),
+            ))
+        }
+        fn expose(&self, _: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, String> {
+            Ok((num == 0).then_some(RdmaPieceLocation {
+                addr: 0x1000,
+                rkey: 7,
+                length: 4096,
+            }))
+        }
+    }
+
+    const EP: QpEndpoint = QpEndpoint {
+        qp_num: 17,
+        psn: 1,
+        lid: 0,
+        gid: [0; 16],
+        mtu: 3,
+        max_rd_atomic: 8,
+    };
+
+    async fn start(rdma: Option<Arc<dyn RdmaResponder>>) -> (TcpStream, Arc<UploadStats>) {
+        let stats = Arc::new(UploadStats::default());
+        let mut server = PieceServer::new(Arc::new(NoPieces), 1, stats.clone());
+        if let Some(r) = rdma {
+            server = server.with_rdma(r);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(Arc::new(server).run(listener));
+        (TcpStream::connect(addr).await.unwrap(), stats)
+    }
+
+    async fn send(s: &mut TcpStream, f: ClientFrame) {
+        let mut b = Vec::new();
+        f.encode(&mut b);
+        s.write_all(&b).await.unwrap();
+    }
+
+    async fn accept(s: &mut TcpStream) -> RdmaAccept {
+        send(s, ClientFrame::RdmaConnect(EP)).await;
+        let mut b = [0u8; RDMA_ACCEPT_LEN];
+        s.read_exact(&mut b).await.unwrap();
+        RdmaAccept::decode(&b).unwrap()
+    }
+
+    async fn ask(s: &mut TcpStream, piece: u32) -> RdmaGrant {
+        send(
+            s,
+            ClientFrame::RdmaPiece(PieceRequest {
+                task: TaskId([3; 32]),
+                piece,
+            }),
+        )
+        .await;
+        let mut b = [0u8; RDMA_GRANT_LEN];
+        s.read_exact(&mut b).await.unwrap();
+        RdmaGrant::decode(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_rdma_the_handshake_is_refused() {
+        let (mut s, _) = start(None).await;
+        assert_eq!(accept(&mut s).await.status, Status::Unsupported);
+        assert_eq!(ask(&mut s, 0).await.status, Status::Unsupported);
+    }
+
+    #[tokio::test]
+    async fn a_grant_holds_an_upload_slot_until_the_child_is_done() {
+        let (mut s, stats) = start(Some(Arc::new(FakeRdma))).await;
+        // No piece before a queue pair exists.
+        assert_eq!(ask(&mut s, 0).await.status, Status::Unsupported);
+        let a = accept(&mut s).await;
+        assert_eq!(a.status, Status::Ok);
+        assert_eq!(a.endpoint.qp_num, 18);
+        assert_eq!(ask(&mut s, 1).await.status, Status::NotFound);
+        let g = ask(&mut s, 0).await;
+        assert_eq!(
+            (g.status, g.addr, g.rkey, g.length),
+            (Status::Ok, 0x1000, 7, 4096)
+        );
+        // One upload slot: the granted read holds it.
+        assert_eq!(ask(&mut s, 0).await.status, Status::Busy);
+        let req = PieceRequest {
+            task: TaskId([3; 32]),
+            piece: 0,
+        };
+        send(&mut s, ClientFrame::RdmaDone { req, ok: true }).await;
+        assert_eq!(ask(&mut s, 0).await.status, Status::Ok);
+        send(&mut s, ClientFrame::RdmaDone { req, ok: false }).await;
+        assert_eq!(ask(&mut s, 1).await.status, Status::NotFound);
+        assert_eq!(
+            stats.rdma_bytes.load(Ordering::Relaxed),
+            4096,
+            "only the good read counts"
+        );
+        assert_eq!(stats.bytes.load(Ordering::Relaxed), 4096);
+        assert_eq!(stats.rdma_connects.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.active.load(Ordering::Relaxed), 0);
     }
 }

@@ -9,6 +9,7 @@ fn host(id: &str, seed: bool, slots: u32) -> pb::HostInfo {
         rack: String::new(),
         seed,
         upload_slots: slots,
+        rdma: false,
     }
 }
 
@@ -132,6 +133,33 @@ fn piece_completion_reaches_children_and_makes_a_new_parent_at_once() {
         1,
         "parents come with their pieces"
     );
+}
+
+#[test]
+fn a_parents_rdma_capability_reaches_its_children() {
+    let mut c = Core::default();
+    c.hello(pb::HostInfo {
+        rdma: true,
+        ..host("seed", true, 8)
+    });
+    let mut out = Vec::new();
+    for p in ["x", "y"] {
+        c.hello(host(p, false, 8));
+        out.extend(register(&mut c, p));
+    }
+    out.extend(done(&mut c, "seed", 0));
+    out.extend(done(&mut c, "x", 0));
+    let offered: Vec<(String, bool)> = out
+        .iter()
+        .filter(|o| o.to == "y")
+        .filter_map(|o| match &o.msg {
+            SchedMsg::Parents(p) => Some(p.parents.iter().map(|p| (p.peer_id.clone(), p.rdma))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(offered.contains(&("x".to_string(), false)), "{offered:?}");
+    assert!(offered.contains(&("seed".to_string(), true)), "{offered:?}");
 }
 
 #[test]
