@@ -108,6 +108,19 @@ pub enum OriginError {
     UnknownLength { url: String },
     #[error("{url} sent {got} bytes for a {want}-byte range")]
     ShortBody { url: String, got: u64, want: u64 },
+    #[error("{url}: the origin refused the request ({status}): check the credentials (--hf-token for the Hub; --registry-user/--registry-password or ~/.docker/config.json for a registry)")]
+    Unauthorized {
+        url: String,
+        status: reqwest::StatusCode,
+        /// A `WWW-Authenticate: Bearer ...` challenge (registries' token flow).
+        challenge: Option<String>,
+    },
+    #[error("{url}: no pull token from {realm}: {message}")]
+    Token {
+        url: String,
+        realm: String,
+        message: String,
+    },
 }
 
 impl OriginError {
@@ -167,6 +180,8 @@ pub struct OriginFetcher {
     client: reqwest::Client,
     config: OriginConfig,
     limits: Mutex<HashMap<String, Arc<OriginLimit>>>,
+    /// Bearer tokens from registries' token flow, per URL, until they expire.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
     metrics: Arc<EngineMetrics>,
 }
 
@@ -198,6 +213,7 @@ impl OriginFetcher {
             client,
             config,
             limits: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -236,9 +252,98 @@ impl OriginFetcher {
 
     fn request(&self, u: &reqwest::Url, auth: Option<&OriginAuth>) -> reqwest::RequestBuilder {
         let r = self.client.get(u.clone());
-        match self.authorization(u, auth) {
+        let token = self.tokens.lock().ok().and_then(|t| {
+            t.get(u.as_str())
+                .filter(|(_, until)| Instant::now() < *until)
+                .map(|(v, _)| v.clone())
+        });
+        match token.as_deref().or_else(|| self.authorization(u, auth)) {
             Some(v) => r.header(reqwest::header::AUTHORIZATION, v),
             None => r,
+        }
+    }
+
+    /// A registry's token flow: on a `401` with `WWW-Authenticate: Bearer
+    /// realm=..,service=..,scope=..`, asks the realm for a pull token (with
+    /// the Basic credentials held for `u`, else anonymously) and keeps it for
+    /// `u` until it expires. This is how a seed pulls blobs from Harbor or
+    /// Docker Hub with only a login, or none.
+    async fn exchange_token(
+        &self,
+        u: &reqwest::Url,
+        challenge: &str,
+        auth: Option<&OriginAuth>,
+    ) -> Result<(), OriginError> {
+        let params = parse_bearer_challenge(challenge).ok_or_else(|| OriginError::Token {
+            url: u.to_string(),
+            realm: String::new(),
+            message: format!("cannot read the challenge {challenge:?}"),
+        })?;
+        let realm = params.get("realm").cloned().unwrap_or_default();
+        let fail = |message: String| OriginError::Token {
+            url: u.to_string(),
+            realm: realm.clone(),
+            message,
+        };
+        let mut realm_url =
+            reqwest::Url::parse(&realm).map_err(|_| fail("the realm is not a URL".into()))?;
+        {
+            let mut q = realm_url.query_pairs_mut();
+            for key in ["service", "scope"] {
+                if let Some(v) = params.get(key) {
+                    q.append_pair(key, v);
+                }
+            }
+        }
+        let mut req = self.client.get(realm_url);
+        if let Some(basic) = self
+            .authorization(u, auth)
+            .filter(|v| v.starts_with("Basic "))
+        {
+            req = req.header(reqwest::header::AUTHORIZATION, basic);
+        }
+        let resp = req.send().await.map_err(|e| fail(error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("it answered {}", resp.status())));
+        }
+        let v: serde_json::Value = resp.json().await.map_err(|e| fail(error_chain(&e)))?;
+        let token = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| fail("the answer holds no token".into()))?;
+        let life = v
+            .get("expires_in")
+            .and_then(|e| e.as_u64())
+            .unwrap_or(60)
+            .max(10);
+        let until = Instant::now() + Duration::from_secs(life - 5);
+        if let Ok(mut t) = self.tokens.lock() {
+            t.retain(|_, (_, until)| Instant::now() < *until);
+            t.insert(u.to_string(), (format!("Bearer {token}"), until));
+        }
+        Ok(())
+    }
+
+    /// After a failed attempt: a first `401` with a Bearer challenge gets a
+    /// token and an immediate retry; anything else goes to `retry`.
+    async fn recover(
+        &self,
+        u: &reqwest::Url,
+        e: OriginError,
+        hint: Option<Duration>,
+        retry: &mut Retry<'_>,
+        exchanged: &mut bool,
+        auth: Option<&OriginAuth>,
+    ) -> Result<(), OriginError> {
+        match e {
+            OriginError::Unauthorized {
+                challenge: Some(c), ..
+            } if !*exchanged => {
+                *exchanged = true;
+                self.exchange_token(u, &c, auth).await
+            }
+            e => retry.after(e, hint).await,
         }
     }
 
@@ -257,11 +362,15 @@ impl OriginFetcher {
         let u = Self::check_url(url)?;
         let limit = self.limit_for(&u);
         let mut retry = self.retry(url);
+        let mut exchanged = false;
         loop {
             let (r, hint) = self.probe_once(&u, url, &limit, auth).await;
             match r {
                 Ok(p) => return Ok(p),
-                Err(e) => retry.after(e, hint).await?,
+                Err(e) => {
+                    self.recover(&u, e, hint, &mut retry, &mut exchanged, auth)
+                        .await?
+                }
             }
         }
     }
@@ -307,10 +416,7 @@ impl OriginFetcher {
                 }),
             }
         } else {
-            Err(OriginError::Status {
-                url: url.to_string(),
-                status,
-            })
+            Err(status_error(url, &resp))
         };
         (r, hint)
     }
@@ -332,13 +438,17 @@ impl OriginFetcher {
         }
         let mut written = 0usize;
         let mut retry = self.retry(url);
+        let mut exchanged = false;
         loop {
             let (r, hint) = self
                 .fetch_once(&u, url, &range, dst, &mut written, &limit, auth)
                 .await;
             match r {
                 Ok(()) => return Ok(want),
-                Err(e) => retry.after(e, hint).await?,
+                Err(e) => {
+                    self.recover(&u, e, hint, &mut retry, &mut exchanged, auth)
+                        .await?
+                }
             }
         }
     }
@@ -371,10 +481,7 @@ impl OriginFetcher {
                     url: url.to_string(),
                 }
             } else {
-                OriginError::Status {
-                    url: url.to_string(),
-                    status,
-                }
+                status_error(url, &resp)
             };
             return (Err(e), hint);
         }
@@ -449,6 +556,61 @@ impl Retry<'_> {
     }
 }
 
+/// The error for a non-success answer; a 401 keeps its Bearer challenge.
+fn status_error(url: &str, resp: &reqwest::Response) -> OriginError {
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let challenge = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.trim_start().to_ascii_lowercase().starts_with("bearer "))
+            .map(str::to_string);
+        return OriginError::Unauthorized {
+            url: url.to_string(),
+            status,
+            challenge,
+        };
+    }
+    OriginError::Status {
+        url: url.to_string(),
+        status,
+    }
+}
+
+/// `Bearer realm="https://auth",service="registry",scope="repository:a:pull"`
+/// → its parameters.
+fn parse_bearer_challenge(v: &str) -> Option<HashMap<String, String>> {
+    let rest = v.trim();
+    let rest = rest
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("bearer "))?;
+    let mut params = HashMap::new();
+    let mut s = &v.trim()[rest.len()..];
+    while !s.trim().is_empty() {
+        let (key, after) = s.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(q) => {
+                let end = q.find('"')?;
+                (q[..end].to_string(), &q[end + 1..])
+            }
+            None => {
+                let end = after.find(',').unwrap_or(after.len());
+                (after[..end].trim().to_string(), &after[end..])
+            }
+        };
+        params.insert(key, value);
+        s = next.trim_start().trim_start_matches(',');
+    }
+    Some(params)
+}
+
 fn transport(url: &str, e: reqwest::Error) -> OriginError {
     OriginError::Transport {
         url: url.to_string(),
@@ -502,6 +664,88 @@ mod tests {
             !format!("{a:?}").contains("secret"),
             "Debug must not print the token"
         );
+    }
+
+    #[test]
+    fn bearer_challenges_parse() {
+        let p = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:models/x:pull""#,
+        )
+        .unwrap();
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:models/x:pull");
+        assert!(parse_bearer_challenge("Basic realm=\"x\"").is_none());
+    }
+
+    /// A registry that wants a pull token (Harbor, Docker Hub): the fetcher
+    /// trades its Basic login for one at the realm, once, and pulls.
+    #[tokio::test]
+    async fn a_registry_token_flow_is_followed_with_the_basic_login() {
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU32::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::get(move |headers: HeaderMap| {
+                    let h = h.clone();
+                    async move {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        // u:p
+                        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Basic dTpw") {
+                            return (StatusCode::UNAUTHORIZED, String::new());
+                        }
+                        (StatusCode::OK, r#"{"token":"tok","expires_in":300}"#.to_string())
+                    }
+                }),
+            )
+            .route(
+                "/v2/m/blobs/x",
+                axum::routing::get(move |headers: HeaderMap| async move {
+                    let body = b"0123456789";
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer tok") {
+                        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="reg",scope="repository:m:pull""#);
+                        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge), ("content-range", String::new())], Vec::new());
+                    }
+                    let range = headers.get("range").and_then(|v| v.to_str().ok()).unwrap_or("bytes=0-9");
+                    let (a, b) = weightcast_proto::http_range::parse(range, 10).unwrap();
+                    let cr = format!("bytes {a}-{b}/10");
+                    (StatusCode::PARTIAL_CONTENT, [("www-authenticate", String::new()), ("content-range", cr)], body[a as usize..=b as usize].to_vec())
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{addr}/v2/m/blobs/x");
+        let config = OriginConfig {
+            credentials: vec![OriginAuth::new(&url, "Basic dTpw").unwrap()],
+            retries: 0,
+            ..OriginConfig::default()
+        };
+        let f = OriginFetcher::new(config, Arc::new(EngineMetrics::default()));
+        assert_eq!(f.probe(&url, None).await.unwrap().content_length, 10);
+        let mut dst = [0u8; 10];
+        f.fetch_range(&url, 0..10, &mut dst, None).await.unwrap();
+        assert_eq!(&dst, b"0123456789");
+        assert_eq!(
+            hits.load(Ordering::Relaxed),
+            1,
+            "one token, reused until it expires"
+        );
+
+        let anonymous = OriginFetcher::new(
+            OriginConfig {
+                retries: 0,
+                ..OriginConfig::default()
+            },
+            Arc::new(EngineMetrics::default()),
+        );
+        assert!(matches!(
+            anonymous.probe(&url, None).await,
+            Err(OriginError::Token { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,51 +71,68 @@ impl Credentials {
         }
     }
 
-    /// The credentials for `registry` in a docker `config.json`
-    /// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`); anonymous
-    /// when there is no such file or entry.
+    /// The credentials for `registry` in the docker `config.json`
+    /// ([`docker_config_logins`]); anonymous when there is none.
     pub fn from_docker_config(registry: &str) -> Result<Self, RegistryError> {
-        let path = match std::env::var_os("DOCKER_CONFIG") {
-            Some(d) => PathBuf::from(d).join("config.json"),
-            None => match std::env::var_os("HOME") {
-                Some(h) => PathBuf::from(h).join(".docker/config.json"),
-                None => return Ok(Self::Anonymous),
-            },
-        };
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(Self::Anonymous);
-        };
-        let bad = |message: String| RegistryError::DockerConfig {
-            path: path.clone(),
-            message,
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let auths = v.get("auths").and_then(|a| a.as_object());
-        let entry = auths.and_then(|a| {
-            a.iter().find_map(|(k, v)| {
-                let host = k
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://");
-                (host.trim_end_matches('/') == registry).then_some(v)
-            })
-        });
-        let Some(auth) = entry.and_then(|e| e.get("auth")).and_then(|a| a.as_str()) else {
-            return Ok(Self::Anonymous);
+        Ok(docker_config_logins()?
+            .into_iter()
+            .find(|(host, _)| host == registry)
+            .map(|(_, c)| c)
+            .unwrap_or_default())
+    }
+}
+
+/// Every login in the docker `config.json` (`$DOCKER_CONFIG/config.json`,
+/// else `~/.docker/config.json`), by registry `host[:port]`; none when the
+/// file does not exist.
+pub fn docker_config_logins() -> Result<Vec<(String, Credentials)>, RegistryError> {
+    let path = match std::env::var_os("DOCKER_CONFIG") {
+        Some(d) => PathBuf::from(d).join("config.json"),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".docker/config.json"),
+            None => return Ok(Vec::new()),
+        },
+    };
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(Vec::new());
+    };
+    let bad = |message: String| RegistryError::DockerConfig {
+        path: path.clone(),
+        message,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    for (key, entry) in v
+        .get("auths")
+        .and_then(|a| a.as_object())
+        .into_iter()
+        .flatten()
+    {
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
+            continue;
         };
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth)
-            .map_err(|e| bad(format!("the auth of {registry} is not base64: {e}")))?;
+            .map_err(|e| bad(format!("the auth of {host} is not base64: {e}")))?;
         let text = String::from_utf8(decoded)
-            .map_err(|_| bad(format!("the auth of {registry} is not UTF-8")))?;
+            .map_err(|_| bad(format!("the auth of {host} is not UTF-8")))?;
         let (user, password) = text
             .split_once(':')
-            .ok_or_else(|| bad(format!("the auth of {registry} is not user:password")))?;
-        Ok(Self::Basic {
-            user: user.into(),
-            password: password.into(),
-        })
+            .ok_or_else(|| bad(format!("the auth of {host} is not user:password")))?;
+        out.push((
+            host,
+            Credentials::Basic {
+                user: user.into(),
+                password: password.into(),
+            },
+        ));
     }
+    Ok(out)
 }
 
 /// An artifact resolved to what `get` fetches.

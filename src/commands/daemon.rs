@@ -7,6 +7,7 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use weightcast_engine::origin::OriginAuth;
+use weightcast_engine::registry_client::docker_config_logins;
 use weightcast_engine::registry_mirror::RegistryMirror;
 use weightcast_engine::{hf_endpoint, local_api, Engine};
 
@@ -85,6 +86,18 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     if let Some((url, host)) = &upstream {
         if let Some(h) = a.registry.credentials(host)?.basic_header() {
             config.origin.credentials.push(OriginAuth::new(url, h)?);
+        }
+    }
+    // And every registry login of the daemon's docker config: a seed trades
+    // it for pull tokens where a registry asks for one.
+    for (host, creds) in docker_config_logins()? {
+        if let Some(h) = creds.basic_header() {
+            for scheme in ["https", "http"] {
+                config
+                    .origin
+                    .credentials
+                    .push(OriginAuth::new(&format!("{scheme}://{host}/"), h.clone())?);
+            }
         }
     }
     let engine = Engine::start(config)
