@@ -241,13 +241,7 @@ impl Fixture {
     /// Asserts that a command succeeded; else shows its output and every
     /// process's log.
     fn ok(&self, what: &str, out: &Output) {
-        assert!(
-            out.status.success(),
-            "{what} failed:\n{}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.c.logs()
-        );
+        self.c.assert_ok(what, out);
     }
 
     fn wait(&self, what: &str, child: std::process::Child) -> Output {

@@ -140,13 +140,7 @@ impl Fixture {
     }
 
     fn ok(&self, what: &str, out: &Output) {
-        assert!(
-            out.status.success(),
-            "{what} failed:\n{}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.c.logs()
-        );
+        self.c.assert_ok(what, out);
     }
 
     /// Asserts that `dir/<prefix>` holds the model's files selected by `keep`.

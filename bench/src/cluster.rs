@@ -224,6 +224,18 @@ impl Cluster {
             .collect()
     }
 
+    /// Asserts that a command succeeded; else fails with its output and
+    /// every process's log.
+    pub fn assert_ok(&self, what: &str, out: &std::process::Output) {
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+
     fn wait_ready<T: for<'de> Deserialize<'de>>(&mut self, i: usize, file: &Path) -> Result<T> {
         let t0 = Instant::now();
         loop {

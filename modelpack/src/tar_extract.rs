@@ -35,6 +35,12 @@ pub enum ExtractError {
     },
 }
 
+/// An I/O error at `path`, for `map_err`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExtractError {
+    let path = path.to_path_buf();
+    move |source| ExtractError::Io { path, source }
+}
+
 fn refused(name: &str, why: impl Into<String>) -> ExtractError {
     ExtractError::Refused {
         name: name.to_string(),
@@ -66,17 +72,13 @@ fn link_stays_inside(dir: &Path, target: &Path) -> bool {
 }
 
 fn open(archive: &Path, packing: Packing) -> Result<Box<dyn Read>, ExtractError> {
-    let io = |source| ExtractError::Io {
-        path: archive.to_path_buf(),
-        source,
-    };
-    let f = std::io::BufReader::new(std::fs::File::open(archive).map_err(io)?);
+    let f = std::io::BufReader::new(std::fs::File::open(archive).map_err(io(archive))?);
     Ok(match packing {
         Packing::Tar | Packing::Raw => Box::new(f),
         Packing::TarGzip => Box::new(flate2::read::GzDecoder::new(f)),
         Packing::TarZstd => Box::new(
             ruzstd::decoding::StreamingDecoder::new(f)
-                .map_err(|e| io(std::io::Error::other(e.to_string())))?,
+                .map_err(|e| io(archive)(std::io::Error::other(e.to_string())))?,
         ),
     })
 }
@@ -89,10 +91,6 @@ pub fn extract(
     dest: &Path,
     prefix: Option<&RelPath>,
 ) -> Result<Vec<RelPath>, ExtractError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ExtractError::Io { path: p, source }
-    };
     std::fs::create_dir_all(dest).map_err(io(dest))?;
     let staging = dest.join(format!(".weightcast-extract-{:016x}", rand_suffix()));
     std::fs::create_dir(&staging).map_err(io(&staging))?;
@@ -146,10 +144,6 @@ fn unpack(
     staging: &Path,
     prefix: Option<&RelPath>,
 ) -> Result<Vec<RelPath>, ExtractError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ExtractError::Io { path: p, source }
-    };
     let mut ar = tar::Archive::new(open(archive, packing)?);
     let mut written: Vec<RelPath> = Vec::new();
     for entry in ar.entries().map_err(io(archive))? {
