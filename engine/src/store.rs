@@ -443,6 +443,14 @@ impl TaskFile {
         *self.whole_sha256.get_or_init(|| self.hash_now())
     }
 
+    /// Records the whole-file digest computed elsewhere (the download's
+    /// running hash), so a cache hit does not hash again.
+    pub fn remember_sha256(&self, digest: [u8; 32]) {
+        if self.is_complete() {
+            let _ = self.whole_sha256.set(digest);
+        }
+    }
+
     fn hash_now(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
