@@ -17,31 +17,24 @@
 //! that another process (a Python benchmark, a `weightcast` run) can read the
 //! counters.
 
+use crate::ranged_body::ranged;
 use anyhow::{ensure, Context as _};
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use weightcast_proto::http_range;
-
-/// Body chunks of this size keep memory flat for multi-GiB blobs while
-/// keeping per-chunk overhead (counting, syscalls) negligible.
-const CHUNK: usize = 256 << 10;
 
 /// How long a signed CDN URL stays valid, like the real Hub's (1 h).
 const SIGNATURE_TTL_SECS: u64 = 3600;
@@ -81,13 +74,7 @@ impl RepoKind {
     }
 }
 
-/// A file's bytes: in memory for small test files, or a path on disk for
-/// blobs too large to hold (read in ranges, never loaded whole).
-#[derive(Debug, Clone)]
-pub enum Content {
-    Bytes(Bytes),
-    File(PathBuf),
-}
+pub use crate::ranged_body::Content;
 
 #[derive(Debug, Clone)]
 pub struct FileSpec {
@@ -915,7 +902,7 @@ async fn resolve(
             headers,
             &file.content,
             file.size,
-            &format!("\"{}\"", file.git_oid),
+            Some(&format!("\"{}\"", file.git_oid)),
             move |n| {
                 stats.hub_bytes_served.fetch_add(n, Ordering::Relaxed);
             },
@@ -959,7 +946,7 @@ async fn cdn_blob(
         &headers,
         content,
         *size,
-        &format!("\"{sha256}\""),
+        Some(&format!("\"{sha256}\"")),
         move |n| {
             stats.cdn_bytes_served.fetch_add(n, Ordering::Relaxed);
             *stats.by_blob().entry(blob.clone()).or_default() += n;
@@ -968,95 +955,10 @@ async fn cdn_blob(
     .await
 }
 
-/// `200` or `206` (for a `Range`) with the body streamed in chunks;
-/// `count` is called with each chunk's length as it is sent, so aborted
-/// transfers count only what actually left. `HEAD` gets the headers only.
-async fn ranged(
-    method: &Method,
-    headers: &HeaderMap,
-    content: &Content,
-    size: u64,
-    etag: &str,
-    count: impl Fn(u64) + Send + Sync + 'static,
-) -> Response {
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, len) = match range {
-        None => (StatusCode::OK, 0, size),
-        Some(r) => match http_range::parse(r, size) {
-            Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-            None => {
-                let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return resp;
-            }
-        },
-    };
-    let body = if *method == Method::HEAD {
-        Body::empty()
-    } else {
-        match content {
-            Content::Bytes(b) => {
-                // Ranges were clamped to `size`, which is `b.len()`.
-                let slice = b.slice(start as usize..(start + len) as usize);
-                let chunks: Vec<Bytes> = (0..slice.len())
-                    .step_by(CHUNK)
-                    .map(|i| slice.slice(i..(i + CHUNK).min(slice.len())))
-                    .collect();
-                Body::from_stream(futures::stream::iter(chunks).map(move |c| {
-                    count(c.len() as u64);
-                    Ok::<_, std::io::Error>(c)
-                }))
-            }
-            Content::File(path) => {
-                let opened = async {
-                    let mut f = tokio::fs::File::open(path).await?;
-                    f.seek(std::io::SeekFrom::Start(start)).await?;
-                    Ok::<_, std::io::Error>(f)
-                }
-                .await;
-                let file = match opened {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), "test hub: cannot read blob: {e}");
-                        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-                    }
-                };
-                let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK)
-                    .map(move |chunk| {
-                        if let Ok(c) = &chunk {
-                            count(c.len() as u64);
-                        }
-                        chunk
-                    });
-                Body::from_stream(stream)
-            }
-        }
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    let hs = resp.headers_mut();
-    hs.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    hs.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    hs.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        hs.insert(header::ETAG, v);
-    }
-    if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
-            hs.insert(header::CONTENT_RANGE, v);
-        }
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use reqwest::header::HeaderMap as RHeaders;
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";

@@ -16,6 +16,7 @@ pub mod hf_hub;
 pub mod netns;
 pub mod oci_registry;
 pub mod origin;
+pub mod ranged_body;
 pub mod report;
 pub mod safetensors_file;
 pub mod scenarios;

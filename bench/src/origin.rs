@@ -2,18 +2,15 @@
 //! support, counts every body byte it sends, and can answer the first
 //! requests with `503 Retry-After: 1` to exercise back-off.
 
-use axum::body::Body;
+use crate::ranged_body::{ranged, Content};
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
-use weightcast_proto::http_range;
 
 #[derive(Debug, Default)]
 pub struct OriginStats {
@@ -82,6 +79,7 @@ fn safe_join(root: &Path, rel: &str) -> Option<PathBuf> {
 async fn file_handler(
     State(o): State<Arc<Origin>>,
     UrlPath(rel): UrlPath<String>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
     o.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -100,52 +98,22 @@ async fn file_handler(
     let Some(path) = safe_join(&o.root, &rel) else {
         return (StatusCode::BAD_REQUEST, "bad path\n").into_response();
     };
-    let Ok(mut file) = tokio::fs::File::open(&path).await else {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
-    };
-    let len = match file.metadata().await {
+    let len = match tokio::fs::metadata(&path).await {
         Ok(m) if m.is_file() => m.len(),
         _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
     };
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, count) = match range {
-        None => (StatusCode::OK, 0, len),
-        Some(r) => match http_range::parse(r, len) {
-            Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-            None => {
-                return (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-                    "",
-                )
-                    .into_response()
-            }
-        },
-    };
-    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
     let stats = o.stats.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 << 10).map(
-        move |chunk| {
-            if let Ok(c) = &chunk {
-                stats
-                    .bytes_served
-                    .fetch_add(c.len() as u64, Ordering::Relaxed);
-            }
-            chunk
+    ranged(
+        &method,
+        &headers,
+        &Content::File(path),
+        len,
+        None,
+        move |n| {
+            stats.bytes_served.fetch_add(n, Ordering::Relaxed);
         },
-    );
-    let mut resp = Response::new(Body::from_stream(stream));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("static"));
-    h.insert(header::CONTENT_LENGTH, count.into());
-    if status == StatusCode::PARTIAL_CONTENT {
-        let v = format!("bytes {}-{}/{}", start, start + count - 1, len);
-        h.insert(header::CONTENT_RANGE, v.parse().expect("ascii"));
-    }
-    resp
+    )
+    .await
 }
 
 #[cfg(test)]

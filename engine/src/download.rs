@@ -12,7 +12,7 @@
 use crate::engine::EngineCtx;
 use crate::origin::{OriginAuth, OriginError};
 use crate::parent_choice::{ParentChoice, ParentView};
-use crate::store::{StoreError, TaskFile};
+use crate::store::{RunningSha256, StoreError, TaskFile};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,53 +114,10 @@ struct PieceResult {
     outcome: PieceOutcome,
 }
 
-/// The whole file's sha256, fed with verified pieces in file order while
-/// the download runs, so the check at the end hashes (almost) nothing: a
-/// streaming reader waiting for the last piece waits for the network, not
-/// for a pass over the whole file.
-struct WholeHash {
-    hasher: sha2::Sha256,
-    /// The first piece not hashed yet.
-    next: u32,
-}
-
-/// Bytes hashed per verified piece while downloading; a backlog (resumed
-/// pieces, out-of-order arrivals) is caught up at this pace, the rest at
-/// the end off the async workers.
-const HASH_STEP: u64 = 128 << 20;
-
-impl WholeHash {
-    fn new() -> Self {
-        Self {
-            hasher: sha2::Digest::new(),
-            next: 0,
-        }
-    }
-
-    /// Hashes the next verified pieces in order, up to about `budget` bytes.
-    fn advance(&mut self, file: &Arc<TaskFile>, budget: u64) {
-        let mut done = 0;
-        while done < budget {
-            let Some(p) = file.verified_piece(self.next) else {
-                return;
-            };
-            sha2::Digest::update(&mut self.hasher, p.as_ref());
-            done += p.as_ref().len() as u64;
-            self.next += 1;
-        }
-    }
-
-    /// The digest of a complete file: hashes what is left.
-    fn finish(mut self, file: &Arc<TaskFile>) -> [u8; 32] {
-        self.advance(file, u64::MAX);
-        sha2::Digest::finalize(self.hasher).into()
-    }
-}
-
 struct Download {
     ctx: Arc<EngineCtx>,
     /// Set when the result must match `spec.digest`.
-    whole: Option<WholeHash>,
+    whole: Option<RunningSha256>,
     spec: DownloadSpec,
     mode: Mode,
     file: Option<Arc<TaskFile>>,
@@ -181,7 +138,7 @@ pub async fn run(
     progress_tx: watch::Sender<Progress>,
 ) -> Result<Downloaded, DownloadError> {
     let mut d = Download {
-        whole: spec.digest.map(|_| WholeHash::new()),
+        whole: spec.digest.map(|_| RunningSha256::new()),
         choice: ParentChoice::new(ctx.config.pieces_per_parent, &ctx.peer_id),
         mode: spec.mode,
         ctx,
@@ -334,7 +291,7 @@ impl Download {
         let file = self.file.clone().expect("complete implies open");
         if let Some(want) = self.spec.digest {
             let f = file.clone();
-            let whole = self.whole.take().unwrap_or_else(WholeHash::new);
+            let whole = self.whole.take().unwrap_or_default();
             let got = tokio::task::spawn_blocking(move || {
                 let got = whole.finish(&f);
                 f.remember_sha256(got);
@@ -548,8 +505,10 @@ impl Download {
         }
         match r.outcome {
             PieceOutcome::Ok { digest, .. } => {
+                // About one piece of hashing per piece that arrives keeps
+                // pace with the download; a backlog waits for the end.
                 if let (Some(w), Some(f)) = (&mut self.whole, &self.file) {
-                    w.advance(f, HASH_STEP);
+                    w.advance(f, f.layout.piece_size);
                 }
                 self.last_progress = Instant::now();
                 self.progress.done += r.bytes;
@@ -615,39 +574,5 @@ impl Download {
             parent_id: parent.to_string(),
             reason: reason.to_string(),
         }));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Store;
-    use sha2::{Digest, Sha256};
-    use weightcast_proto::piece::MIN_PIECE_SIZE;
-
-    #[test]
-    fn the_running_hash_matches_the_file_whatever_the_arrival_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path()).unwrap();
-        let len = MIN_PIECE_SIZE * 3 + 17;
-        let f = store
-            .open_or_create(TaskId::from_url("u"), "u", len)
-            .unwrap();
-        let mut w = WholeHash::new();
-        for num in [2u32, 0, 3, 1] {
-            let mut write = f.begin_write(num).unwrap();
-            write.buf().fill(num as u8 + 1);
-            write.commit(None).unwrap();
-            // As on_piece does: hash what is in order so far, within a budget.
-            w.advance(&f, MIN_PIECE_SIZE);
-        }
-        assert_eq!(w.next, 2, "one piece per step: the budget holds");
-        let mut whole = Sha256::new();
-        for num in 0..4u32 {
-            whole.update(f.verified_piece(num).unwrap().as_ref());
-        }
-        let want: [u8; 32] = whole.finalize().into();
-        assert_eq!(w.finish(&f), want);
-        assert_eq!(f.sha256(), want);
     }
 }

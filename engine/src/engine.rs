@@ -507,6 +507,9 @@ impl Engine {
         ctx.metrics.inc(&ctx.metrics.tasks_active, 1);
         tokio::spawn(async move {
             let url = spec.url.clone();
+            // Readers must never see progress end before the outcome is in:
+            // this copy of the sender lives until the outcome is sent.
+            let progress_alive = progress_tx.clone();
             let r = download::run(ctx.clone(), spec, events_rx, progress_tx).await;
             ctx.metrics.dec(&ctx.metrics.tasks_active);
             let outcome = match r {
@@ -525,6 +528,7 @@ impl Engine {
                 runs.remove(&id);
             }
             let _ = outcome_tx.send(Some(outcome));
+            drop(progress_alive);
         });
         run
     }
@@ -548,6 +552,39 @@ impl Engine {
         }
     }
 
+    /// The task of `url` (keyed by `digest` when known): complete in the
+    /// cache, or a download started or joined. What `get` and `watch` share.
+    async fn begin(
+        &self,
+        url: &str,
+        digest: Option<[u8; 32]>,
+        auth: Option<OriginAuth>,
+        swarm: bool,
+        back_to_source: bool,
+    ) -> Result<Begun, GetError> {
+        let url = normalize_url(url)?;
+        let id = match &digest {
+            Some(d) => TaskId::from_sha256(d),
+            None => TaskId::from_url(&url),
+        };
+        if let Some(f) = self.ctx.store.open_complete(id) {
+            if digest.is_none_or(|d| f.sha256() == d) {
+                return Ok(Begun::Complete(f));
+            }
+        }
+        let mode = self.mode_for(swarm, back_to_source).await?;
+        let run = self.ensure_run(DownloadSpec {
+            id,
+            url,
+            digest,
+            mode,
+            back_to_source,
+            auth,
+            swarm,
+        });
+        Ok(Begun::Running(id, run))
+    }
+
     /// Starts (or joins) the download of `url` and hands back a handle to
     /// read its pieces as they are verified: what a streaming reader (the
     /// Hugging Face endpoint) needs.
@@ -558,26 +595,10 @@ impl Engine {
         auth: Option<OriginAuth>,
         swarm: bool,
     ) -> Result<TaskWatch, GetError> {
-        let url = normalize_url(url)?;
-        let id = match &digest {
-            Some(d) => TaskId::from_sha256(d),
-            None => TaskId::from_url(&url),
+        let (id, run) = match self.begin(url, digest, auth, swarm, true).await? {
+            Begun::Complete(f) => return Ok(TaskWatch(WatchState::Complete(f))),
+            Begun::Running(id, run) => (id, run),
         };
-        if let Some(f) = self.ctx.store.open_complete(id) {
-            if digest.is_none_or(|d| f.sha256() == d) {
-                return Ok(TaskWatch(WatchState::Complete(f)));
-            }
-        }
-        let mode = self.mode_for(swarm, true).await?;
-        let run = self.ensure_run(DownloadSpec {
-            id,
-            url,
-            digest,
-            mode,
-            back_to_source: true,
-            auth,
-            swarm,
-        });
         Ok(TaskWatch(WatchState::Running {
             id,
             store: self.ctx.store.clone(),
@@ -596,36 +617,28 @@ impl Engine {
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<GetSummary, GetError> {
         let t0 = Instant::now();
-        let url = normalize_url(&req.url)?;
         let digest = req.digest.as_deref().map(parse_digest).transpose()?;
-        let id = match &digest {
-            Some(d) => TaskId::from_sha256(d),
-            None => TaskId::from_url(&url),
-        };
-        let (file, progress) = match self.ctx.store.open_complete(id) {
-            Some(f) if digest.is_none_or(|d| f.sha256() == d) => {
+        let begun = self
+            .begin(
+                &req.url,
+                digest,
+                req.auth.clone(),
+                req.swarm,
+                req.back_to_source,
+            )
+            .await?;
+        let (id, file, progress) = match begun {
+            Begun::Complete(f) => {
                 let len = f.layout.content_length;
-                (
-                    f,
-                    Progress {
-                        total: Some(len),
-                        done: len,
-                        resumed: len,
-                        ..Default::default()
-                    },
-                )
+                let done = Progress {
+                    total: Some(len),
+                    done: len,
+                    resumed: len,
+                    ..Default::default()
+                };
+                (f.id, f, done)
             }
-            _ => {
-                let mode = self.mode_for(req.swarm, req.back_to_source).await?;
-                let run = self.ensure_run(DownloadSpec {
-                    id,
-                    url: url.clone(),
-                    digest,
-                    mode,
-                    back_to_source: req.back_to_source,
-                    auth: req.auth.clone(),
-                    swarm: req.swarm,
-                });
+            Begun::Running(id, run) => {
                 let mut progress = run.progress.clone();
                 let mut outcome = run.outcome.clone();
                 let file = loop {
@@ -639,7 +652,7 @@ impl Engine {
                 };
                 let file = file.map_err(|msg| GetError::Download(DownloadError::Failed(msg)))?;
                 let p = progress.borrow().clone();
-                (file, p)
+                (id, file, p)
             }
         };
         if let Some(Validation::Safetensors) = req.validate {
@@ -677,6 +690,11 @@ impl Engine {
             cache_path: Some(file.data_path()),
         })
     }
+}
+
+enum Begun {
+    Complete(Arc<TaskFile>),
+    Running(TaskId, Arc<TaskRun>),
 }
 
 /// A download seen from a streaming reader: pieces as they are verified.
@@ -725,11 +743,9 @@ impl TaskWatch {
                             }
                             tokio::select! {
                                 r = outcome.changed() => if r.is_err() { return Err(GetError::ShuttingDown) },
-                                // The download drops its progress sender just
-                                // before it reports the outcome: wait for that.
-                                r = progress.changed() => if r.is_err() && outcome.changed().await.is_err() {
-                                    return Err(GetError::ShuttingDown);
-                                },
+                                // Progress only ends after the outcome is in:
+                                // the next turn sees it.
+                                _ = progress.changed() => {},
                             }
                         }
                     }
