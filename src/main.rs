@@ -45,9 +45,6 @@ enum Command {
     Scheduler(commands::scheduler::SchedulerArgs),
     /// Run an origin, a scheduler, a seed and N peers in this process on loopback and compare.
     Demo(commands::demo::DemoArgs),
-    /// Serve a directory over HTTP with Range support, counting bytes (a test origin).
-    #[command(hide = true)]
-    Origin(commands::origin::OriginArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,7 +56,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let default_log = match &cli.command {
-        Command::Daemon(_) | Command::Scheduler(_) | Command::Origin(_) => "info",
+        Command::Daemon(_) | Command::Scheduler(_) => "info",
         Command::Get(_) | Command::Demo(_) | Command::Inspect(_) => "warn",
     };
     commands::logging::init(default_log);
@@ -80,7 +77,6 @@ fn main() -> std::process::ExitCode {
             Command::Daemon(a) => commands::daemon::run(a).await,
             Command::Scheduler(a) => commands::scheduler::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
-            Command::Origin(a) => commands::origin::run(a).await,
         }
     });
     match result {

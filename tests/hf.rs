@@ -7,9 +7,9 @@ use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use weightcast_bench::cluster::{metric, Cluster, Daemon};
-use weightcast_bench::hf_hub::{self, Content, FileSpec, HubConfig, RepoKind, RepoSpec, TestHub};
-use weightcast_bench::safetensors_file;
+use weightcast_modelpack::safetensors_gen;
+use weightcast_testkit::cluster::{metric, Cluster, Daemon};
+use weightcast_testkit::hf_hub::{self, Content, FileSpec, HubConfig, RepoKind, RepoSpec, TestHub};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 const MIB: u64 = 1 << 20;
@@ -50,11 +50,11 @@ fn bytes(s: &str) -> Content {
 fn repos(dir: &Path) -> Vec<RepoSpec> {
     std::fs::create_dir_all(dir).unwrap();
     let weights = dir.join("model.safetensors");
-    safetensors_file::write(&weights, 48 * MIB, 1).unwrap();
+    safetensors_gen::write(&weights, 48 * MIB, 1).unwrap();
     let shard = dir.join("shard.safetensors");
-    safetensors_file::write(&shard, 9 * MIB + 123, 2).unwrap();
+    safetensors_gen::write(&shard, 9 * MIB + 123, 2).unwrap();
     let gated = dir.join("gated.safetensors");
-    safetensors_file::write(&gated, 6 * MIB, 3).unwrap();
+    safetensors_gen::write(&gated, 6 * MIB, 3).unwrap();
     let parquet = dir.join("0.parquet");
     std::fs::write(&parquet, vec![7u8; (5 * MIB) as usize]).unwrap();
     let spec = |kind, id: &str, commit: &str, files, token| RepoSpec {

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use weightcast_bench::cluster::{Cluster, Daemon};
-use weightcast_bench::oci_registry::{self, named, PushLayer, Pusher, Registry};
-use weightcast_bench::safetensors_file;
+use weightcast_modelpack::safetensors_gen;
+use weightcast_testkit::cluster::{Cluster, Daemon};
+use weightcast_testkit::oci_registry::{self, named, PushLayer, Pusher, Registry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 const MIB: u64 = 1 << 20;
@@ -39,7 +39,7 @@ struct Model {
 fn model(dir: &Path) -> Model {
     std::fs::create_dir_all(dir).unwrap();
     let w = dir.join("model.safetensors");
-    safetensors_file::write(&w, 24 * MIB + 77, 5).unwrap();
+    safetensors_gen::write(&w, 24 * MIB + 77, 5).unwrap();
     let weights = std::fs::read(&w).unwrap();
     let config = br#"{"architectures": ["Test"]}"#.to_vec();
     let pbtxt = b"name: \"fake\"\nbackend: \"python\"\n".to_vec();

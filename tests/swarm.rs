@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
-use weightcast_bench::cluster::{metric, origin_stats, sha256_file, Cluster, Daemon};
-use weightcast_bench::safetensors_file;
+use weightcast_modelpack::safetensors_gen;
+use weightcast_testkit::cluster::{metric, origin_stats, sha256_file, Cluster, Daemon, Faults};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 const MIB: u64 = 1 << 20;
@@ -14,7 +14,7 @@ fn model(c: &Cluster, size: u64) -> (std::path::PathBuf, String) {
     let dir = c.path("files");
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("model.safetensors");
-    safetensors_file::write(&f, size, 7).unwrap();
+    safetensors_gen::write(&f, size, 7).unwrap();
     let sha = sha256_file(&f).unwrap();
     (dir, sha)
 }
@@ -100,7 +100,7 @@ fn four_daemons_fetch_256_mib_and_the_origin_sends_about_one_copy() {
         4 * size,
         "the daemons' bytes all came through the swarm"
     );
-    let page = weightcast_bench::cluster::http_get(&sched_metrics, "/metrics").unwrap();
+    let page = weightcast_testkit::cluster::http_get(&sched_metrics, "/metrics").unwrap();
     assert_eq!(metric(&page, "weightcast_scheduler_hosts", ""), 5.0);
     assert_eq!(
         metric(&page, "weightcast_scheduler_seeds_triggered_total", ""),
@@ -128,7 +128,7 @@ struct Swarm {
 fn swarm(size: u64, seed_args: &[&str]) -> Swarm {
     let mut c = Cluster::new(BIN).unwrap();
     let (files, sha) = model(&c, size);
-    let (origin, origin_addr) = c.origin(&files, 0).unwrap();
+    let (origin, origin_addr) = c.origin(&files, Faults::default()).unwrap();
     let (sched, sched_metrics) = c.scheduler().unwrap();
     c.daemon("seed", &sched, true, seed_args).unwrap();
     Swarm {
@@ -227,7 +227,7 @@ fn one_line_error(out: &Output) -> String {
 fn bad_input_fails_with_one_clear_line_and_writes_nothing() {
     let mut c = Cluster::new(BIN).unwrap();
     let (files, sha) = model(&c, 5 * MIB);
-    let (origin, _) = c.origin(&files, 0).unwrap();
+    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
     let out = c.path("out/model.safetensors");
     let out_s = out.to_str().unwrap();
 
@@ -275,7 +275,7 @@ fn bad_input_fails_with_one_clear_line_and_writes_nothing() {
 fn without_a_scheduler_get_falls_back_to_the_origin_unless_told_not_to() {
     let mut c = Cluster::new(BIN).unwrap();
     let (files, sha) = model(&c, 3 * MIB);
-    let (origin, _) = c.origin(&files, 0).unwrap();
+    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
     let out = c.path("out.bin");
     let url = format!("{origin}/model.safetensors");
     let dead = "http://127.0.0.1:1";
@@ -326,7 +326,7 @@ fn without_a_scheduler_get_falls_back_to_the_origin_unless_told_not_to() {
 fn origin_throttling_is_retried_after_its_retry_after() {
     let mut c = Cluster::new(BIN).unwrap();
     let (files, sha) = model(&c, 2 * MIB);
-    let (origin, addr) = c.origin(&files, 2).unwrap();
+    let (origin, addr) = c.origin(&files, Faults { fail_first: 2 }).unwrap();
     let out = c.path("out.bin");
     let t0 = Instant::now();
     let s = summary(&get(
@@ -396,7 +396,7 @@ fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
         metric(&m, "weightcast_digest_mismatches_total", "") >= 1.0,
         "{m}"
     );
-    let page = weightcast_bench::cluster::http_get(&sched_metrics, "/metrics").unwrap();
+    let page = weightcast_testkit::cluster::http_get(&sched_metrics, "/metrics").unwrap();
     assert!(
         metric(&page, "weightcast_scheduler_piece_failures_total", "") >= 1.0,
         "the bad parent was reported"

@@ -3,7 +3,7 @@
 //! verbs in the soft-RoCE VM (`scripts/rdma-vm-test`, part of `--slow`).
 
 use std::process::Command;
-use weightcast_bench::cluster::{metric, Cluster};
+use weightcast_testkit::cluster::{metric, Cluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 

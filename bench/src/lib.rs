@@ -1,22 +1,18 @@
-//! weightcast's benchmarks and test harness.
+//! weightcast's benchmarks: the network-namespace cluster emulator and its
+//! scenarios and reports. The servers and the process harness they use
+//! live in `weightcast-testkit`; the binaries are in `src/bin`:
 //!
-//! - [`origin`]: an HTTP origin with Range support that counts every byte it
-//!   serves (and can fail on purpose), the "Hub" of tests, demo and benches.
-//! - [`hf_hub`]: a Hugging Face–compatible hub (revision, paginated tree,
-//!   `/resolve` with LFS redirects to a separate signed-URL CDN, gated repos)
-//!   that counts what it serves, for tests against the real HF clients.
-//! - [`safetensors_file`]: writes a valid safetensors file of any size.
-//! - [`cluster`]: starts real `weightcast` processes (scheduler, seeds,
-//!   daemons, `get`) on loopback and tears them down, for the end-to-end
-//!   tests and the fan-out benchmark alike.
+//! - `weightcast-bench cluster`: scenarios on emulated bandwidth-capped
+//!   hosts against BitTorrent and direct downloads; `weightcast-bench
+//!   hf-hub` and `weightcast-bench origin`: the test servers as processes.
+//! - `fanout`: swarm against direct downloads on loopback.
+//! - `hf-endpoint`: the real `hf` client through daemons against the Hub.
+//! - `rdma-vm-check`: the RDMA end-to-end check inside the soft-RoCE VM.
+//!
+//! - [`netns`]: hosts as network namespaces on a bridge, with tbf caps.
+//! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
+//! - [`report`]: markdown tables, JSON and SVG CDFs of the runs.
 
-pub mod byte_size;
-pub mod cluster;
-pub mod hf_hub;
 pub mod netns;
-pub mod oci_registry;
-pub mod origin;
-pub mod ranged_body;
 pub mod report;
-pub mod safetensors_file;
 pub mod scenarios;

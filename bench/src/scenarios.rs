@@ -8,13 +8,13 @@
 //! BitTorrent, the tracker and the only initial seeder. So every system has
 //! the same upload capacity, and "origin host upload" compares them fairly.
 
-use crate::cluster::{origin_stats, sha256_file, Cluster, Place};
 use crate::netns::{Caps, Net, NetHost};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
+use weightcast_testkit::cluster::{origin_stats, sha256_file, Cluster, Faults, Place};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -68,7 +68,7 @@ impl Setup {
             return Ok((dir, sha));
         }
         std::fs::create_dir_all(&dir)?;
-        crate::safetensors_file::write(&f, self.size, 3)?;
+        weightcast_modelpack::safetensors_gen::write(&f, self.size, 3)?;
         let sha = sha256_file(&f)?;
         std::fs::write(&sha_file, &sha)?;
         Ok((dir, sha))
@@ -154,7 +154,7 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     let (origin_url, origin_addr) = if hf {
         hf_hub_at(&mut c, &at(&origin), &files)?
     } else {
-        c.origin_at(&at(&origin), &files, 0)?
+        c.origin_at(&at(&origin), &bench_bin()?, &files, &Faults::default())?
     };
     let url = format!("{origin_url}/model.safetensors");
     let mut seed_daemon = None;
@@ -299,8 +299,8 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     let origin_http_bytes = match system {
         System::Bittorrent => None,
         System::HfDirect | System::HfWeightcast => {
-            let stats = crate::cluster::http_get(&origin_addr, "/_stats")?;
-            let stats: crate::hf_hub::HubStatsSnapshot = serde_json::from_str(&stats)?;
+            let stats = weightcast_testkit::cluster::http_get(&origin_addr, "/_stats")?;
+            let stats: weightcast_testkit::hf_hub::HubStatsSnapshot = serde_json::from_str(&stats)?;
             Some(stats.cdn_bytes_served)
         }
         _ => Some(origin_stats(&origin_addr)?.bytes_served),
@@ -314,7 +314,7 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             .sum()
     });
     let seed_uploads = seed_daemon.and_then(|d| c.metrics(&d).ok()).map(|m| {
-        let g = |n: &str| crate::cluster::metric(&m, n, "") as u64;
+        let g = |n: &str| weightcast_testkit::cluster::metric(&m, n, "") as u64;
         [
             g("weightcast_upload_pieces_total"),
             g("weightcast_upload_refused_busy_total"),
@@ -343,8 +343,14 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
 /// A test Hub serving `files` as repo `bench/model` at `place` (hub on port
 /// 7400, its CDN on 7401). Returns the hub's URL and the CDN's address
 /// (where `/_stats` counts the LFS bytes).
+/// This benchmark binary: it also runs the test servers (`origin`,
+/// `hf-hub`) inside the emulated hosts.
+fn bench_bin() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("weightcast-bench"))
+}
+
 fn hf_hub_at(c: &mut Cluster, place: &Place, files: &Path) -> Result<(String, String)> {
-    let bench = std::env::current_exe()?.with_file_name("weightcast-bench");
+    let bench = bench_bin()?;
     let ready = c.path("hf-hub.ready");
     let args = [
         "hf-hub".to_string(),

@@ -11,19 +11,19 @@
 
 use crate::engine::EngineCtx;
 use crate::origin::{OriginAuth, OriginError};
-use crate::parent_choice::{ParentChoice, ParentView};
 use crate::store::{RunningSha256, StoreError, TaskFile};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use weightcast_download_core::parent_choice::{ParentChoice, ParentView};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
-use weightcast_proto::piece::{digest_from_slice, PieceDigest};
 use weightcast_proto::transport::{ParentAddr, TransportError};
-use weightcast_proto::{PeerId, TaskId};
+use weightcast_types::piece::{digest_from_slice, PieceDigest};
+use weightcast_types::{PeerId, TaskId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

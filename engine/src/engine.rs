@@ -21,9 +21,9 @@ use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
-use weightcast_proto::TaskId;
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
 use weightcast_tcp::{PieceServer, PieceSource};
+use weightcast_types::TaskId;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

@@ -22,9 +22,10 @@
 //! The `Authorization` header is never logged.
 
 use crate::engine::{Engine, GetError, TaskWatch};
+use crate::http_body::BodyRange;
 use crate::hub_client::{FileMeta, HubClient, HubError};
 use crate::origin::OriginAuth;
-use crate::piece_stream::BodyRange;
+use crate::piece_stream;
 use crate::ttl_cache::TtlCache;
 use axum::body::Body;
 use axum::extract::State;
@@ -329,21 +330,24 @@ impl HfEndpoint {
             Err(r) => return error(r.status, r.code.as_deref(), r.commit.as_deref(), &r.message),
         };
         let size = meta.size;
-        let Ok(span) = BodyRange::new(range, size) else {
-            let mut r = error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                None,
-                Some(&meta.commit),
-                "range not satisfiable",
-            );
-            BodyRange::unsatisfiable(size, r.headers_mut());
-            return r;
+        let span = match BodyRange::new(range, size) {
+            Ok(span) => span,
+            Err(unsatisfiable) => {
+                let mut r = error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    None,
+                    Some(&meta.commit),
+                    "range not satisfiable",
+                );
+                unsatisfiable.set_header(r.headers_mut());
+                return r;
+            }
         };
         let body = if head || span.len == 0 {
             Body::empty()
         } else {
             match self.watch(repo, file, &meta, auth).await {
-                Ok(w) => span.body(w),
+                Ok(w) => piece_stream::body(&span, w),
                 Err(e) => {
                     return error(
                         StatusCode::BAD_GATEWAY,

@@ -454,6 +454,7 @@ impl OriginFetcher {
     }
 
     /// One attempt; resumes at `*written`, which it advances.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_once(
         &self,
         u: &reqwest::Url,

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use weightcast_proto::frame::QpEndpoint;
 use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, TransportError};
-use weightcast_proto::TaskId;
 use weightcast_rdma::select::{self, FailureLog, Route};
 use weightcast_rdma::{RdmaFetchError, RdmaNode, RdmaTransport, TransportMode};
 use weightcast_tcp::{RdmaPieceLocation, RdmaResponder, TcpTransport};
+use weightcast_types::TaskId;
 
 /// Which transport carried a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,71 +3,14 @@
 //! Both the Hugging Face endpoint and the registry mirror answer this way.
 
 use crate::engine::{GetError, TaskWatch};
+use crate::http_body::BodyRange;
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
 use bytes::Bytes;
-use weightcast_proto::http_range;
 
-/// The part of a file one answer carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyRange {
-    pub status: StatusCode,
-    pub first: u64,
-    pub len: u64,
-    pub size: u64,
-}
-
-impl BodyRange {
-    /// From the request's `Range` header; `Err` means 416.
-    pub fn new(range: Option<&str>, size: u64) -> Result<Self, ()> {
-        match range.map(|h| http_range::parse(h, size)) {
-            None => Ok(Self {
-                status: StatusCode::OK,
-                first: 0,
-                len: size,
-                size,
-            }),
-            Some(Some((a, b))) => Ok(Self {
-                status: StatusCode::PARTIAL_CONTENT,
-                first: a,
-                len: b - a + 1,
-                size,
-            }),
-            Some(None) => Err(()),
-        }
-    }
-
-    /// The `Content-Range` of a 416.
-    pub fn unsatisfiable(size: u64, h: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
-    }
-
-    /// Status, `Content-Length`, `Accept-Ranges`, and `Content-Range` for a 206.
-    pub fn set_headers(&self, r: &mut Response) {
-        *r.status_mut() = self.status;
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.len));
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if self.status == StatusCode::PARTIAL_CONTENT {
-            let v = format!(
-                "bytes {}-{}/{}",
-                self.first,
-                self.first + self.len - 1,
-                self.size
-            );
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(header::CONTENT_RANGE, v);
-            }
-        }
-    }
-
-    /// The body: this range of the watched file.
-    pub fn body(&self, watch: TaskWatch) -> Body {
-        Body::from_stream(stream_pieces(watch, self.first, self.first + self.len))
-    }
+/// The body: the bytes `[span.first, span.first + span.len)` of the
+/// watched file, as its pieces are verified.
+pub fn body(span: &BodyRange, watch: TaskWatch) -> Body {
+    Body::from_stream(stream_pieces(watch, span.first, span.first + span.len))
 }
 
 /// The bytes `[from, to)` of the watched file, piece by piece as each is

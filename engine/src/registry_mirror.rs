@@ -12,7 +12,8 @@
 //! docker config), so put it on loopback or a node-local address.
 
 use crate::engine::{parse_digest, Engine};
-use crate::piece_stream::BodyRange;
+use crate::http_body::BodyRange;
+use crate::piece_stream;
 use crate::registry_client::{Credentials, RegistryClient, RegistryError};
 use crate::ttl_cache::TtlCache;
 use axum::body::Body;
@@ -182,14 +183,17 @@ impl RegistryMirror {
             Ok(s) => s,
             Err(resp) => return resp,
         };
-        let Ok(span) = BodyRange::new(range, size) else {
-            let mut resp = oci_error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
-                "range not satisfiable",
-            );
-            BodyRange::unsatisfiable(size, resp.headers_mut());
-            return resp;
+        let span = match BodyRange::new(range, size) {
+            Ok(span) => span,
+            Err(unsatisfiable) => {
+                let mut resp = oci_error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "BLOB_UNKNOWN",
+                    "range not satisfiable",
+                );
+                unsatisfiable.set_header(resp.headers_mut());
+                return resp;
+            }
         };
         let body = if head || span.len == 0 {
             Body::empty()
@@ -207,7 +211,7 @@ impl RegistryMirror {
             let url = self.blob_url(r, digest);
             let auth = auth.and_then(|a| crate::origin::OriginAuth::new(&url, a).ok());
             match self.engine.watch(&url, Some(sha), auth, true).await {
-                Ok(w) => span.body(w),
+                Ok(w) => piece_stream::body(&span, w),
                 Err(e) => return oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
             }
         };

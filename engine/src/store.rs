@@ -18,8 +18,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use weightcast_proto::piece::{piece_digest, PieceDigest, PieceLayout};
-use weightcast_proto::TaskId;
+use weightcast_types::piece::{piece_digest, PieceDigest, PieceLayout};
+use weightcast_types::TaskId;
 
 const PIECE_RECORD: u64 = 33;
 
@@ -80,6 +80,7 @@ pub struct TaskFile {
 // per piece, guarded by `writing`) and `VerifiedPiece` (read-only, and only
 // for pieces that are verified and can no longer be written).
 unsafe impl Send for TaskFile {}
+// SAFETY: as for Send: shared access follows the same piece discipline.
 unsafe impl Sync for TaskFile {}
 
 /// Opens task files on demand and keeps the open ones shared.
@@ -568,10 +569,29 @@ impl AsRef<[u8]> for VerifiedPiece {
     }
 }
 
+/// sha256 of a whole file on disk, as 64 hex characters (for checking an
+/// output against its origin).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = File::open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weightcast_proto::piece::MIN_PIECE_SIZE;
+    use weightcast_types::piece::MIN_PIECE_SIZE;
 
     fn fill(w: &mut PieceWrite, byte: u8) {
         w.buf().fill(byte);

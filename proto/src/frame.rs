@@ -28,7 +28,7 @@
 //! Every frame a child sends starts with a 4-byte magic that tells its
 //! length, so the parent reads the magic, then the rest.
 
-use crate::TaskId;
+use weightcast_types::TaskId;
 
 pub const REQUEST_MAGIC: [u8; 4] = *b"WCP1";
 pub const RESPONSE_MAGIC: [u8; 4] = *b"WCR1";

@@ -2,22 +2,16 @@
 //!
 //! - [`pb`]: the gRPC control plane (peer ⇄ scheduler), compiled from
 //!   `proto/scheduler.proto` at build time without a system `protoc`.
-//! - [`ids`]: task and peer identifiers.
-//! - [`piece`]: how a file is cut into pieces, and piece digests.
 //! - [`frame`]: the wire format of the peer-to-peer piece protocol.
 //! - [`transport`]: the trait every piece transport (TCP, RDMA) implements.
 //! - [`http_range`]: the HTTP `Range` header, as every weightcast HTTP server answers it.
 
 pub mod frame;
 pub mod http_range;
-pub mod ids;
 pub mod metrics_text;
-pub mod piece;
 pub mod transport;
 
 /// Generated gRPC messages and the `Scheduler` service client and server.
 pub mod pb {
     tonic::include_proto!("weightcast.v1");
 }
-
-pub use ids::{PeerId, TaskId};

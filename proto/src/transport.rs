@@ -4,8 +4,8 @@
 //! mmap'd task file. It does not verify digests: the engine does that for
 //! every transport alike, after the bytes land.
 
-use crate::TaskId;
 use std::future::Future;
+use weightcast_types::TaskId;
 
 /// Where a parent's piece server listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

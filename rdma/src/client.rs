@@ -27,7 +27,7 @@ use weightcast_proto::frame::{
     ClientFrame, PieceRequest, RdmaAccept, RdmaGrant, Status, RDMA_ACCEPT_LEN, RDMA_GRANT_LEN,
 };
 use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, TransportError};
-use weightcast_proto::TaskId;
+use weightcast_types::TaskId;
 
 /// Why an RDMA fetch failed: the parent's answer (handled like TCP's), or
 /// RDMA itself (the caller may retry over TCP).

@@ -36,7 +36,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 use weightcast_proto::frame::QpEndpoint;
-use weightcast_proto::TaskId;
+use weightcast_types::TaskId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RdmaError {

@@ -12,7 +12,7 @@ use crate::RdmaError;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use weightcast_proto::TaskId;
+use weightcast_types::TaskId;
 
 /// One registered memory region.
 pub struct MemoryRegion {
@@ -25,6 +25,7 @@ pub struct MemoryRegion {
 // SAFETY: an ibv_mr is immutable after registration; deregistration happens
 // once, in Drop.
 unsafe impl Send for MemoryRegion {}
+// SAFETY: as for Send: shared use goes through thread-safe verbs calls.
 unsafe impl Sync for MemoryRegion {}
 
 impl MemoryRegion {

@@ -28,6 +28,7 @@ pub struct QueuePair {
 // SAFETY: verbs calls on one QP/CQ are thread-safe in rdma-core (providers
 // lock internally); the pointers are owned and released once in Drop.
 unsafe impl Send for QueuePair {}
+// SAFETY: as for Send: shared use goes through thread-safe verbs calls.
 unsafe impl Sync for QueuePair {}
 
 impl QueuePair {

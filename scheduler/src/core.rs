@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
-use weightcast_proto::piece::{digest_from_slice, PieceDigest, PieceLayout};
-use weightcast_proto::{PeerId, TaskId};
+use weightcast_types::piece::{digest_from_slice, PieceDigest, PieceLayout};
+use weightcast_types::{PeerId, TaskId};
 
 /// Tunables of phase 1.
 #[derive(Debug, Clone)]

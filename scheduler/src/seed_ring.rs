@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use weightcast_proto::{PeerId, TaskId};
+use weightcast_types::{PeerId, TaskId};
 
 const VIRTUAL_NODES: u32 = 64;
 

@@ -9,8 +9,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use weightcast_bench::byte_size;
 use weightcast_engine::GetSummary;
+use weightcast_types::byte_size;
 
 /// What `get` of an artifact reports (`--json` prints it).
 #[derive(Debug, Serialize)]

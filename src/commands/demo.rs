@@ -7,8 +7,11 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weightcast_bench::{byte_size, cluster::sha256_file, origin, safetensors_file};
+use weightcast_engine::file_server;
+use weightcast_engine::store::sha256_file;
 use weightcast_engine::{Engine, EngineConfig, GetRequest, Validation};
+use weightcast_modelpack::safetensors_gen;
+use weightcast_types::byte_size;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -50,13 +53,18 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     {
         let model = model.clone();
         let size = a.size;
-        tokio::task::spawn_blocking(move || safetensors_file::write(&model, size, 42)).await??;
+        tokio::task::spawn_blocking(move || safetensors_gen::write(&model, size, 42)).await??;
     }
     let want = sha256_file(&model)?;
 
     let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin_addr = origin_listener.local_addr()?;
-    let (origin_stats, _origin) = origin::serve(origin_listener, files.clone(), 0);
+    let origin_stats = std::sync::Arc::new(file_server::ServedStats::default());
+    tokio::spawn(file_server::serve(
+        origin_listener,
+        files.clone(),
+        origin_stats.clone(),
+    ));
     let sched_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sched = weightcast_scheduler::serve(sched_listener, Default::default())?;
     let endpoint = format!("http://{}", sched.addr);

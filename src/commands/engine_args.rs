@@ -3,12 +3,12 @@
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
-use weightcast_bench::byte_size;
 use weightcast_engine::hub_client::{HubClient, DEFAULT_ENDPOINT};
 use weightcast_engine::origin::{OriginAuth, OriginConfig};
 use weightcast_engine::registry_client::Credentials;
 use weightcast_engine::{EngineConfig, TransportMode};
 use weightcast_modelpack::oci_artifact::LayerFilter;
+use weightcast_types::byte_size;
 
 /// Which part of an oci:// artifact to fetch.
 #[derive(Args, Debug, Clone)]

@@ -9,11 +9,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use weightcast_bench::byte_size;
 use weightcast_engine::{local_api, output, Engine, GetRequest, GetSummary};
 use weightcast_modelpack::layout::ModelEntry;
 use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::{HfUri, Layout};
+use weightcast_types::byte_size;
 
 #[derive(Args, Debug)]
 pub struct GetArgs {

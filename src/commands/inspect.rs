@@ -5,10 +5,10 @@ use super::engine_args::{HfArgs, OciSelect, RegistryArgs};
 use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
-use weightcast_bench::byte_size;
 use weightcast_engine::registry_client::RegistryClient;
 use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::HfUri;
+use weightcast_types::byte_size;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {

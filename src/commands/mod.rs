@@ -10,6 +10,5 @@ pub mod get_hf;
 pub mod get_oci;
 pub mod inspect;
 pub mod logging;
-pub mod origin;
 pub mod ready_file;
 pub mod scheduler;

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use weightcast_proto::frame::{PieceRequest, ResponseHeader, Status, RESPONSE_HEADER_LEN};
 use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, TransportError};
-use weightcast_proto::TaskId;
+use weightcast_types::TaskId;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// No byte for this long from a parent means it is gone.

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weightcast_proto::frame::{
     ClientFrame, PieceRequest, QpEndpoint, RdmaAccept, RdmaGrant, ResponseHeader, Status,
 };
-use weightcast_proto::TaskId;
+use weightcast_types::TaskId;
 
 /// Where a verified piece lies in registered memory, for a child's RDMA READ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

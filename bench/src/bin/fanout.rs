@@ -14,8 +14,9 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
-use weightcast_bench::cluster::{origin_stats, sha256_file, Cluster};
-use weightcast_bench::{byte_size, safetensors_file};
+use weightcast_modelpack::safetensors_gen;
+use weightcast_testkit::cluster::{origin_stats, sha256_file, Cluster, Faults};
+use weightcast_types::byte_size;
 
 #[derive(Parser)]
 #[command(about = "weightcast swarm vs direct origin downloads on loopback")]
@@ -68,16 +69,16 @@ fn run_all(c: &Cluster, cmds: Vec<(std::process::Command, PathBuf)>, sha: &str) 
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let bin = weightcast_bench::cluster::weightcast_bin(a.bin)?;
+    let bin = weightcast_testkit::cluster::weightcast_bin(a.bin)?;
     let url_path = "model.safetensors";
     // Baseline: every peer straight from the origin, in-process engines.
     let direct = {
         let mut c = Cluster::new(&bin)?;
         let files = c.path("files");
         std::fs::create_dir_all(&files)?;
-        safetensors_file::write(&files.join(url_path), a.size, 1)?;
+        safetensors_gen::write(&files.join(url_path), a.size, 1)?;
         let sha = sha256_file(&files.join(url_path))?;
-        let (origin, addr) = c.origin(&files, 0)?;
+        let (origin, addr) = c.origin(&files, Faults::default())?;
         let cmds = (0..a.peers)
             .map(|i| {
                 let out = c.path(&format!("direct-{i}/out.bin"));
@@ -104,8 +105,8 @@ fn main() -> Result<()> {
         let mut c = Cluster::new(&bin)?;
         let files = c.path("files");
         std::fs::create_dir_all(&files)?;
-        safetensors_file::write(&files.join(url_path), a.size, 1)?;
-        let (origin, addr) = c.origin(&files, 0)?;
+        safetensors_gen::write(&files.join(url_path), a.size, 1)?;
+        let (origin, addr) = c.origin(&files, Faults::default())?;
         let (sched, _) = c.scheduler()?;
         c.daemon("seed", &sched, true, &[])?;
         let daemons = (0..a.peers)

@@ -18,9 +18,10 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
-use weightcast_bench::cluster::{sha256_file, Cluster, Daemon};
-use weightcast_bench::hf_hub::{self, Content, FileSpec, HubConfig, RepoKind, RepoSpec, TestHub};
-use weightcast_bench::{byte_size, safetensors_file};
+use weightcast_modelpack::safetensors_gen;
+use weightcast_testkit::cluster::{sha256_file, Cluster, Daemon};
+use weightcast_testkit::hf_hub::{self, Content, FileSpec, HubConfig, RepoKind, RepoSpec, TestHub};
+use weightcast_types::byte_size;
 
 #[derive(Parser)]
 #[command(about = "huggingface_hub through weightcast daemons vs straight from the Hub")]
@@ -165,7 +166,7 @@ fn endpoint(d: &Daemon) -> Result<String> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let bin = weightcast_bench::cluster::weightcast_bin(a.bin)?;
+    let bin = weightcast_testkit::cluster::weightcast_bin(a.bin)?;
     let hf = hf_cli()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,7 +174,7 @@ fn main() -> Result<()> {
         .build()?;
     let files = tempfile::tempdir()?;
     let weights = files.path().join("model.safetensors");
-    safetensors_file::write(&weights, a.size, 1)?;
+    safetensors_gen::write(&weights, a.size, 1)?;
     let sha = sha256_file(&weights)?;
 
     let direct = {

@@ -22,8 +22,9 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use weightcast_bench::cluster::{metric, sha256_file, Cluster, Daemon};
-use weightcast_bench::{byte_size, safetensors_file};
+use weightcast_modelpack::safetensors_gen;
+use weightcast_testkit::cluster::{metric, sha256_file, Cluster, Daemon, Faults};
+use weightcast_types::byte_size;
 
 #[derive(Parser)]
 #[command(about = "RDMA end-to-end check and RDMA-vs-TCP benchmark (inside the soft-RoCE VM)")]
@@ -125,13 +126,13 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: &Args) -> Result<(Checks, serde_json::Value)> {
     let t_start = Instant::now();
-    let bin = weightcast_bench::cluster::weightcast_bin(a.bin.clone())?;
+    let bin = weightcast_testkit::cluster::weightcast_bin(a.bin.clone())?;
     let mut c = Cluster::new(&bin)?;
     let files = c.path("files");
     std::fs::create_dir_all(&files)?;
-    safetensors_file::write(&files.join("model.safetensors"), a.size, 11)?;
+    safetensors_gen::write(&files.join("model.safetensors"), a.size, 11)?;
     let sha = sha256_file(&files.join("model.safetensors"))?;
-    let (origin, _) = c.origin(&files, 0)?;
+    let (origin, _) = c.origin(&files, Faults::default())?;
     let url = format!("{origin}/model.safetensors");
     let (sched, _) = c.scheduler()?;
     let mut checks = Checks {

@@ -8,14 +8,15 @@
 //! mktorrent (`scripts/setup-bench` installs them).
 //!
 //! `weightcast-bench hf-hub`: serves a directory as one repo of a
-//! Hugging Face–compatible test hub (see `weightcast_bench::hf_hub`), for
+//! Hugging Face–compatible test hub (see `weightcast_testkit::hf_hub`), for
 //! running the real `huggingface_hub` client or weightcast against it.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use weightcast_bench::scenarios::{self, Scenario, Setup, System};
-use weightcast_bench::{byte_size, netns, report};
+use weightcast_bench::{netns, report};
+use weightcast_types::byte_size;
 
 #[derive(Parser)]
 #[command(about = "weightcast benchmarks")]
@@ -30,6 +31,46 @@ enum Command {
     Cluster(ClusterArgs),
     /// Serve a directory as a Hugging Face repo (hub + LFS CDN) until killed.
     HfHub(HfHubArgs),
+    /// Serve a directory over HTTP with Range, counting bytes (the test origin) until killed.
+    Origin(OriginArgs),
+}
+
+#[derive(clap::Args)]
+struct OriginArgs {
+    /// Directory whose files are served at /<relative path>.
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    listen: std::net::SocketAddr,
+    /// Answer the first N requests with 503 and Retry-After: 1.
+    #[arg(long, default_value_t = 0)]
+    fail_first: u32,
+    /// Write {"addr"} here once serving.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// The test origin until killed.
+fn origin(a: OriginArgs) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(a.listen).await?;
+        let addr = listener.local_addr()?;
+        let faults = weightcast_testkit::origin::Faults {
+            fail_first: a.fail_first,
+        };
+        let (_stats, task) = weightcast_testkit::origin::serve(listener, a.dir, faults);
+        if let Some(f) = &a.ready_file {
+            let tmp = f.with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::json!({"addr": addr.to_string()}).to_string(),
+            )?;
+            std::fs::rename(&tmp, f)?;
+        }
+        let _ = task.await;
+        Ok(())
+    })
 }
 
 #[derive(clap::Args)]
@@ -56,7 +97,7 @@ struct HfHubArgs {
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Tree API entries per page.
-    #[arg(long, default_value_t = weightcast_bench::hf_hub::HubConfig::default().tree_page_size)]
+    #[arg(long, default_value_t = weightcast_testkit::hf_hub::HubConfig::default().tree_page_size)]
     tree_page_size: usize,
 }
 
@@ -117,6 +158,13 @@ fn main() {
             }
             return;
         }
+        Command::Origin(a) => {
+            if let Err(e) = origin(a) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
         other => other,
     };
     let pid = std::process::id();
@@ -128,7 +176,7 @@ fn main() {
     });
     let result = match command {
         Command::Cluster(a) => cluster(a),
-        Command::HfHub(_) => unreachable!("handled above"),
+        Command::HfHub(_) | Command::Origin(_) => unreachable!("handled above"),
     };
     netns::teardown(pid);
     let left = netns::leftover_namespaces(pid);
@@ -144,7 +192,7 @@ fn main() {
 
 fn cluster(a: ClusterArgs) -> Result<()> {
     netns::check_privileges()?;
-    let bin = weightcast_bench::cluster::weightcast_bin(a.bin)?;
+    let bin = weightcast_testkit::cluster::weightcast_bin(a.bin)?;
     let scenarios = if a.scenario.is_empty() {
         vec![
             Scenario::Fanout,
@@ -221,7 +269,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
 }
 
 fn hf_hub(a: HfHubArgs) -> Result<()> {
-    use weightcast_bench::hf_hub::{self, HubConfig, RepoKind, RepoSpec};
+    use weightcast_testkit::hf_hub::{self, HubConfig, RepoKind, RepoSpec};
     let kind = if a.dataset {
         RepoKind::Dataset
     } else {

@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use weightcast_proto::frame::{ClientFrame, RdmaAccept, RdmaGrant, Status};
 use weightcast_proto::transport::ParentAddr;
-use weightcast_proto::TaskId;
 use weightcast_rdma::{RdmaConfig, RdmaFetchError, RdmaNode, RdmaTransport};
+use weightcast_types::TaskId;
 
 /// The parent's side of the frames, for one region holding piece 0 only.
 /// `corrupt_rkey`: answer with a wrong rkey (a remote access error).

@@ -17,7 +17,6 @@
 //! that another process (a Python benchmark, a `weightcast` run) can read the
 //! counters.
 
-use crate::ranged_body::ranged;
 use anyhow::{ensure, Context as _};
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -35,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use weightcast_engine::http_body::content_response as ranged;
 
 /// How long a signed CDN URL stays valid, like the real Hub's (1 h).
 const SIGNATURE_TTL_SECS: u64 = 3600;
@@ -74,7 +74,7 @@ impl RepoKind {
     }
 }
 
-pub use crate::ranged_body::Content;
+pub use weightcast_engine::http_body::Content;
 
 #[derive(Debug, Clone)]
 pub struct FileSpec {

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::origin::{Faults, TestOrigin};
+pub use weightcast_engine::store::sha256_file;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A child process killed on drop.
@@ -121,6 +124,7 @@ pub struct Cluster {
     pub bin: PathBuf,
     pub dir: tempfile::TempDir,
     procs: Vec<Proc>,
+    origins: Vec<TestOrigin>,
 }
 
 /// `GET http://addr/path` over a plain TCP socket (no client library needed).
@@ -158,6 +162,7 @@ impl Cluster {
                 .prefix("weightcast-cluster-")
                 .tempdir()?,
             procs: Vec::new(),
+            origins: Vec::new(),
         })
     }
 
@@ -263,16 +268,24 @@ impl Cluster {
         }
     }
 
-    /// Starts the test origin serving `root`; returns its base URL and address.
-    pub fn origin(&mut self, root: &Path, fail_first: u32) -> Result<(String, String)> {
-        self.origin_at(&Place::loopback(), root, fail_first)
+    /// Starts a test origin serving `root` in this process (on a thread of
+    /// its own); returns its base URL and address. It stops with the cluster.
+    pub fn origin(&mut self, root: &Path, faults: Faults) -> Result<(String, String)> {
+        let o = TestOrigin::start(root.to_path_buf(), faults)?;
+        let r = (o.url(), o.addr.clone());
+        self.origins.push(o);
+        Ok(r)
     }
 
+    /// Starts a test origin as a process at `place` (a network namespace):
+    /// `program origin --dir ... --listen ...`, where `program` is a binary
+    /// with that subcommand (`weightcast-bench`).
     pub fn origin_at(
         &mut self,
         place: &Place,
+        program: &Path,
         root: &Path,
-        fail_first: u32,
+        faults: &Faults,
     ) -> Result<(String, String)> {
         let ready = self.path("origin.ready");
         let args = vec![
@@ -282,12 +295,11 @@ impl Cluster {
             "--listen".into(),
             format!("{}:0", place.ip),
             "--fail-first".into(),
-            fail_first.to_string(),
+            faults.fail_first.to_string(),
             "--ready-file".into(),
             ready.display().to_string(),
         ];
-        let bin = self.bin.clone();
-        let i = self.spawn_at(place, &bin, "origin", &args)?;
+        let i = self.spawn_at(place, program, "origin", &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;
         Ok((format!("http://{}", r.addr), r.addr))
     }
@@ -416,22 +428,6 @@ pub fn weightcast_bin(explicit: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// `GET /_stats` of the test origin.
-pub fn origin_stats(addr: &str) -> Result<crate::origin::StatsSnapshot> {
+pub fn origin_stats(addr: &str) -> Result<weightcast_engine::file_server::StatsSnapshot> {
     Ok(serde_json::from_str(&http_get(addr, "/_stats")?)?)
-}
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }

@@ -17,8 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use weightcast_proto::piece::PieceDigest;
-use weightcast_proto::PeerId;
+use weightcast_types::piece::PieceDigest;
+use weightcast_types::PeerId;
 
 /// Before the first measurement, every parent is assumed this fast (bytes/s).
 const INITIAL_THROUGHPUT: f64 = 100e6;

@@ -1,0 +1,544 @@
+//! One task's download as a state machine.
+//!
+//! A download starts in *swarm* mode (register with the scheduler, wait for
+//! the task's length and candidate parents, fetch pieces from parents by
+//! phase-2 choice) or in *source* mode (learn the length from the origin and
+//! fetch pieces with ranged reads). Swarm mode turns into source mode when
+//! the scheduler says so, or, when back-to-source is allowed, after no piece
+//! arrived for the stall timeout. Every piece is verified by the shell before
+//! it counts here; a parent that sends a bad piece or breaks is dropped and
+//! reported. When every piece is in, the whole file is checked against the
+//! digest it must have, when one is known.
+
+use crate::events::{
+    Command, Failure, Fetch, FetchFrom, Input, ParentInfo, PieceOutcome, PieceReport,
+    SchedulerEvent, Source, ToScheduler,
+};
+use crate::parent_choice::{ParentChoice, ParentView};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+use weightcast_types::piece::{PieceDigest, PieceLayout};
+use weightcast_types::PeerId;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pieces in flight at once.
+    pub pieces_in_flight: usize,
+    /// Pieces in flight from one parent at once.
+    pub pieces_per_parent: u32,
+    /// With no piece from peers for this long, go to the origin (or fail).
+    pub stall_timeout: Duration,
+    /// A parent that answered `Busy` is left alone this long.
+    pub busy_backoff: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pieces_in_flight: 8,
+            pieces_per_parent: 4,
+            stall_timeout: Duration::from_secs(30),
+            busy_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Pieces from parents the scheduler names.
+    Swarm,
+    /// Pieces from the origin.
+    Source,
+}
+
+/// What this download is.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// This peer's id: it seeds the peer's own piece order, so siblings
+    /// ask a seed for different pieces.
+    pub peer_id: String,
+    /// The whole-file sha256 the result must have.
+    pub digest: Option<[u8; 32]>,
+    pub mode: Mode,
+    /// Whether this peer may fetch from the origin itself.
+    pub back_to_source: bool,
+    /// Whether the task is announced to the scheduler (`false`: a private
+    /// download, or no scheduler at all).
+    pub announce: bool,
+    /// The length of a task already on disk from an earlier run, to resume.
+    pub resume_length: Option<u64>,
+}
+
+/// Live numbers, for progress output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: Option<u64>,
+    pub done: u64,
+    pub from_peers: u64,
+    pub from_origin: u64,
+    /// Bytes already verified on disk when the download started.
+    pub resumed: u64,
+}
+
+/// Where the download stands between the two ends of its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// [`Command::CheckWholeDigest`] was issued.
+    Checking,
+    /// [`Command::Finish`] was issued: nothing more happens.
+    Finished,
+}
+
+pub struct Download<E> {
+    config: Config,
+    spec: Spec,
+    mode: Mode,
+    phase: Phase,
+    layout: Option<PieceLayout>,
+    /// Length of the [`Command::Open`] in progress.
+    opening: Option<u64>,
+    probing: bool,
+    /// `Register` went out: pieces learned later are sent one by one.
+    registered: bool,
+    /// Verified pieces (index = piece number).
+    have: Vec<Option<PieceDigest>>,
+    inflight: BTreeMap<u32, Source>,
+    choice: ParentChoice,
+    /// The piece a streaming reader waits on.
+    wanted: Option<u32>,
+    /// When the last piece arrived (or the download started).
+    last_progress: Instant,
+    progress: Progress,
+    shutting_down: bool,
+    out: VecDeque<Command<E>>,
+}
+
+impl<E> Download<E> {
+    pub fn new(config: Config, spec: Spec, now: Instant) -> Self {
+        let mut d = Self {
+            choice: ParentChoice::new(config.pieces_per_parent, &spec.peer_id),
+            config,
+            mode: spec.mode,
+            spec,
+            phase: Phase::Running,
+            layout: None,
+            opening: None,
+            probing: false,
+            registered: false,
+            have: Vec::new(),
+            inflight: BTreeMap::new(),
+            wanted: None,
+            last_progress: now,
+            progress: Progress::default(),
+            shutting_down: false,
+            out: VecDeque::new(),
+        };
+        match d.spec.resume_length {
+            // A task on disk from an earlier run registers with what it has,
+            // once that is known.
+            Some(len) => d.open(len),
+            None => d.register(),
+        }
+        if d.mode == Mode::Source {
+            d.start_source(None);
+        }
+        d
+    }
+
+    /// The next command for the shell, if any.
+    pub fn poll_command(&mut self) -> Option<Command<E>> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Download::handle`] with [`Input::Timeout`] if nothing
+    /// else happens first.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase != Phase::Running || self.shutting_down {
+            return None;
+        }
+        let stall =
+            (self.mode == Mode::Swarm).then(|| self.last_progress + self.config.stall_timeout);
+        let busy = self
+            .choice
+            .parents
+            .values()
+            .filter_map(|p| p.busy_until)
+            .min();
+        match (stall, busy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Pieces in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Candidate parents known now.
+    pub fn parent_count(&self) -> usize {
+        self.choice.parents.len()
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input<E>) {
+        if self.phase == Phase::Finished {
+            return;
+        }
+        match input {
+            Input::Scheduler(ev) => self.on_scheduler(ev),
+            Input::Reconnected => {
+                self.choice.parents.clear();
+                self.register();
+                if let (Mode::Source, Some(l)) = (self.mode, self.layout) {
+                    self.send(ToScheduler::Meta {
+                        content_length: l.content_length,
+                    });
+                }
+            }
+            Input::Wanted(num) => self.wanted = Some(num),
+            Input::Opened(r) => match r {
+                Ok(have) => self.on_opened(have),
+                Err(e) => self.fail(Failure::Shell(e)),
+            },
+            Input::Probed(r) => {
+                self.probing = false;
+                match r {
+                    Ok(len) => self.open(len),
+                    Err(e) => self.fail(Failure::Shell(e)),
+                }
+            }
+            Input::Piece(report) => self.on_piece(now, report),
+            Input::WholeDigest(r) => self.on_whole_digest(r),
+            Input::Timeout => self.on_timeout(now),
+            Input::Shutdown => self.shutting_down = true,
+        }
+        self.advance(now);
+    }
+
+    fn send(&mut self, m: ToScheduler) {
+        if self.spec.announce {
+            self.out.push_back(Command::Send(m));
+        }
+    }
+
+    fn verified(&self) -> Vec<(u32, PieceDigest)> {
+        self.have
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| (i as u32, d)))
+            .collect()
+    }
+
+    fn register(&mut self) {
+        let have = self.verified();
+        let content_length = self.layout.map_or(0, |l| l.content_length);
+        self.send(ToScheduler::Register {
+            have,
+            content_length,
+        });
+        self.registered = true;
+    }
+
+    fn open(&mut self, len: u64) {
+        if self.layout.is_some() || self.opening.is_some() {
+            return;
+        }
+        self.opening = Some(len);
+        self.out.push_back(Command::Open {
+            content_length: len,
+        });
+    }
+
+    fn on_opened(&mut self, resumed: Vec<(u32, PieceDigest)>) {
+        let Some(len) = self.opening.take() else {
+            return;
+        };
+        let layout = PieceLayout::for_length(len);
+        self.have = vec![None; layout.piece_count() as usize];
+        let mut resumed_bytes = 0;
+        for (num, d) in &resumed {
+            if let Some(slot) = self.have.get_mut(*num as usize) {
+                *slot = Some(*d);
+                resumed_bytes += layout.piece_len(*num);
+            }
+        }
+        self.layout = Some(layout);
+        self.progress.total = Some(len);
+        self.progress.resumed = resumed_bytes;
+        self.progress.done = resumed_bytes;
+        if self.registered {
+            // Pieces resumed from disk make this peer a parent at once.
+            for (num, digest) in self.verified() {
+                self.send(ToScheduler::PieceDone { num, digest });
+            }
+        } else {
+            self.register();
+        }
+        if self.mode == Mode::Source {
+            self.send(ToScheduler::Meta {
+                content_length: len,
+            });
+        }
+    }
+
+    /// Fetches from the origin from now on. `why` is what turned a swarm
+    /// download to the origin (`None` for a planned source: a seed, or no
+    /// swarm at all).
+    fn start_source(&mut self, why: Option<String>) {
+        if !self.spec.back_to_source {
+            let reason = why.unwrap_or_else(|| "this download must come from peers".into());
+            self.fail(Failure::SourceForbidden { reason });
+            return;
+        }
+        let was = self.mode;
+        self.mode = Mode::Source;
+        match self.layout {
+            Some(l) if was == Mode::Swarm => self.send(ToScheduler::Meta {
+                content_length: l.content_length,
+            }),
+            Some(_) => {}
+            None if self.opening.is_some() => {}
+            None => {
+                if !self.probing {
+                    self.probing = true;
+                    self.out.push_back(Command::Probe);
+                }
+            }
+        }
+    }
+
+    fn on_scheduler(&mut self, ev: SchedulerEvent) {
+        match ev {
+            SchedulerEvent::Meta { content_length } => self.open(content_length),
+            SchedulerEvent::Parents(parents) => {
+                for p in parents {
+                    self.add_parent(p);
+                }
+            }
+            SchedulerEvent::Available {
+                parent,
+                num,
+                digest,
+            } => {
+                if let Some(p) = self.choice.parents.get_mut(&parent) {
+                    p.pieces.insert(num, digest);
+                }
+            }
+            SchedulerEvent::ParentGone { parent } => {
+                self.choice.parents.remove(&parent);
+            }
+            SchedulerEvent::BackToSource { reason } => {
+                if self.mode == Mode::Swarm {
+                    self.start_source(Some(format!("the scheduler said: {reason}")));
+                }
+            }
+        }
+    }
+
+    fn add_parent(&mut self, p: ParentInfo) {
+        let mut v = ParentView::new(p.addr, p.seed);
+        v.remote = p.remote;
+        v.rdma = p.rdma;
+        v.pieces.extend(p.pieces);
+        self.choice.parents.insert(p.id, v);
+    }
+
+    fn on_piece(&mut self, now: Instant, r: PieceReport<E>) {
+        self.inflight.remove(&r.num);
+        let parent = match &r.from {
+            Source::Parent(p) => Some(p.clone()),
+            Source::Origin => None,
+        };
+        if let Some(p) = &parent {
+            let (took, load) = match &r.outcome {
+                PieceOutcome::Verified { parent_load, .. } => (Some(r.took), *parent_load),
+                _ => (None, None),
+            };
+            self.choice.finished(p, r.bytes, took, load);
+        }
+        match r.outcome {
+            PieceOutcome::Verified { digest, .. } => {
+                let Some(slot) = self.have.get_mut(r.num as usize) else {
+                    return;
+                };
+                if slot.is_some() {
+                    return;
+                }
+                *slot = Some(digest);
+                self.last_progress = now;
+                self.progress.done += r.bytes;
+                match parent {
+                    Some(_) => self.progress.from_peers += r.bytes,
+                    None => self.progress.from_origin += r.bytes,
+                }
+                self.send(ToScheduler::PieceDone { num: r.num, digest });
+            }
+            PieceOutcome::Busy => {
+                if let Some(v) = parent.as_ref().and_then(|p| self.choice.parents.get_mut(p)) {
+                    v.busy_until = Some(now + self.config.busy_backoff);
+                }
+            }
+            PieceOutcome::NotFound => {
+                if let Some(v) = parent.as_ref().and_then(|p| self.choice.parents.get_mut(p)) {
+                    v.pieces.remove(&r.num);
+                }
+            }
+            PieceOutcome::Corrupt { reason } | PieceOutcome::ParentFailed { reason } => {
+                if let Some(p) = parent {
+                    self.choice.parents.remove(&p);
+                    self.send(ToScheduler::PieceFailed {
+                        num: r.num,
+                        parent: p,
+                        reason,
+                    });
+                }
+            }
+            PieceOutcome::OriginFailed(e) => self.fail(Failure::Shell(e)),
+            PieceOutcome::Lost { .. } => {}
+        }
+    }
+
+    fn on_whole_digest(&mut self, r: Result<[u8; 32], E>) {
+        if self.phase != Phase::Checking {
+            return;
+        }
+        match (r, self.spec.digest) {
+            (Err(e), _) => self.fail(Failure::Shell(e)),
+            (Ok(got), Some(expected)) if got != expected => {
+                self.out.push_back(Command::Discard);
+                self.fail(Failure::DigestMismatch { expected, got });
+            }
+            (Ok(_), _) => self.succeed(),
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        let stalled = now.saturating_duration_since(self.last_progress);
+        if self.mode != Mode::Swarm || stalled < self.config.stall_timeout {
+            return;
+        }
+        let secs = self.config.stall_timeout.as_secs();
+        if self.spec.back_to_source {
+            self.start_source(Some(format!("no piece arrived from peers for {secs} s")));
+        } else {
+            self.fail(Failure::Stalled { secs });
+        }
+    }
+
+    fn succeed(&mut self) {
+        self.send(ToScheduler::TaskDone);
+        self.phase = Phase::Finished;
+        self.out.push_back(Command::Finish(Ok(())));
+    }
+
+    fn fail(&mut self, f: Failure<E>) {
+        if self.phase == Phase::Finished {
+            return;
+        }
+        self.send(ToScheduler::TaskLeft);
+        self.phase = Phase::Finished;
+        self.out.push_back(Command::Finish(Err(f)));
+    }
+
+    /// After every input: start fetches, or finish.
+    fn advance(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if self.shutting_down {
+            if self.inflight.is_empty() {
+                self.fail(Failure::ShuttingDown);
+            }
+            return;
+        }
+        let Some(layout) = self.layout else { return };
+        let complete = self.have.iter().all(Option::is_some);
+        if complete && self.inflight.is_empty() {
+            if self.spec.digest.is_some() {
+                self.phase = Phase::Checking;
+                self.out.push_back(Command::CheckWholeDigest);
+            } else {
+                self.succeed();
+            }
+            return;
+        }
+        self.fill(now, layout);
+    }
+
+    /// Starts fetches until the pipeline is full or nothing is fetchable.
+    fn fill(&mut self, now: Instant, layout: PieceLayout) {
+        while self.inflight.len() < self.config.pieces_in_flight {
+            let Some((num, from)) = self.next_piece(now, layout) else {
+                return;
+            };
+            let fetch_from = match &from {
+                Source::Origin => FetchFrom::Origin,
+                Source::Parent(id) => {
+                    let v = &self.choice.parents[id];
+                    FetchFrom::Parent {
+                        id: id.clone(),
+                        addr: v.addr.clone(),
+                        rdma: v.rdma,
+                        expected: v.pieces.get(&num).copied(),
+                    }
+                }
+            };
+            if let Source::Parent(id) = &from {
+                self.choice.started(id, layout.piece_len(num));
+            }
+            self.inflight.insert(num, from);
+            self.out.push_back(Command::Fetch(Fetch {
+                num,
+                from: fetch_from,
+            }));
+        }
+    }
+
+    /// The next piece to fetch and from where. Pieces a streaming reader is
+    /// about to need come first; then, from the origin, front to back, and
+    /// from peers, by phase-2 choice.
+    fn next_piece(&self, now: Instant, layout: PieceLayout) -> Option<(u32, Source)> {
+        let inflight = &self.inflight;
+        let have = &self.have;
+        let free = || {
+            (0..have.len() as u32)
+                .filter(|n| have[*n as usize].is_none() && !inflight.contains_key(n))
+        };
+        let window = self.config.pieces_in_flight as u32;
+        let urgent = self.wanted.map(|w| w..w.saturating_add(window));
+        let is_urgent = |n: &u32| urgent.as_ref().is_some_and(|r| r.contains(n));
+        let piece_len = |n: u32| layout.piece_len(n);
+        match self.mode {
+            Mode::Source => free()
+                .find(is_urgent)
+                .or_else(|| free().next())
+                .map(|n| (n, Source::Origin)),
+            Mode::Swarm => {
+                let first = match urgent {
+                    Some(_) => self.choice.pick(free().filter(is_urgent), piece_len, now),
+                    None => None,
+                };
+                first
+                    .or_else(|| self.choice.pick(free(), piece_len, now))
+                    .map(|(n, p): (u32, PeerId)| (n, Source::Parent(p)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

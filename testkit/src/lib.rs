@@ -1,0 +1,16 @@
+//! What weightcast's tests and benchmarks stand up around the product, and
+//! never ship in it (`cargo tree -p weightcast -e normal` has no testkit):
+//!
+//! - [`origin`]: the product's ranged file server with faults injected.
+//! - [`hf_hub`]: a Hugging Face–compatible hub (revision, paginated tree,
+//!   `/resolve` with LFS redirects to a separate signed-URL CDN, gated repos)
+//!   that counts what it serves, for tests against the real HF clients.
+//! - [`oci_registry`]: a real `docker-registry` process and a pusher of
+//!   ModelPack artifacts.
+//! - [`cluster`]: real `weightcast` processes (scheduler, seeds, daemons,
+//!   `get`) on loopback or in network namespaces, torn down on drop.
+
+pub mod cluster;
+pub mod hf_hub;
+pub mod oci_registry;
+pub mod origin;
