@@ -1,34 +1,52 @@
-//! One task's download: the loop that turns scheduler hints into verified
-//! pieces.
+//! The tokio shell around one download: it feeds the sans-IO core
+//! ([`weightcast_download_core::Download`]) what happens — scheduler
+//! messages, finished piece fetches, a streaming reader's wishes, timers,
+//! shutdown — and carries out what the core decides against the real store,
+//! transports, origin and scheduler link. Every decision lives in the core;
+//! this file only does I/O.
 //!
-//! A task starts either in *swarm* mode (register with the scheduler, wait
-//! for its metadata and parents, fetch pieces from parents by phase-2 choice)
-//! or in *source* mode (probe the origin, fetch pieces with ranged GETs).
-//! Swarm mode turns into source mode when the scheduler says so
-//! (`BackToSource`), or, when back-to-source is allowed, after no piece
-//! arrived for the stall timeout. Every piece is verified before it counts;
-//! a parent that sends a bad piece or breaks is dropped and reported.
+//! Every task it spawns (piece fetches, the origin probe, opening the task
+//! file, the whole-file hash) lives in one `JoinSet`, so a panicked fetch
+//! comes back as a lost piece to fetch again rather than a piece stuck "in
+//! flight", a panicked hasher is an internal error rather than a digest
+//! mismatch, and nothing outlives the download.
 
-use crate::engine::EngineCtx;
-use crate::origin::{OriginAuth, OriginError};
-use crate::store::{RunningSha256, StoreError, TaskFile};
-use std::collections::BTreeSet;
+use crate::metrics::EngineMetrics;
+use crate::origin::{OriginAuth, OriginError, OriginFetcher};
+use crate::peer_transport::PeerTransport;
+use crate::request::{origin_kind, store_kind, ErrorKind};
+use crate::scheduler_link::SchedulerLink;
+use crate::store::{RunningSha256, Store, StoreError, TaskFile};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
-use weightcast_download_core::parent_choice::{ParentChoice, ParentView};
-use weightcast_proto::pb::{
-    self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use weightcast_download_core::{
+    self as core, Command, Failure, FetchFrom, Input, PieceOutcome, PieceReport, SchedulerEvent,
+    Source, ToScheduler,
 };
+use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
 use weightcast_proto::transport::{ParentAddr, TransportError};
-use weightcast_types::piece::{digest_from_slice, PieceDigest};
-use weightcast_types::{PeerId, TaskId};
+use weightcast_types::TaskId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Swarm,
-    Source,
+pub use weightcast_download_core::{Mode, Progress};
+
+/// What every download of an engine shares.
+pub struct DownloadDeps {
+    /// This peer's id (it seeds the peer's own piece order).
+    pub peer_id: String,
+    pub config: core::Config,
+    /// How long a shutdown waits for pieces in flight before aborting them.
+    pub shutdown_grace: Duration,
+    pub store: Arc<Store>,
+    pub origin: OriginFetcher,
+    /// Piece bytes from parents: RDMA or TCP per parent.
+    pub peers: PeerTransport,
+    pub link: Option<Arc<SchedulerLink>>,
+    pub metrics: Arc<EngineMetrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,23 +64,13 @@ pub struct DownloadSpec {
     pub swarm: bool,
 }
 
-/// Live numbers of one download, for progress output.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
-    pub total: Option<u64>,
-    pub done: u64,
-    pub from_peers: u64,
-    pub from_origin: u64,
-    /// Bytes already verified on disk when the download started.
-    pub resumed: u64,
-}
-
+/// What reaches a running download from outside.
 #[derive(Debug)]
 pub enum TaskEvent {
-    Scheduler(SchedMsg),
+    Scheduler(SchedulerEvent),
+    /// The scheduler stream came back.
     Reconnected,
-    /// A reader streams the file and waits on this piece: fetch it and the
-    /// few after it first.
+    /// A reader streams the file and waits on this piece.
     Wanted(u32),
 }
 
@@ -82,497 +90,496 @@ pub enum DownloadError {
         "no peer served {url} for {secs} s and back-to-source is disabled (--no-back-to-source)"
     )]
     Stalled { url: String, secs: u64 },
-    /// A download shared with another `get` failed; the message is its error.
-    #[error("{0}")]
-    Failed(String),
-    #[error("the scheduler told this peer to fetch {url} from the origin, but back-to-source is disabled (--no-back-to-source)")]
-    SourceForbidden { url: String },
+    #[error("{reason}, but back-to-source is disabled for {url} (--no-back-to-source)")]
+    SourceForbidden { url: String, reason: String },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("internal error while downloading {url}: {what}")]
+    Internal { url: String, what: String },
 }
 
-/// What a finished download hands back.
-pub struct Downloaded {
-    pub file: Arc<TaskFile>,
-    pub progress: Progress,
+impl DownloadError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DownloadError::Origin(e) => origin_kind(e),
+            DownloadError::Store(e) => store_kind(e),
+            DownloadError::DigestMismatch { .. } => ErrorKind::DigestMismatch,
+            DownloadError::Stalled { .. } => ErrorKind::Stalled,
+            DownloadError::SourceForbidden { .. } => ErrorKind::SourceForbidden,
+            DownloadError::ShuttingDown => ErrorKind::ShuttingDown,
+            DownloadError::Internal { .. } => ErrorKind::Internal,
+        }
+    }
 }
 
-enum PieceOutcome {
-    Ok {
-        digest: PieceDigest,
-        load: Option<u32>,
-    },
-    Transport(TransportError),
+/// The shell's own failures, carried through the core untouched.
+#[derive(Debug)]
+enum ShellError {
     Origin(OriginError),
-    Digest(StoreError),
+    Store(StoreError),
+    /// A task of the shell panicked.
+    Panicked(String),
 }
 
-struct PieceResult {
-    num: u32,
-    bytes: u64,
-    /// `None`: the origin.
-    parent: Option<PeerId>,
-    took: Duration,
-    outcome: PieceOutcome,
+/// What a finished spawned task hands back.
+enum Joined {
+    Piece(PieceReport<ShellError>),
+    Opened(Result<Arc<TaskFile>, StoreError>),
+    Probed(Result<u64, OriginError>),
+    Hashed([u8; 32]),
 }
 
-struct Download {
-    ctx: Arc<EngineCtx>,
-    /// Set when the result must match `spec.digest`.
-    whole: Option<RunningSha256>,
+/// What a spawned task was, to answer for it if it panics.
+enum Spawned {
+    Piece { num: u32, from: Source, bytes: u64 },
+    Open,
+    Probe,
+    Hash,
+}
+
+struct Shell {
+    deps: Arc<DownloadDeps>,
     spec: DownloadSpec,
-    mode: Mode,
     file: Option<Arc<TaskFile>>,
-    choice: ParentChoice,
-    inflight: JoinSet<PieceResult>,
-    inflight_pieces: BTreeSet<u32>,
-    /// The piece a streaming reader waits on.
-    wanted: Option<u32>,
-    last_progress: Instant,
-    progress: Progress,
-    progress_tx: watch::Sender<Progress>,
+    /// Fed piece by piece in file order when the result must match a digest,
+    /// so the final check hashes almost nothing.
+    whole: Option<RunningSha256>,
+    tasks: JoinSet<Joined>,
+    spawned: HashMap<Id, Spawned>,
+    /// Inputs produced while carrying out commands (a piece that could not
+    /// be claimed), fed to the core after the current batch.
+    immediate: Vec<Input<ShellError>>,
 }
 
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Runs one download to its end: the verified file, or why not.
 pub async fn run(
-    ctx: Arc<EngineCtx>,
+    deps: Arc<DownloadDeps>,
     spec: DownloadSpec,
-    mut events: mpsc::UnboundedReceiver<TaskEvent>,
-    progress_tx: watch::Sender<Progress>,
-) -> Result<Downloaded, DownloadError> {
-    let mut d = Download {
-        whole: spec.digest.map(|_| RunningSha256::new()),
-        choice: ParentChoice::new(ctx.config.pieces_per_parent, &ctx.peer_id),
+    mut events: mpsc::Receiver<TaskEvent>,
+    progress: watch::Sender<Progress>,
+    cancel: CancellationToken,
+) -> Result<Arc<TaskFile>, DownloadError> {
+    let announce = deps.link.is_some() && spec.swarm;
+    let core_spec = core::Spec {
+        peer_id: deps.peer_id.clone(),
+        digest: spec.digest,
         mode: spec.mode,
-        ctx,
+        back_to_source: spec.back_to_source,
+        announce,
+        // A task on disk from an earlier run resumes with what it has.
+        resume_length: if announce {
+            deps.store.peek_meta(&spec.id).map(|m| m.content_length)
+        } else {
+            None
+        },
+    };
+    let mut download = core::Download::<ShellError>::new(deps.config.clone(), core_spec, now());
+    let mut shell = Shell {
+        whole: spec.digest.map(|_| RunningSha256::new()),
+        deps,
         spec,
         file: None,
-        inflight: JoinSet::new(),
-        inflight_pieces: BTreeSet::new(),
-        wanted: None,
-        last_progress: Instant::now(),
-        progress: Progress::default(),
-        progress_tx,
+        tasks: JoinSet::new(),
+        spawned: HashMap::new(),
+        immediate: Vec::new(),
     };
-    let r = d.drive(&mut events).await;
-    if r.is_err() {
-        d.send(PeerMsg::TaskLeft(pb::TaskLeft {
-            task_id: d.spec.id.to_hex(),
-        }));
+    let mut abort_at: Option<Instant> = None;
+    let publish = |p: &Progress| {
+        progress.send_if_modified(|old| {
+            let changed = old != p;
+            if changed {
+                *old = p.clone();
+            }
+            changed
+        });
+    };
+    loop {
+        while let Some(cmd) = download.poll_command() {
+            if let Some(end) = shell.execute(cmd).await {
+                publish(download.progress());
+                // Anything still running (after a failure) is dropped here:
+                // every transport leaves its destination safe when dropped.
+                shell.tasks.abort_all();
+                return end;
+            }
+        }
+        if !shell.immediate.is_empty() {
+            for input in std::mem::take(&mut shell.immediate) {
+                download.handle(now(), input);
+            }
+            continue;
+        }
+        publish(download.progress());
+        let wake = download.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            _ = cancel.cancelled(), if abort_at.is_none() => {
+                abort_at = Some(Instant::now() + shell.deps.shutdown_grace);
+                download.handle(now(), Input::Shutdown);
+            }
+            ev = events.recv() => match ev {
+                Some(ev) => download.handle(now(), match ev {
+                    TaskEvent::Scheduler(s) => Input::Scheduler(s),
+                    TaskEvent::Reconnected => Input::Reconnected,
+                    TaskEvent::Wanted(n) => Input::Wanted(n),
+                }),
+                // The engine let go of this run: stop as on shutdown.
+                None => {
+                    abort_at.get_or_insert(Instant::now() + shell.deps.shutdown_grace);
+                    download.handle(now(), Input::Shutdown);
+                }
+            },
+            Some(joined) = shell.tasks.join_next_with_id(), if !shell.tasks.is_empty() => {
+                let input = shell.joined(joined);
+                download.handle(now(), input);
+            }
+            _ = sleep_until(wake), if wake.is_some() => download.handle(now(), Input::Timeout),
+            _ = sleep_until(abort_at), if abort_at.is_some() => {
+                tracing::warn!(task = %shell.spec.id, in_flight = shell.tasks.len(), "shutdown grace over; aborting the pieces still in flight");
+                shell.tasks.abort_all();
+                return Err(DownloadError::ShuttingDown);
+            }
+        }
     }
-    r
 }
 
-impl Download {
-    fn send(&self, m: PeerMsg) {
-        if let (Some(link), true) = (&self.ctx.link, self.spec.swarm) {
-            link.send(m);
-        }
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
+}
 
-    fn register(&self) {
-        let (have, content_length) = match &self.file {
-            Some(f) => (
-                f.verified_pieces()
-                    .into_iter()
-                    .map(|(num, d)| pb::Piece {
-                        num,
-                        digest: d.to_vec(),
-                    })
-                    .collect(),
-                f.layout.content_length,
-            ),
-            None => (Vec::new(), 0),
-        };
-        self.send(PeerMsg::Register(pb::RegisterTask {
-            task_id: self.spec.id.to_hex(),
-            url: self.spec.url.clone(),
-            have,
-            content_length,
-        }));
-    }
-
-    fn open(&mut self, len: u64) -> Result<(), DownloadError> {
-        if self.file.is_some() {
-            return Ok(());
-        }
-        let f = self
-            .ctx
-            .store
-            .open_or_create(self.spec.id, &self.spec.url, len)?;
-        self.progress.total = Some(len);
-        self.progress.resumed = f.verified_bytes();
-        self.progress.done = self.progress.resumed;
-        // Pieces resumed from disk make this peer a parent at once.
-        for (num, d) in f.verified_pieces() {
-            self.send(PeerMsg::PieceDone(pb::PieceDone {
-                task_id: self.spec.id.to_hex(),
-                num,
-                digest: d.to_vec(),
-            }));
-        }
-        self.file = Some(f);
-        self.progress_tx.send_replace(self.progress.clone());
-        Ok(())
-    }
-
-    /// Fetches from the origin from now on, learning the length if needed.
-    /// `why` is logged when a swarm download turns to the origin; `None` for
-    /// a planned source (a seed, or no swarm).
-    async fn go_to_source(&mut self, why: Option<&str>) -> Result<(), DownloadError> {
-        if !self.spec.back_to_source {
-            return Err(DownloadError::SourceForbidden {
-                url: self.spec.url.clone(),
-            });
-        }
-        if let (Some(why), Mode::Swarm) = (why, self.mode) {
-            tracing::warn!(url = %self.spec.url, "{why}; fetching from the origin");
-        }
-        self.mode = Mode::Source;
-        if self.file.is_none() {
-            let probe = self
-                .ctx
-                .origin
-                .probe(&self.spec.url, self.spec.auth.as_ref())
-                .await?;
-            self.open(probe.content_length)?;
-        }
-        let len = self.file.as_ref().map_or(0, |f| f.layout.content_length);
-        self.send(PeerMsg::Meta(pb::TaskMeta {
-            task_id: self.spec.id.to_hex(),
-            content_length: len,
-        }));
-        Ok(())
-    }
-
-    async fn drive(
+impl Shell {
+    fn track(
         &mut self,
-        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
-    ) -> Result<Downloaded, DownloadError> {
-        let swarm = self.ctx.link.is_some() && self.spec.swarm;
-        if swarm {
-            // A task on disk from an earlier run resumes with what it has.
-            if let Some(meta) = self.ctx.store.peek_meta(&self.spec.id) {
-                self.open(meta.content_length)?;
+        what: Spawned,
+        fut: impl std::future::Future<Output = Joined> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(fut);
+        self.spawned.insert(handle.id(), what);
+    }
+
+    async fn send(&self, m: ToScheduler) {
+        let Some(link) = &self.deps.link else { return };
+        let task_id = self.spec.id.to_hex();
+        let piece = |num: u32, digest: [u8; 32]| pb::Piece {
+            num,
+            digest: digest.to_vec(),
+        };
+        let msg = match m {
+            ToScheduler::Register {
+                have,
+                content_length,
+            } => PeerMsg::Register(pb::RegisterTask {
+                task_id,
+                url: self.spec.url.clone(),
+                have: have.into_iter().map(|(n, d)| piece(n, d)).collect(),
+                content_length,
+            }),
+            ToScheduler::Meta { content_length } => PeerMsg::Meta(pb::TaskMeta {
+                task_id,
+                content_length,
+            }),
+            ToScheduler::PieceDone { num, digest } => PeerMsg::PieceDone(pb::PieceDone {
+                task_id,
+                num,
+                digest: digest.to_vec(),
+            }),
+            ToScheduler::PieceFailed {
+                num,
+                parent,
+                reason,
+            } => PeerMsg::PieceFailed(pb::PieceFailed {
+                task_id,
+                num,
+                parent_id: parent,
+                reason,
+            }),
+            ToScheduler::TaskDone => PeerMsg::TaskDone(pb::TaskDone { task_id }),
+            ToScheduler::TaskLeft => PeerMsg::TaskLeft(pb::TaskLeft { task_id }),
+        };
+        link.send(msg).await;
+    }
+
+    /// Carries out one command; `Some` when the download is over.
+    async fn execute(
+        &mut self,
+        cmd: Command<ShellError>,
+    ) -> Option<Result<Arc<TaskFile>, DownloadError>> {
+        match cmd {
+            Command::Send(m) => self.send(m).await,
+            Command::Open { content_length } => {
+                let (store, id, url) =
+                    (self.deps.store.clone(), self.spec.id, self.spec.url.clone());
+                // Resuming re-hashes what is on disk: not on an async worker.
+                self.track(Spawned::Open, async move {
+                    let opened = tokio::task::spawn_blocking(move || {
+                        store.open_or_create(id, &url, content_length)
+                    })
+                    .await;
+                    Joined::Opened(opened.unwrap_or_else(|e| {
+                        Err(StoreError::Io {
+                            path: std::path::PathBuf::new(),
+                            source: std::io::Error::other(e),
+                        })
+                    }))
+                });
             }
-            self.register();
-        }
-        if self.mode == Mode::Source {
-            self.go_to_source(None).await?;
-        }
-        let stall = self.ctx.config.stall_timeout;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            if let Some(f) = &self.file {
-                if f.is_complete() && self.inflight.is_empty() {
-                    break;
-                }
+            Command::Probe => {
+                let deps = self.deps.clone();
+                let (url, auth) = (self.spec.url.clone(), self.spec.auth.clone());
+                self.track(Spawned::Probe, async move {
+                    Joined::Probed(
+                        deps.origin
+                            .probe(&url, auth.as_ref())
+                            .await
+                            .map(|p| p.content_length),
+                    )
+                });
             }
-            self.fill();
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev).await?,
-                    // The engine is shutting down.
-                    None => return Err(DownloadError::Stalled { url: self.spec.url.clone(), secs: 0 }),
-                },
-                Some(res) = self.inflight.join_next(), if !self.inflight.is_empty() => {
-                    if let Ok(res) = res {
-                        self.on_piece(res)?;
-                    }
-                }
-                _ = tick.tick() => {
-                    if self.last_progress.elapsed() > stall && self.mode == Mode::Swarm {
-                        if self.spec.back_to_source {
-                            self.go_to_source(Some(&format!("no piece arrived from peers for {} s", stall.as_secs()))).await?;
-                        } else {
-                            return Err(DownloadError::Stalled { url: self.spec.url.clone(), secs: stall.as_secs() });
+            Command::Fetch(f) => self.fetch(f),
+            Command::CheckWholeDigest => {
+                let Some(file) = self.file.clone() else {
+                    self.immediate
+                        .push(Input::WholeDigest(Err(ShellError::Panicked(
+                            "no file to hash".into(),
+                        ))));
+                    return None;
+                };
+                let whole = self.whole.take().unwrap_or_default();
+                self.track(Spawned::Hash, async move {
+                    let f = file.clone();
+                    match tokio::task::spawn_blocking(move || whole.finish(&f)).await {
+                        Ok(digest) => {
+                            file.remember_sha256(digest);
+                            Joined::Hashed(digest)
                         }
+                        // Re-raised so the JoinSet reports it as a panic.
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
                     }
-                }
+                });
             }
-        }
-        let file = self.file.clone().expect("complete implies open");
-        if let Some(want) = self.spec.digest {
-            let f = file.clone();
-            let whole = self.whole.take().unwrap_or_default();
-            let got = tokio::task::spawn_blocking(move || {
-                let got = whole.finish(&f);
-                f.remember_sha256(got);
-                got
-            })
-            .await
-            .unwrap_or([0; 32]);
-            if got != want {
+            Command::Discard => {
                 // Evicted: its RDMA region goes with it.
-                if let Some(node) = self.ctx.peers.rdma_node() {
+                if let Some(node) = self.deps.peers.rdma_node() {
                     node.evict(&self.spec.id);
                 }
-                self.ctx.store.discard(&self.spec.id);
-                return Err(DownloadError::DigestMismatch {
-                    url: self.spec.url.clone(),
-                    expected: hex::encode(want),
-                    got: hex::encode(got),
+                self.deps.store.discard(&self.spec.id);
+            }
+            Command::Finish(r) => return Some(self.finish(r)),
+        }
+        None
+    }
+
+    fn finish(&self, r: Result<(), Failure<ShellError>>) -> Result<Arc<TaskFile>, DownloadError> {
+        let url = self.spec.url.clone();
+        match r {
+            Ok(()) => self.file.clone().ok_or(DownloadError::Internal {
+                url,
+                what: "finished without a file".into(),
+            }),
+            Err(Failure::Shell(ShellError::Origin(e))) => Err(DownloadError::Origin(e)),
+            Err(Failure::Shell(ShellError::Store(e))) => Err(DownloadError::Store(e)),
+            Err(Failure::Shell(ShellError::Panicked(what))) => {
+                Err(DownloadError::Internal { url, what })
+            }
+            Err(Failure::DigestMismatch { expected, got }) => Err(DownloadError::DigestMismatch {
+                url,
+                expected: hex::encode(expected),
+                got: hex::encode(got),
+            }),
+            Err(Failure::Stalled { secs }) => Err(DownloadError::Stalled { url, secs }),
+            Err(Failure::SourceForbidden { reason }) => {
+                Err(DownloadError::SourceForbidden { url, reason })
+            }
+            Err(Failure::ShuttingDown) => Err(DownloadError::ShuttingDown),
+        }
+    }
+
+    fn fetch(&mut self, f: core::Fetch) {
+        let num = f.num;
+        let from = match &f.from {
+            FetchFrom::Origin => Source::Origin,
+            FetchFrom::Parent { id, .. } => Source::Parent(id.clone()),
+        };
+        let Some(file) = self.file.clone() else {
+            self.immediate
+                .push(lost(num, from, 0, "the task file is not open"));
+            return;
+        };
+        let bytes = file.layout.piece_len(num);
+        // One download per task per process: a piece that is neither
+        // verified nor in flight here is always free to write.
+        let Some(mut write) = file.begin_write(num) else {
+            self.immediate
+                .push(lost(num, from, bytes, "the piece could not be claimed"));
+            return;
+        };
+        let Some(range) = file.layout.range(num) else {
+            self.immediate.push(lost(num, from, bytes, "no such piece"));
+            return;
+        };
+        let deps = self.deps.clone();
+        let what = Spawned::Piece {
+            num,
+            from: from.clone(),
+            bytes,
+        };
+        match f.from {
+            FetchFrom::Origin => {
+                let (url, auth) = (self.spec.url.clone(), self.spec.auth.clone());
+                self.track(what, async move {
+                    let t0 = Instant::now();
+                    let outcome = match deps
+                        .origin
+                        .fetch_range(&url, range, write.buf(), auth.as_ref())
+                        .await
+                    {
+                        Ok(_) => match write.commit(None) {
+                            Ok(digest) => PieceOutcome::Verified {
+                                digest,
+                                parent_load: None,
+                            },
+                            Err(e) => PieceOutcome::OriginFailed(ShellError::Store(e)),
+                        },
+                        Err(e) => PieceOutcome::OriginFailed(ShellError::Origin(e)),
+                    };
+                    Joined::Piece(PieceReport {
+                        num,
+                        from,
+                        bytes,
+                        took: t0.elapsed(),
+                        outcome,
+                    })
+                });
+            }
+            FetchFrom::Parent {
+                addr,
+                rdma,
+                expected,
+                ..
+            } => {
+                self.track(what, async move {
+                    let t0 = Instant::now();
+                    let addr = ParentAddr(addr);
+                    let outcome = match deps.peers.fetch(&addr, rdma, &file, num, write.buf()).await
+                    {
+                        // The digest is checked whatever carried the bytes.
+                        Ok((report, _carrier)) => match write.commit(expected) {
+                            Ok(digest) => PieceOutcome::Verified {
+                                digest,
+                                parent_load: Some(report.parent_load),
+                            },
+                            Err(e) => PieceOutcome::Corrupt {
+                                reason: e.to_string(),
+                            },
+                        },
+                        Err(TransportError::Busy(_)) => PieceOutcome::Busy,
+                        Err(TransportError::NotFound(_)) => PieceOutcome::NotFound,
+                        Err(e) => PieceOutcome::ParentFailed {
+                            reason: crate::origin::error_chain(&e),
+                        },
+                    };
+                    Joined::Piece(PieceReport {
+                        num,
+                        from,
+                        bytes,
+                        took: t0.elapsed(),
+                        outcome,
+                    })
                 });
             }
         }
-        self.send(PeerMsg::TaskDone(pb::TaskDone {
-            task_id: self.spec.id.to_hex(),
-        }));
-        Ok(Downloaded {
-            file,
-            progress: self.progress.clone(),
-        })
     }
 
-    async fn on_event(&mut self, ev: TaskEvent) -> Result<(), DownloadError> {
-        match ev {
-            TaskEvent::Wanted(num) => self.wanted = Some(num),
-            TaskEvent::Reconnected => {
-                self.choice.parents.clear();
-                self.register();
-                if self.mode == Mode::Source {
-                    if let Some(f) = &self.file {
-                        self.send(PeerMsg::Meta(pb::TaskMeta {
-                            task_id: self.spec.id.to_hex(),
-                            content_length: f.layout.content_length,
-                        }));
-                    }
-                }
-            }
-            TaskEvent::Scheduler(m) => match m {
-                SchedMsg::Meta(m) => self.open(m.content_length)?,
-                SchedMsg::Parents(p) => {
-                    for parent in p.parents {
-                        if !self.ctx.peers.accepts_parent(parent.rdma) {
-                            tracing::debug!(task = %self.spec.id, parent = %parent.peer_id, "skipping a parent without RDMA (--transport rdma)");
-                            continue;
-                        }
-                        let mut v = ParentView::new(parent.addr, parent.seed);
-                        v.remote = parent.remote;
-                        v.rdma = parent.rdma;
-                        for piece in parent.pieces {
-                            if let Some(d) = digest_from_slice(&piece.digest) {
-                                v.pieces.insert(piece.num, d);
-                            }
-                        }
-                        tracing::debug!(task = %self.spec.id, parent = %parent.peer_id, pieces = v.pieces.len(), "new parent");
-                        self.choice.parents.insert(parent.peer_id, v);
-                    }
-                }
-                SchedMsg::Available(a) => {
-                    if let (Some(p), Some(piece)) =
-                        (self.choice.parents.get_mut(&a.parent_id), a.piece)
-                    {
-                        if let Some(d) = digest_from_slice(&piece.digest) {
-                            p.pieces.insert(piece.num, d);
-                        }
-                    }
-                }
-                SchedMsg::ParentGone(g) => {
-                    self.choice.parents.remove(&g.parent_id);
-                }
-                SchedMsg::BackToSource(b) => {
-                    self.go_to_source(Some(&format!("scheduler: {}", b.reason)))
-                        .await?;
-                }
-                SchedMsg::SeedTask(_) => {}
-            },
-        }
-        Ok(())
-    }
-
-    /// Starts piece fetches until the pipeline is full or nothing is fetchable.
-    fn fill(&mut self) {
-        let Some(file) = self.file.clone() else {
-            return;
+    /// Turns a finished (or panicked) task into the core's input.
+    fn joined(&mut self, r: Result<(Id, Joined), tokio::task::JoinError>) -> Input<ShellError> {
+        let (id, joined) = match r {
+            Ok((id, j)) => (id, Ok(j)),
+            Err(e) => (e.id(), Err(e)),
         };
-        let max = self.ctx.config.pieces_in_flight;
-        // Nothing is verified while this loop runs: one snapshot serves every pick.
-        let missing = file.missing_pieces();
-        while self.inflight.len() < max {
-            let next = self.next_piece(&missing, |n| file.layout.piece_len(n));
-            let Some((num, parent)) = next else { return };
-            // One download per task per process: a piece that is neither
-            // verified nor in flight here is always free to write.
-            let Some(mut write) = file.begin_write(num) else {
-                return;
-            };
-            let bytes = file.layout.piece_len(num);
-            let range = file.layout.range(num).expect("piece in range");
-            self.inflight_pieces.insert(num);
-            let ctx = self.ctx.clone();
-            match parent {
-                None => {
-                    let url = self.spec.url.clone();
-                    let auth = self.spec.auth.clone();
-                    self.inflight.spawn(async move {
-                        let t0 = Instant::now();
-                        let outcome = match ctx
-                            .origin
-                            .fetch_range(&url, range, write.buf(), auth.as_ref())
-                            .await
-                        {
-                            Ok(_) => match write.commit(None) {
-                                Ok(digest) => PieceOutcome::Ok { digest, load: None },
-                                Err(e) => PieceOutcome::Digest(e),
-                            },
-                            Err(e) => PieceOutcome::Origin(e),
-                        };
-                        PieceResult {
-                            num,
-                            bytes,
-                            parent: None,
-                            took: t0.elapsed(),
-                            outcome,
-                        }
-                    });
-                }
-                Some(parent) => {
-                    let view = &self.choice.parents[&parent];
-                    let addr = ParentAddr(view.addr.clone());
-                    let parent_rdma = view.rdma;
-                    let expected = view.pieces.get(&num).copied();
-                    let file = file.clone();
-                    self.choice.started(&parent, bytes);
-                    self.inflight.spawn(async move {
-                        let t0 = Instant::now();
-                        let outcome = match ctx
-                            .peers
-                            .fetch(&addr, parent_rdma, &file, num, write.buf())
-                            .await
-                        {
-                            // The digest is checked whatever carried the bytes.
-                            Ok((report, _carrier)) => match write.commit(expected) {
-                                Ok(digest) => PieceOutcome::Ok {
-                                    digest,
-                                    load: Some(report.parent_load),
-                                },
-                                Err(e) => PieceOutcome::Digest(e),
-                            },
-                            Err(e) => PieceOutcome::Transport(e),
-                        };
-                        PieceResult {
-                            num,
-                            bytes,
-                            parent: Some(parent),
-                            took: t0.elapsed(),
-                            outcome,
-                        }
-                    });
-                }
-            }
-        }
-    }
-
-    /// The next piece to fetch and from where (`None`: the origin). Pieces a
-    /// streaming reader is about to need come first; then, from the origin,
-    /// front to back, and from peers, by phase-2 choice.
-    fn next_piece(
-        &mut self,
-        missing: &[u32],
-        piece_len: impl Fn(u32) -> u64,
-    ) -> Option<(u32, Option<PeerId>)> {
-        let inflight = &self.inflight_pieces;
-        let free = || missing.iter().copied().filter(|n| !inflight.contains(n));
-        let window = self.ctx.config.pieces_in_flight as u32;
-        let urgent = self.wanted.map(|w| w..w.saturating_add(window));
-        let is_urgent = |n: &u32| urgent.as_ref().is_some_and(|r| r.contains(n));
-        match self.mode {
-            Mode::Source => free()
-                .find(is_urgent)
-                .or_else(|| free().next())
-                .map(|n| (n, None)),
-            Mode::Swarm => {
-                let now = Instant::now();
-                let first = match urgent {
-                    Some(_) => self.choice.pick(free().filter(is_urgent), &piece_len, now),
-                    None => None,
-                };
-                first
-                    .or_else(|| self.choice.pick(free(), &piece_len, now))
-                    .map(|(n, p)| (n, Some(p)))
-            }
-        }
-    }
-
-    fn on_piece(&mut self, r: PieceResult) -> Result<(), DownloadError> {
-        self.inflight_pieces.remove(&r.num);
-        let m = &self.ctx.metrics;
-        let ok = matches!(r.outcome, PieceOutcome::Ok { .. });
-        if let Some(p) = &r.parent {
-            let load = match &r.outcome {
-                PieceOutcome::Ok { load, .. } => *load,
-                _ => None,
-            };
-            self.choice.finished(p, r.bytes, ok.then_some(r.took), load);
-        }
-        match r.outcome {
-            PieceOutcome::Ok { digest, .. } => {
-                // About one piece of hashing per piece that arrives keeps
-                // pace with the download; a backlog waits for the end.
-                if let (Some(w), Some(f)) = (&mut self.whole, &self.file) {
-                    w.advance(f, f.layout.piece_size);
-                }
-                self.last_progress = Instant::now();
-                self.progress.done += r.bytes;
-                if r.parent.is_some() {
-                    self.progress.from_peers += r.bytes;
-                    m.inc(&m.peer_bytes, r.bytes);
-                    m.inc(&m.pieces_from_peers, 1);
+        let what = self.spawned.remove(&id);
+        let joined = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                let why = if e.is_panic() {
+                    "panicked"
                 } else {
-                    self.progress.from_origin += r.bytes;
-                    m.inc(&m.pieces_from_origin, 1);
+                    "was cancelled"
+                };
+                tracing::error!(task = %self.spec.id, "a download task {why}");
+                let panicked = |what: &str| ShellError::Panicked(format!("{what} {why}"));
+                return match what {
+                    Some(Spawned::Piece { num, from, bytes }) => {
+                        lost(num, from, bytes, &format!("the piece fetch {why}"))
+                    }
+                    Some(Spawned::Open) => Input::Opened(Err(panicked("opening the task file"))),
+                    Some(Spawned::Probe) => Input::Probed(Err(panicked("the origin probe"))),
+                    Some(Spawned::Hash) | None => {
+                        Input::WholeDigest(Err(panicked("the whole-file hash")))
+                    }
+                };
+            }
+        };
+        match joined {
+            Joined::Piece(report) => {
+                self.count(&report);
+                if let PieceOutcome::Verified { .. } = report.outcome {
+                    // About one piece of hashing per piece that arrives keeps
+                    // pace with the download; a backlog waits for the end.
+                    if let (Some(w), Some(f)) = (&mut self.whole, &self.file) {
+                        w.advance(f, f.layout.piece_size);
+                    }
                 }
-                self.progress_tx.send_replace(self.progress.clone());
-                self.send(PeerMsg::PieceDone(pb::PieceDone {
-                    task_id: self.spec.id.to_hex(),
-                    num: r.num,
-                    digest: digest.to_vec(),
-                }));
+                Input::Piece(report)
             }
-            PieceOutcome::Origin(e) => {
-                m.inc(&m.piece_failures, 1);
-                return Err(e.into());
+            Joined::Opened(r) => Input::Opened(match r {
+                Ok(file) => {
+                    let have = file.verified_pieces();
+                    self.file = Some(file);
+                    Ok(have)
+                }
+                Err(e) => Err(ShellError::Store(e)),
+            }),
+            Joined::Probed(r) => Input::Probed(r.map_err(ShellError::Origin)),
+            Joined::Hashed(d) => Input::WholeDigest(Ok(d)),
+        }
+    }
+
+    fn count(&self, r: &PieceReport<ShellError>) {
+        let m = &self.deps.metrics;
+        match (&r.outcome, &r.from) {
+            (PieceOutcome::Verified { .. }, Source::Parent(_)) => {
+                m.inc(&m.peer_bytes, r.bytes);
+                m.inc(&m.pieces_from_peers, 1);
             }
-            PieceOutcome::Digest(e) => {
+            (PieceOutcome::Verified { .. }, Source::Origin) => m.inc(&m.pieces_from_origin, 1),
+            (PieceOutcome::Corrupt { reason }, Source::Parent(p)) => {
                 m.inc(&m.piece_failures, 1);
                 m.inc(&m.digest_mismatches, 1);
-                match r.parent {
-                    Some(p) => {
-                        tracing::warn!(task = %self.spec.id, parent = %p, error = %e, "dropping parent that sent a bad piece");
-                        self.drop_parent(&p, r.num, &e.to_string());
-                    }
-                    None => return Err(e.into()),
-                }
+                tracing::warn!(task = %self.spec.id, parent = %p, error = %reason, "dropping parent that sent a bad piece");
             }
-            PieceOutcome::Transport(e) => {
+            (PieceOutcome::ParentFailed { reason }, Source::Parent(p)) => {
                 m.inc(&m.piece_failures, 1);
-                let Some(p) = r.parent else { return Ok(()) };
-                match e {
-                    TransportError::Busy(_) => {
-                        if let Some(v) = self.choice.parents.get_mut(&p) {
-                            v.busy_until = Some(Instant::now() + Duration::from_millis(100));
-                        }
-                    }
-                    TransportError::NotFound(_) => {
-                        if let Some(v) = self.choice.parents.get_mut(&p) {
-                            v.pieces.remove(&r.num);
-                        }
-                    }
-                    e => {
-                        tracing::warn!(task = %self.spec.id, parent = %p, error = %e, "parent failed; its pieces come from elsewhere");
-                        self.drop_parent(&p, r.num, &e.to_string());
-                    }
-                }
+                tracing::warn!(task = %self.spec.id, parent = %p, error = %reason, "parent failed; its pieces come from elsewhere");
             }
+            _ => m.inc(&m.piece_failures, 1),
         }
-        Ok(())
     }
+}
 
-    fn drop_parent(&mut self, parent: &str, num: u32, reason: &str) {
-        self.choice.parents.remove(parent);
-        self.send(PeerMsg::PieceFailed(pb::PieceFailed {
-            task_id: self.spec.id.to_hex(),
-            num,
-            parent_id: parent.to_string(),
+fn lost(num: u32, from: Source, bytes: u64, reason: &str) -> Input<ShellError> {
+    Input::Piece(PieceReport {
+        num,
+        from,
+        bytes,
+        took: Duration::ZERO,
+        outcome: PieceOutcome::Lost {
             reason: reason.to_string(),
-        }));
-    }
+        },
+    })
 }

@@ -21,12 +21,14 @@
 //!
 //! The `Authorization` header is never logged.
 
-use crate::engine::{Engine, GetError, TaskWatch};
+use crate::engine::Engine;
 use crate::http_body::BodyRange;
 use crate::hub_client::{FileMeta, HubClient, HubError};
 use crate::origin::OriginAuth;
 use crate::piece_stream;
+use crate::request::GetError;
 use crate::ttl_cache::TtlCache;
+use crate::watch::TaskWatch;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -78,12 +80,13 @@ pub struct HfEndpoint {
     meta_cache: TtlCache<Key, Result<FileMeta, Refusal>>,
 }
 
-/// Serves the endpoint on `listener` until it fails.
+/// Serves the endpoint on `listener` until the engine shuts down.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     hub: HubClient,
 ) -> std::io::Result<()> {
+    let stop = engine.shutting_down();
     let state = Arc::new(HfEndpoint {
         engine,
         hub,
@@ -91,7 +94,9 @@ pub async fn serve(
         meta_cache: TtlCache::new(METADATA_TTL, 4096),
     });
     let app = axum::Router::new().fallback(handle).with_state(state);
-    axum::serve(listener, app).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 /// The cache key of a request: what it asks and for whom (a token's hash,

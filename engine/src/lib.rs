@@ -1,12 +1,20 @@
 //! The weightcast peer engine: what runs inside every daemon, seed peer and
 //! in-process `weightcast get`.
 //!
+//! - [`engine`]: the lifecycle (start, shutdown) and the `get`/`watch`
+//!   entry points; [`config`] is what it is told, [`request`] what callers
+//!   ask and get back (typed errors with an [`request::ErrorKind`]).
+//! - [`download`]: the tokio shell of one task's download; its decisions
+//!   live in the sans-IO `weightcast-download-core`. [`runs`] holds the
+//!   downloads by task, [`dispatch`] routes scheduler messages to them,
+//!   [`watch`] lets a streaming reader follow one.
 //! - [`store`]: one preallocated, mmap'd file per task with a persisted piece table.
-//! - [`download`]: one task's download loop (its phase-2 parent choice is in
-//!   `weightcast-download-core`).
 //! - [`origin`]: back-to-source with per-origin limits and retries.
-//! - [`scheduler_link`]: the stream to the scheduler.
-//! - [`engine`]: ties them together; [`local_api`] serves it on a unix socket.
+//! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
+//!   it told of this peer's upload load.
+//! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
+//!   [`upload`]: what the upload server serves; [`address`]: what others dial.
+//! - [`local_api`]: the engine on a unix socket, for `weightcast get`.
 //! - [`output`]: atomic exposure of a verified file at the user's path.
 //! - [`hub_client`], [`hf_endpoint`]: the Hugging Face Hub as an origin, and
 //!   the daemon as a Hub endpoint for the real `huggingface_hub` client.
@@ -17,12 +25,16 @@
 //!   [`file_server`]: a directory served with ranges (the demo's origin).
 //! - [`ttl_cache`]: the endpoints' brief metadata cache.
 
+pub mod address;
+pub mod config;
+mod dispatch;
 pub mod download;
 pub mod engine;
 pub mod file_server;
 pub mod hf_endpoint;
 pub mod http_body;
 pub mod hub_client;
+mod load_report;
 pub mod local_api;
 pub mod metrics;
 pub mod origin;
@@ -31,11 +43,16 @@ pub mod peer_transport;
 pub mod piece_stream;
 pub mod registry_client;
 pub mod registry_mirror;
+pub mod request;
+mod runs;
 pub mod scheduler_link;
 pub mod store;
 pub mod ttl_cache;
+mod upload;
+pub mod watch;
 
-pub use engine::{
-    Engine, EngineConfig, GetError, GetRequest, GetSummary, StartError, TaskWatch, Validation,
-};
+pub use config::{local_hostname, EngineConfig};
+pub use engine::Engine;
+pub use request::{ErrorKind, GetError, GetRequest, GetSummary, StartError, Validation};
+pub use watch::TaskWatch;
 pub use weightcast_rdma::TransportMode;

@@ -2,8 +2,9 @@
 //! range, piece by piece as each is verified, straight from the mapping.
 //! Both the Hugging Face endpoint and the registry mirror answer this way.
 
-use crate::engine::{GetError, TaskWatch};
 use crate::http_body::BodyRange;
+use crate::request::GetError;
+use crate::watch::TaskWatch;
 use axum::body::Body;
 use bytes::Bytes;
 

@@ -87,12 +87,15 @@ impl RegistryMirror {
         })
     }
 
-    /// Serves the mirror on `listener` until it fails.
+    /// Serves the mirror on `listener` until the engine shuts down.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let stop = self.engine.shutting_down();
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(Arc::new(self));
-        axum::serve(listener, app).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
     }
 
     fn blob_url(&self, r: &OciRef, digest: &str) -> String {

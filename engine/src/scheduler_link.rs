@@ -4,16 +4,28 @@
 //! [`LinkEvent::Reconnected`] so every running task registers again (a
 //! restarted scheduler learns the swarm back from its peers). Messages sent
 //! while disconnected are dropped: re-registration carries the state.
+//!
+//! Both directions are bounded. Inbound messages wait for the engine's
+//! dispatcher (and so the stream stops being read: backpressure reaches the
+//! scheduler through HTTP/2 flow control); outbound ones make a sending
+//! download wait while the stream is backed up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
+
+/// Messages to the scheduler queued before senders wait.
+const OUTBOUND_QUEUE: usize = 4096;
+/// Messages from the scheduler queued before the stream is no longer read.
+pub const INBOUND_QUEUE: usize = 1024;
 
 #[derive(Debug)]
 pub enum LinkEvent {
@@ -22,69 +34,90 @@ pub enum LinkEvent {
 }
 
 pub struct SchedulerLink {
-    out: Mutex<Option<mpsc::UnboundedSender<pb::PeerMessage>>>,
+    out: Mutex<Option<mpsc::Sender<pb::PeerMessage>>>,
     connected: AtomicBool,
     connected_notify: Notify,
 }
 
 impl SchedulerLink {
-    /// Starts connecting to `endpoint` in the background.
+    /// Starts connecting to `endpoint` in the background, on `tracker`,
+    /// until `cancel` fires.
     pub fn start(
         endpoint: String,
         hello: pb::HostInfo,
-        events: mpsc::UnboundedSender<LinkEvent>,
+        events: mpsc::Sender<LinkEvent>,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
     ) -> Arc<Self> {
         let link = Arc::new(Self {
             out: Mutex::new(None),
             connected: AtomicBool::new(false),
             connected_notify: Notify::new(),
         });
-        let weak = Arc::downgrade(&link);
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            let mut first = true;
-            loop {
-                let Some(link) = weak.upgrade() else { return };
-                match link.session(&endpoint, &hello).await {
-                    Ok(mut inbound) => {
-                        backoff = Duration::from_millis(200);
-                        tracing::info!(%endpoint, "connected to scheduler");
-                        if !first && events.send(LinkEvent::Reconnected).is_err() {
-                            return;
-                        }
-                        first = false;
-                        drop(link);
-                        while let Some(m) = inbound.next().await {
-                            match m {
-                                Ok(pb::SchedulerMessage { msg: Some(m) }) => {
-                                    if events.send(LinkEvent::Message(m)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(%endpoint, error = %e.message(), "scheduler stream ended");
-                                    break;
-                                }
-                            }
-                        }
-                        let Some(link) = weak.upgrade() else { return };
-                        link.connected.store(false, Ordering::Release);
-                        if let Ok(mut o) = link.out.lock() {
-                            *o = None;
-                        }
-                        tracing::warn!(%endpoint, "lost the scheduler; reconnecting");
-                    }
-                    Err(e) => {
-                        tracing::debug!(%endpoint, error = %e, "cannot reach scheduler");
-                        drop(link);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
+        let me = link.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = me.keep_connected(&endpoint, &hello, &events) => {}
             }
+            me.set_disconnected();
         });
         link
+    }
+
+    fn set_disconnected(&self) {
+        self.connected.store(false, Ordering::Release);
+        if let Ok(mut o) = self.out.lock() {
+            *o = None;
+        }
+    }
+
+    /// Connects, forwards what arrives, reconnects; returns only when the
+    /// engine stopped listening.
+    async fn keep_connected(
+        &self,
+        endpoint: &str,
+        hello: &pb::HostInfo,
+        events: &mpsc::Sender<LinkEvent>,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        let mut first = true;
+        loop {
+            match self.session(endpoint, hello).await {
+                Ok(mut inbound) => {
+                    backoff = Duration::from_millis(200);
+                    tracing::info!(%endpoint, "connected to scheduler");
+                    if !first && events.send(LinkEvent::Reconnected).await.is_err() {
+                        return;
+                    }
+                    first = false;
+                    while let Some(m) = inbound.next().await {
+                        match m {
+                            Ok(pb::SchedulerMessage { msg: Some(m) }) => {
+                                if events.send(LinkEvent::Message(m)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(%endpoint, error = %e.message(), "scheduler stream ended");
+                                break;
+                            }
+                        }
+                    }
+                    self.set_disconnected();
+                    tracing::warn!(%endpoint, "lost the scheduler; reconnecting");
+                }
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "cannot reach scheduler");
+                    // Jitter, so that a fleet that lost its scheduler does
+                    // not come back in the same instant.
+                    let jitter = Duration::from_millis(rand::random::<u64>() % 200);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     async fn session(
@@ -100,14 +133,12 @@ impl SchedulerLink {
             .connect()
             .await?;
         let mut client = pb::scheduler_client::SchedulerClient::new(channel);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         tx.send(pb::PeerMessage {
             msg: Some(PeerMsg::Hello(hello.clone())),
-        })?;
-        let inbound = client
-            .session(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        })
+        .await?;
+        let inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
         if let Ok(mut o) = self.out.lock() {
             *o = Some(tx);
         }
@@ -134,12 +165,12 @@ impl SchedulerLink {
         }
     }
 
-    /// Sends if connected; otherwise the message is dropped (see module doc).
-    pub fn send(&self, msg: PeerMsg) {
-        if let Ok(o) = self.out.lock() {
-            if let Some(tx) = o.as_ref() {
-                let _ = tx.send(pb::PeerMessage { msg: Some(msg) });
-            }
+    /// Sends if connected, waiting while the stream is backed up; otherwise
+    /// the message is dropped (see the module doc).
+    pub async fn send(&self, msg: PeerMsg) {
+        let tx = self.out.lock().ok().and_then(|o| o.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(pb::PeerMessage { msg: Some(msg) }).await;
         }
     }
 }

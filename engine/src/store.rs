@@ -160,6 +160,20 @@ impl Store {
         t.is_complete().then_some(t)
     }
 
+    /// Flushes every open task's piece table to disk (at shutdown: what was
+    /// verified survives a power loss, not only a restart).
+    pub fn sync(&self) {
+        let open: Vec<Arc<TaskFile>> = match self.open.lock() {
+            Ok(o) => o.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for t in open {
+            if let Err(e) = t.pieces_file.sync_data() {
+                tracing::warn!(task = %t.id, error = %e, "could not flush the piece table");
+            }
+        }
+    }
+
     /// Deletes a task whose content turned out wrong, so a retry starts clean.
     pub fn discard(&self, id: &TaskId) {
         if let Ok(mut open) = self.open.lock() {

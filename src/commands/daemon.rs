@@ -107,8 +107,13 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for metrics", a.metrics_listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    tokio::spawn(engine.clone().serve_metrics(metrics_listener));
-    tokio::spawn(local_api::serve(api, engine.clone()));
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(engine.clone().serve_metrics(metrics_listener));
+    let e = engine.clone();
+    servers.spawn(async move {
+        local_api::serve(api, e).await;
+        Ok(())
+    });
     let registry_addr = match (a.registry_listen, &upstream) {
         (Some(addr), Some((url, host))) => {
             let mirror = RegistryMirror::new(engine.clone(), url, a.registry.credentials(host)?)?;
@@ -117,7 +122,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} for the registry mirror"))?;
             let bound = listener.local_addr()?;
             tracing::info!(addr = %bound, upstream = %url, "registry mirror ready");
-            tokio::spawn(mirror.serve(listener));
+            servers.spawn(mirror.serve(listener));
             Some(bound.to_string())
         }
         _ => None,
@@ -133,7 +138,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
                 anyhow::bail!("--hf-endpoint {} is this daemon's own --hf-listen: point it at the origin Hub (HF_ENDPOINT in the daemon's environment is read as the origin)", hub.endpoint());
             }
             tracing::info!(addr = %bound, origin = %hub.endpoint(), "Hugging Face endpoint ready");
-            tokio::spawn(hf_endpoint::serve(listener, engine.clone(), hub));
+            servers.spawn(hf_endpoint::serve(listener, engine.clone(), hub));
             Some(bound.to_string())
         }
         None => None,
@@ -158,9 +163,17 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), metrics = %metrics_addr, "daemon ready");
     ready_file::shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: letting the pieces in flight land");
+    // No new clients from here on.
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(data_dir.join("daemon.json"));
+    engine.shutdown().await;
+    while let Some(r) = servers.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "a server ended with an error");
+        }
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -12,6 +12,10 @@ use weightcast_proto::frame::{
 };
 use weightcast_types::TaskId;
 
+/// The first pause after a failed accept, doubled up to the maximum.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where a verified piece lies in registered memory, for a child's RDMA READ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RdmaPieceLocation {
@@ -94,17 +98,35 @@ impl<S: PieceSource> PieceServer<S> {
         self
     }
 
-    /// Accepts connections until the listener fails.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Accepts connections and serves them until the returned future is
+    /// dropped, which also ends every connection it serves (they live in
+    /// its own `JoinSet`). A failed accept (out of file descriptors, say) is
+    /// logged and retried after a pause, never in a busy loop.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let mut conns = tokio::task::JoinSet::new();
+        let mut pause = ACCEPT_PAUSE;
         loop {
-            let (stream, peer) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.serve_connection(stream).await {
-                    tracing::debug!(%peer, error = %e, "piece connection ended");
-                }
-            });
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        pause = ACCEPT_PAUSE;
+                        let _ = stream.set_nodelay(true);
+                        let me = self.clone();
+                        conns.spawn(async move {
+                            if let Err(e) = me.serve_connection(stream).await {
+                                tracing::debug!(%peer, error = %e, "piece connection ended");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upload server cannot accept a connection; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+                    }
+                },
+                // Reap finished connections so the set does not grow.
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
         }
     }
 

@@ -1,0 +1,78 @@
+//! What an engine is told at start: where its cache lives, how it is known
+//! to the swarm, and its limits.
+
+use crate::origin::OriginConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use weightcast_rdma::TransportMode;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Upload server address; port 0 picks one.
+    pub listen: SocketAddr,
+    /// Address other peers dial; defaults to the listen address, or, when
+    /// that is unspecified (0.0.0.0), the address this host routes to the
+    /// scheduler from.
+    pub advertise_addr: Option<String>,
+    pub hostname: String,
+    pub zone: String,
+    pub rack: String,
+    pub seed: bool,
+    /// Scheduler endpoint (`http://host:port`); `None`: no swarm, origin only.
+    pub scheduler: Option<String>,
+    /// Children the scheduler may plan onto this peer.
+    pub upload_slots: u32,
+    /// Pieces sent at once; more requests are answered `Busy`. Few uploads
+    /// at full rate beat many slow ones: a piece can only be forwarded once
+    /// it is whole.
+    pub upload_concurrency: u32,
+    /// Pieces in flight per task.
+    pub pieces_in_flight: usize,
+    /// Pieces in flight per task from one parent.
+    pub pieces_per_parent: u32,
+    /// With no piece from peers for this long, go to the origin (or fail).
+    pub stall_timeout: Duration,
+    /// How long a shutdown waits for the pieces in flight before it aborts them.
+    pub shutdown_grace: Duration,
+    pub origin: OriginConfig,
+    /// How piece bytes move between peers (`--transport`).
+    pub transport: TransportMode,
+    /// RDMA device to use (`--rdma-device`); default: the first with an
+    /// active port.
+    pub rdma_device: Option<String>,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            advertise_addr: None,
+            hostname: local_hostname(),
+            zone: String::new(),
+            rack: String::new(),
+            seed: false,
+            scheduler: None,
+            upload_slots: 16,
+            upload_concurrency: 4,
+            pieces_in_flight: 8,
+            pieces_per_parent: 4,
+            stall_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            origin: OriginConfig::default(),
+            transport: TransportMode::Auto,
+            rdma_device: None,
+        }
+    }
+}
+
+/// This machine's host name (`localhost` when it has none).
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

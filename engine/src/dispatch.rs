@@ -1,0 +1,123 @@
+//! Scheduler messages to the download they concern: decoded from protobuf
+//! at this edge (malformed ids and digests stop here), filtered by what this
+//! peer's transport accepts, and queued on the task's run. A seed order
+//! starts a download of its own.
+
+use crate::download::{DownloadSpec, Mode, TaskEvent};
+use crate::peer_transport::PeerTransport;
+use crate::runs::Runs;
+use crate::scheduler_link::LinkEvent;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use weightcast_download_core::{ParentInfo, SchedulerEvent};
+use weightcast_proto::pb::{self, scheduler_message::Msg as SchedMsg};
+use weightcast_types::piece::digest_from_slice;
+use weightcast_types::TaskId;
+
+/// Routes every event of the scheduler link until the link goes.
+pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) {
+    let peers = &runs.deps().peers;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            LinkEvent::Reconnected => {
+                for run in runs.all() {
+                    let _ = run.events.send(TaskEvent::Reconnected).await;
+                }
+            }
+            LinkEvent::Message(SchedMsg::SeedTask(s)) => {
+                let Ok(id) = s.task_id.parse::<TaskId>() else {
+                    tracing::debug!(task = %s.task_id, "ignoring a seed order with a malformed task id");
+                    continue;
+                };
+                tracing::info!(task = %id, url = %s.url, "seeding task from its origin");
+                runs.ensure(DownloadSpec {
+                    id,
+                    url: s.url,
+                    digest: None,
+                    mode: Mode::Source,
+                    back_to_source: true,
+                    auth: None,
+                    swarm: true,
+                });
+            }
+            LinkEvent::Message(m) => {
+                let Some((id, ev)) = decode(m, peers) else {
+                    continue;
+                };
+                // A message for a finished task has no run: nothing to do.
+                if let Some(run) = runs.get(&id) {
+                    let _ = run.events.send(TaskEvent::Scheduler(ev)).await;
+                }
+            }
+        }
+    }
+}
+
+fn piece_list(pieces: Vec<pb::Piece>) -> Vec<(u32, [u8; 32])> {
+    pieces
+        .into_iter()
+        .filter_map(|p| Some((p.num, digest_from_slice(&p.digest)?)))
+        .collect()
+}
+
+/// The task a message is about and what it says; `None` for a malformed
+/// message or one this peer has no use for.
+fn decode(m: SchedMsg, peers: &PeerTransport) -> Option<(TaskId, SchedulerEvent)> {
+    let (task, ev) = match m {
+        SchedMsg::Meta(x) => (
+            x.task_id,
+            SchedulerEvent::Meta {
+                content_length: x.content_length,
+            },
+        ),
+        SchedMsg::Parents(x) => {
+            let parents = x
+                .parents
+                .into_iter()
+                .filter(|p| {
+                    let ok = peers.accepts_parent(p.rdma);
+                    if !ok {
+                        tracing::debug!(parent = %p.peer_id, "skipping a parent without RDMA (--transport rdma)");
+                    }
+                    ok
+                })
+                .map(|p| ParentInfo {
+                    id: p.peer_id,
+                    addr: p.addr,
+                    seed: p.seed,
+                    remote: p.remote,
+                    rdma: p.rdma,
+                    pieces: piece_list(p.pieces),
+                })
+                .collect();
+            (x.task_id, SchedulerEvent::Parents(parents))
+        }
+        SchedMsg::Available(x) => {
+            let piece = x.piece?;
+            let digest = digest_from_slice(&piece.digest)?;
+            (
+                x.task_id,
+                SchedulerEvent::Available {
+                    parent: x.parent_id,
+                    num: piece.num,
+                    digest,
+                },
+            )
+        }
+        SchedMsg::ParentGone(x) => (
+            x.task_id,
+            SchedulerEvent::ParentGone {
+                parent: x.parent_id,
+            },
+        ),
+        SchedMsg::BackToSource(x) => (x.task_id, SchedulerEvent::BackToSource { reason: x.reason }),
+        SchedMsg::SeedTask(_) => return None,
+    };
+    match task.parse::<TaskId>() {
+        Ok(id) => Some((id, ev)),
+        Err(_) => {
+            tracing::debug!(%task, "ignoring a scheduler message with a malformed task id");
+            None
+        }
+    }
+}

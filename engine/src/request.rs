@@ -1,0 +1,187 @@
+//! What a caller asks of an engine and what it gets back: the `get` request
+//! (from the CLI or the local API), its summary, and its typed errors.
+
+use crate::download::DownloadError;
+use crate::origin::{OriginAuth, OriginError};
+use crate::output::{OutputError, Placement};
+use crate::store::StoreError;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use weightcast_modelpack::safetensors_check::InvalidSafetensors;
+
+/// A `get` as the CLI and the local API ask for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRequest {
+    pub url: String,
+    pub output: PathBuf,
+    /// Required whole-file sha256, hex.
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default = "yes")]
+    pub back_to_source: bool,
+    /// Credentials for the URL's origin (sent there only).
+    #[serde(default)]
+    pub auth: Option<OriginAuth>,
+    /// A check the finished file must pass before it is exposed.
+    #[serde(default)]
+    pub validate: Option<Validation>,
+    /// `false`: fetch from the origin without the swarm (small files that
+    /// are not worth a scheduler round trip, or that only this node may read).
+    #[serde(default = "yes")]
+    pub swarm: bool,
+    /// The caller puts the file at `output` itself, from
+    /// [`GetSummary::cache_path`]: a daemon does not see the filesystem of
+    /// a caller in another mount namespace (an init container).
+    #[serde(default)]
+    pub client_places: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl GetRequest {
+    pub fn new(url: impl Into<String>, output: impl Into<PathBuf>) -> Self {
+        Self {
+            url: url.into(),
+            output: output.into(),
+            digest: None,
+            back_to_source: true,
+            auth: None,
+            validate: None,
+            swarm: true,
+            client_places: false,
+        }
+    }
+}
+
+/// What a file must be before it is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    /// A sound `.safetensors` file (header and tensor offsets).
+    Safetensors,
+}
+
+/// What a finished `get` reports (`--json` prints it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GetSummary {
+    pub url: String,
+    pub output: PathBuf,
+    pub task_id: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub bytes_per_second: f64,
+    pub from_peers: u64,
+    pub from_origin: u64,
+    /// Bytes that were already in the cache.
+    pub from_cache: u64,
+    /// How the file was put at `output`.
+    pub placement: Option<Placement>,
+    /// The verified cache file, for a caller that places it itself.
+    #[serde(default)]
+    pub cache_path: Option<PathBuf>,
+}
+
+/// What kind of failure a `get` met: what the local API tells its client,
+/// so a second `get` can tell a 404 from a digest mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The origin has no such file.
+    NotFound,
+    /// The origin refused the credentials.
+    Unauthorized,
+    /// The origin failed otherwise (status, connection, protocol).
+    Origin,
+    /// The bytes are not the ones the digest names.
+    DigestMismatch,
+    /// The file arrived whole but is not what it claims (a bad safetensors header).
+    InvalidFile,
+    /// No peer served it, and back-to-source is forbidden.
+    Stalled,
+    /// The download had to come from the origin, and that is forbidden.
+    SourceForbidden,
+    SchedulerUnreachable,
+    DiskFull,
+    /// Reading or writing local files failed.
+    Io,
+    /// The request itself is wrong (a bad URL, digest or path).
+    BadRequest,
+    ShuttingDown,
+    /// A bug: a task died.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The download (shared by every `get` of the same task) failed.
+    #[error(transparent)]
+    Download(Arc<DownloadError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("invalid --digest {0:?}: expected sha256:<64 hex characters>")]
+    BadDigest(String),
+    #[error(
+        "the scheduler at {0} is unreachable and back-to-source is disabled (--no-back-to-source)"
+    )]
+    SchedulerUnreachable(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Invalid(#[from] InvalidSafetensors),
+}
+
+impl GetError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GetError::Origin(e) => origin_kind(e),
+            GetError::Download(d) => d.kind(),
+            GetError::Store(e) => store_kind(e),
+            GetError::Output(_) => ErrorKind::Io,
+            GetError::BadDigest(_) => ErrorKind::BadRequest,
+            GetError::SchedulerUnreachable(_) => ErrorKind::SchedulerUnreachable,
+            GetError::ShuttingDown => ErrorKind::ShuttingDown,
+            GetError::Invalid(_) => ErrorKind::InvalidFile,
+        }
+    }
+}
+
+pub(crate) fn origin_kind(e: &OriginError) -> ErrorKind {
+    match e {
+        OriginError::BadUrl(_) => ErrorKind::BadRequest,
+        OriginError::Status { status, .. } if *status == 404 || *status == 410 => {
+            ErrorKind::NotFound
+        }
+        OriginError::Unauthorized { .. } | OriginError::Token { .. } => ErrorKind::Unauthorized,
+        _ => ErrorKind::Origin,
+    }
+}
+
+pub(crate) fn store_kind(e: &StoreError) -> ErrorKind {
+    match e {
+        StoreError::DiskFull { .. } => ErrorKind::DiskFull,
+        StoreError::DigestMismatch { .. } => ErrorKind::DigestMismatch,
+        StoreError::Io { .. } => ErrorKind::Io,
+    }
+}
+
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} for the upload server (--listen)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--transport rdma, but the RDMA device is unusable")]
+    RdmaUnavailable(#[source] weightcast_rdma::RdmaError),
+}

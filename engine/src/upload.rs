@@ -1,0 +1,15 @@
+//! The upload server's view of the store: only verified pieces are served.
+
+use crate::store::{Store, VerifiedPiece};
+use std::sync::Arc;
+use weightcast_tcp::PieceSource;
+use weightcast_types::TaskId;
+
+pub(crate) struct StoreSource(pub Arc<Store>);
+
+impl PieceSource for StoreSource {
+    type Piece = VerifiedPiece;
+    fn verified_piece(&self, task: &TaskId, num: u32) -> Option<VerifiedPiece> {
+        self.0.get(task)?.verified_piece(num)
+    }
+}
