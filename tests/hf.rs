@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use weightcast_modelpack::safetensors_gen;
-use weightcast_testkit::cluster::{metric, Cluster, Daemon};
+use weightcast_testkit::cluster::{must_metric, Cluster, Daemon};
 use weightcast_testkit::hf_hub::{self, Content, FileSpec, HubConfig, RepoKind, RepoSpec, TestHub};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
@@ -305,7 +305,7 @@ fn real_clients_download_through_the_swarm_and_the_cdn_sends_each_byte_about_onc
     let from_peers: f64 = daemons
         .iter()
         .map(|d| {
-            metric(
+            must_metric(
                 &f.c.metrics(d).unwrap(),
                 "weightcast_download_bytes_total",
                 "source=\"peer\"",

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 use weightcast_modelpack::safetensors_gen;
-use weightcast_testkit::cluster::{metric, origin_stats, sha256_file, Cluster, Daemon, Faults};
+use weightcast_testkit::cluster::{metric, must_metric, origin_stats, sha256_file, Cluster, Daemon, Faults};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 const MIB: u64 = 1 << 20;
@@ -30,11 +30,11 @@ fn summary(out: &Output) -> serde_json::Value {
 }
 
 fn downloaded(c: &Cluster, d: &Daemon) -> f64 {
-    metric(
-        &c.metrics(d).unwrap_or_default(),
-        "weightcast_download_bytes_total",
-        "",
-    )
+    // The daemon may not answer yet: nothing downloaded then.
+    c.metrics(d)
+        .ok()
+        .and_then(|page| metric(&page, "weightcast_download_bytes_total", ""))
+        .unwrap_or(0.0)
 }
 
 /// Waits until `d` has downloaded at least `bytes` (per its metrics).
@@ -101,14 +101,14 @@ fn four_daemons_fetch_256_mib_and_the_origin_sends_about_one_copy() {
         "the daemons' bytes all came through the swarm"
     );
     let page = weightcast_testkit::cluster::http_get(&sched_metrics, "/metrics").unwrap();
-    assert_eq!(metric(&page, "weightcast_scheduler_hosts", ""), 5.0);
+    assert_eq!(must_metric(&page, "weightcast_scheduler_hosts", ""), 5.0);
     assert_eq!(
-        metric(&page, "weightcast_scheduler_seeds_triggered_total", ""),
+        must_metric(&page, "weightcast_scheduler_seeds_triggered_total", ""),
         1.0
     );
     let uploaded: f64 = daemons
         .iter()
-        .map(|d| metric(&c.metrics(d).unwrap(), "weightcast_upload_bytes_total", ""))
+        .map(|d| must_metric(&c.metrics(d).unwrap(), "weightcast_upload_bytes_total", ""))
         .sum();
     assert!(uploaded > 0.0, "daemons served each other");
 }
@@ -393,12 +393,12 @@ fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
     );
     let m = c.metrics(&good).unwrap();
     assert!(
-        metric(&m, "weightcast_digest_mismatches_total", "") >= 1.0,
+        must_metric(&m, "weightcast_digest_mismatches_total", "") >= 1.0,
         "{m}"
     );
     let page = weightcast_testkit::cluster::http_get(&sched_metrics, "/metrics").unwrap();
     assert!(
-        metric(&page, "weightcast_scheduler_piece_failures_total", "") >= 1.0,
+        must_metric(&page, "weightcast_scheduler_piece_failures_total", "") >= 1.0,
         "the bad parent was reported"
     );
 }

@@ -314,7 +314,7 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             .sum()
     });
     let seed_uploads = seed_daemon.and_then(|d| c.metrics(&d).ok()).map(|m| {
-        let g = |n: &str| weightcast_testkit::cluster::metric(&m, n, "") as u64;
+        let g = |n: &str| weightcast_testkit::cluster::metric(&m, n, "").unwrap_or(0.0) as u64;
         [
             g("weightcast_upload_pieces_total"),
             g("weightcast_upload_refused_busy_total"),

@@ -144,13 +144,22 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
 }
 
 /// Sum of the samples of `name` (every label set) in a Prometheus text page;
-/// `labels` narrows it to samples whose labels contain that text.
-pub fn metric(page: &str, name: &str, labels: &str) -> f64 {
-    page.lines()
+/// `labels` narrows it to samples whose labels contain that text. `None`
+/// when no sample matches: a renamed or missing metric is not a zero.
+pub fn metric(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// [`metric`], for a metric that must be on the page.
+pub fn must_metric(page: &str, name: &str, labels: &str) -> f64 {
+    metric(page, name, labels)
+        .unwrap_or_else(|| panic!("no sample of {name}{{{labels}}} on the metrics page:\n{page}"))
 }
 
 impl Cluster {

@@ -88,11 +88,16 @@ fn spawn_get(c: &Cluster, d: &Daemon, url: &str) -> Result<(Child, PathBuf)> {
 }
 
 fn transport_bytes(c: &Cluster, d: &Daemon, transport: &str) -> f64 {
-    metric(
-        &c.metrics(d).unwrap_or_default(),
-        "weightcast_peer_bytes_total",
-        &format!("transport=\"{transport}\""),
-    )
+    c.metrics(d)
+        .ok()
+        .and_then(|page| {
+            metric(
+                &page,
+                "weightcast_peer_bytes_total",
+                &format!("transport=\"{transport}\""),
+            )
+        })
+        .unwrap_or(0.0)
 }
 
 fn main() -> std::process::ExitCode {
@@ -146,7 +151,7 @@ fn run(a: &Args) -> Result<(Checks, serde_json::Value)> {
             .collect::<Result<_>>()?;
         let tcp = c.daemon("tcp0", &sched, false, &["--transport", "tcp"])?;
         for d in rdma.iter().chain([&seed]) {
-            let on = metric(&c.metrics(d)?, "weightcast_rdma_enabled", "");
+            let on = metric(&c.metrics(d)?, "weightcast_rdma_enabled", "").unwrap_or(-1.0);
             checks.check(
                 &format!("{} has RDMA", d.name),
                 on == 1.0,
@@ -196,7 +201,7 @@ fn run(a: &Args) -> Result<(Checks, serde_json::Value)> {
                 r == size && t == 0.0,
                 format!("rdma {r} tcp {t}"),
             );
-            let fb = metric(&c.metrics(d)?, "weightcast_rdma_fallbacks_total", "");
+            let fb = metric(&c.metrics(d)?, "weightcast_rdma_fallbacks_total", "").unwrap_or(-1.0);
             checks.check(
                 &format!("{} no TCP fallback", d.name),
                 fb == 0.0,
@@ -215,11 +220,16 @@ fn run(a: &Args) -> Result<(Checks, serde_json::Value)> {
         let up: f64 = std::iter::once(&seed)
             .chain(&rdma)
             .map(|d| {
-                metric(
-                    &c.metrics(d).unwrap_or_default(),
-                    "weightcast_upload_transport_bytes_total",
-                    "transport=\"rdma\"",
-                )
+                c.metrics(d)
+                    .ok()
+                    .and_then(|page| {
+                        metric(
+                            &page,
+                            "weightcast_upload_transport_bytes_total",
+                            "transport=\"rdma\"",
+                        )
+                    })
+                    .unwrap_or(0.0)
             })
             .sum();
         checks.check(
