@@ -175,28 +175,42 @@ fn a_parent_killed_mid_download_does_not_stop_the_others() {
     assert!(!killed_out.exists());
 }
 
+/// A daemon stopped mid-download, by SIGTERM (it drains and exits 0) or
+/// SIGKILL, resumes after a restart and fetches only what it lacked.
 #[test]
 fn a_restarted_daemon_resumes_and_fetches_only_what_it_lacked() {
-    let (mut c, size, sha, url, sched) = slow_seed_swarm();
-    let d = c.daemon("node", &sched, false, &[]).unwrap();
-    let out = c.path("out/model.safetensors");
-    let mut first = spawn_get(&c, &d, &url, &out);
-    wait_downloaded(&c, &d, 16 * MIB);
-    c.proc(d.proc).kill();
-    assert!(!first.wait().unwrap().success());
-    let data_dir = d.data_dir.clone();
-    let d = c.daemon_in("node", &data_dir, &sched, false, &[]).unwrap();
-    let s = summary(&spawn_get(&c, &d, &url, &out).wait_with_output().unwrap());
-    assert_eq!(sha256_file(&out).unwrap(), sha);
-    let resumed = s["from_cache"].as_u64().unwrap();
-    let fetched = s["from_peers"].as_u64().unwrap() + s["from_origin"].as_u64().unwrap();
-    assert!(resumed >= 12 * MIB, "resumed only {resumed} bytes");
-    assert_eq!(resumed + fetched, size, "nothing fetched twice: {s}");
-    assert_eq!(
-        downloaded(&c, &d),
-        fetched as f64,
-        "the restarted daemon downloaded only the missing pieces"
-    );
+    for graceful in [true, false] {
+        let (mut c, size, sha, url, sched) = slow_seed_swarm();
+        let d = c.daemon("node", &sched, false, &[]).unwrap();
+        let out = c.path("out/model.safetensors");
+        let mut first = spawn_get(&c, &d, &url, &out);
+        wait_downloaded(&c, &d, 16 * MIB);
+        if graceful {
+            let status = c.proc(d.proc).terminate(Duration::from_secs(20));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "SIGTERM: the daemon drains and exits 0, got {status:?}:\n{}",
+                c.logs()
+            );
+        } else {
+            c.proc(d.proc).kill();
+        }
+        assert!(!first.wait().unwrap().success());
+        assert!(!out.exists(), "no partial output");
+        let data_dir = d.data_dir.clone();
+        let d = c.daemon_in("node", &data_dir, &sched, false, &[]).unwrap();
+        let s = summary(&spawn_get(&c, &d, &url, &out).wait_with_output().unwrap());
+        assert_eq!(sha256_file(&out).unwrap(), sha);
+        let resumed = s["from_cache"].as_u64().unwrap();
+        let fetched = s["from_peers"].as_u64().unwrap() + s["from_origin"].as_u64().unwrap();
+        assert!(resumed >= 12 * MIB, "resumed only {resumed} bytes");
+        assert_eq!(resumed + fetched, size, "nothing fetched twice: {s}");
+        assert_eq!(
+            downloaded(&c, &d),
+            fetched as f64,
+            "the restarted daemon downloaded only the missing pieces"
+        );
+    }
 }
 
 fn get(c: &Cluster, args: &[&str], data_dir: &str) -> Output {
