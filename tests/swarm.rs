@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 use weightcast_modelpack::safetensors_gen;
-use weightcast_testkit::cluster::{metric, must_metric, origin_stats, sha256_file, Cluster, Daemon, Faults};
+use weightcast_testkit::cluster::{
+    metric, must_metric, origin_stats, sha256_file, Cluster, Daemon, Faults,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 const MIB: u64 = 1 << 20;

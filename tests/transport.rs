@@ -27,7 +27,9 @@ fn transport_rdma_needs_a_device_and_bad_names_are_refused() {
     let mut c = Cluster::new(BIN).unwrap();
     let (sched, _) = c.scheduler().unwrap();
     if host_has_rdma() {
-        let d = c.daemon("node", &sched, false, &["--transport", "rdma"]).unwrap();
+        let d = c
+            .daemon("node", &sched, false, &["--transport", "rdma"])
+            .unwrap();
         let page = c.metrics(&d).unwrap();
         assert_eq!(must_metric(&page, "weightcast_rdma_enabled", ""), 1.0);
         return;

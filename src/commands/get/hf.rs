@@ -7,8 +7,10 @@
 //! Small git-stored files come straight from the Hub. Each file is verified
 //! (sha256, and `.safetensors` headers) before it appears under `-o`.
 
-use super::artifact_jobs::{self, ArtifactSummary};
-use super::get::{Fetcher, GetArgs, Progress};
+use super::args::GetArgs;
+use super::artifact::{self, ArtifactSummary};
+use super::fetcher::Fetcher;
+use super::progress::Progress;
 use anyhow::Context;
 use std::time::Instant;
 use weightcast_engine::hub_client::HubClient;
@@ -50,7 +52,7 @@ pub async fn run(
         placement: &placement,
         fetcher,
     };
-    let files = artifact_jobs::run_all(
+    let files = artifact::run_all(
         a,
         progress,
         &resolved.files,
@@ -64,7 +66,7 @@ pub async fn run(
     .await?;
     let paths: Vec<_> = resolved.files.iter().map(|f| f.path.clone()).collect();
     placement.finish(Some(uri.revision()), &paths)?;
-    Ok(artifact_jobs::summarize(
+    Ok(artifact::summarize(
         uri.to_string(),
         resolved.commit.clone(),
         root,

@@ -1,7 +1,8 @@
 //! What `get hf://` and `get oci://` share: the artifact's files fetched a
 //! few at a time behind one progress bar, and one summary.
 
-use super::get::{GetArgs, Progress};
+use super::args::GetArgs;
+use super::progress::Progress;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;

@@ -6,8 +6,10 @@
 //! blob GETs and verified before anything is exposed. Raw layers become
 //! files; tar layers are extracted safely (see `modelpack::tar_extract`).
 
-use super::artifact_jobs::{self, ArtifactSummary};
-use super::get::{Fetcher, GetArgs, Progress};
+use super::args::GetArgs;
+use super::artifact::{self, ArtifactSummary};
+use super::fetcher::Fetcher;
+use super::progress::Progress;
 use anyhow::Context;
 use std::time::Instant;
 use weightcast_engine::registry_client::{RegistryClient, ResolvedArtifact};
@@ -46,7 +48,7 @@ pub async fn run(
         placement: &placement,
         fetcher,
     };
-    let results = artifact_jobs::run_all(
+    let results = artifact::run_all(
         a,
         progress,
         &resolved.layers,
@@ -63,7 +65,7 @@ pub async fn run(
     .await?;
     let (files, written): (Vec<GetSummary>, Vec<Vec<RelPath>>) = results.into_iter().unzip();
     placement.finish(None, &written.concat())?;
-    Ok(artifact_jobs::summarize(
+    Ok(artifact::summarize(
         r.to_string(),
         resolved.manifest_digest.clone(),
         root,

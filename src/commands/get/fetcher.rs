@@ -1,0 +1,71 @@
+//! Where downloads run: the node's daemon (through its socket), or an engine
+//! in this process when no daemon answers.
+
+use super::args::GetArgs;
+use crate::commands::engine_args::default_data_dir;
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::sync::Arc;
+use weightcast_engine::{local_api, output, Engine, GetRequest, GetSummary};
+
+/// Where downloads run: the node's daemon, or an engine in this process.
+pub enum Fetcher {
+    Daemon(PathBuf),
+    InProcess(Arc<Engine>),
+}
+
+impl Fetcher {
+    pub async fn start(a: &GetArgs) -> anyhow::Result<Self> {
+        let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+        let (socket, must_answer) = match &a.daemon {
+            Some(s) => (s.clone(), true),
+            None => (local_api::socket_path(&data_dir), false),
+        };
+        if local_api::connect(&socket).await.is_some() {
+            tracing::info!(socket = %socket.display(), "using the node's daemon");
+            return Ok(Fetcher::Daemon(socket));
+        }
+        if must_answer {
+            bail!("no weightcast daemon answers on {}", socket.display());
+        }
+        let config = a.engine.config(data_dir, a.listen, false, &a.hf)?;
+        Ok(Fetcher::InProcess(Engine::start(config).await?))
+    }
+
+    /// Runs one download; `on_progress` sees (bytes done, total when known).
+    pub async fn get(
+        &self,
+        req: &GetRequest,
+        mut on_progress: impl FnMut(u64, Option<u64>),
+    ) -> anyhow::Result<GetSummary> {
+        match self {
+            Fetcher::Daemon(socket) => {
+                let stream = local_api::connect(socket).await.with_context(|| {
+                    format!("the daemon on {} stopped answering", socket.display())
+                })?;
+                // The daemon verifies; this process places the file, since
+                // the daemon may not see this filesystem (an init container).
+                let req = GetRequest {
+                    client_places: true,
+                    ..req.clone()
+                };
+                let mut s = local_api::get_via_daemon(stream, socket, &req, on_progress).await?;
+                let cache = s
+                    .cache_path
+                    .clone()
+                    .context("the daemon did not say where the file is")?;
+                if !cache.exists() {
+                    bail!(
+                        "the daemon's cache file {} is not visible here: mount the daemon's data dir at the same path (see deploy/kubernetes)",
+                        cache.display()
+                    );
+                }
+                s.placement = Some(output::expose(&cache, &req.output)?);
+                Ok(s)
+            }
+            Fetcher::InProcess(engine) => {
+                Ok(engine.get(req, |p| on_progress(p.done, p.total)).await?)
+            }
+        }
+    }
+}
