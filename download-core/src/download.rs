@@ -3,12 +3,19 @@
 //! A download starts in *swarm* mode (register with the scheduler, wait for
 //! the task's length and candidate parents, fetch pieces from parents by
 //! phase-2 choice) or in *source* mode (learn the length from the origin and
-//! fetch pieces with ranged reads). Swarm mode turns into source mode when
-//! the scheduler says so, or, when back-to-source is allowed, after no piece
-//! arrived for the stall timeout. Every piece is verified by the shell before
-//! it counts here; a parent that sends a bad piece or breaks is dropped and
-//! reported. When every piece is in, the whole file is checked against the
-//! digest it must have, when one is known.
+//! fetch pieces with ranged reads). Every piece is verified by the shell
+//! before it counts here; a parent that sends a bad piece or breaks is
+//! dropped and reported. When every piece is in, the whole file is checked
+//! against the digest it must have, when one is known.
+//!
+//! **Going to the origin is the scheduler's decision**, under a cluster-wide
+//! budget: a swarm download that gets no piece for the stall timeout asks
+//! the scheduler ([`ToScheduler::SourceRequest`]), which finds other parents
+//! or grants back-to-source ([`SchedulerEvent::BackToSource`]); the peer
+//! never turns to the origin on its own while the scheduler answers. Only
+//! when the scheduler is unreachable does a stalled peer fall back alone,
+//! after a jitter of its own (derived from its id), so that a fleet that
+//! lost its scheduler does not hit the origin in the same second.
 
 use crate::events::{
     Command, Failure, Fetch, FetchFrom, Input, ParentInfo, PieceOutcome, PieceReport,
@@ -31,6 +38,9 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// A parent that answered `Busy` is left alone this long.
     pub busy_backoff: Duration,
+    /// With the scheduler unreachable, a stalled peer falls back to the
+    /// origin after a jitter of up to this long.
+    pub fallback_jitter: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +50,7 @@ impl Default for Config {
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(100),
+            fallback_jitter: Duration::from_secs(5),
         }
     }
 }
@@ -68,6 +79,8 @@ pub struct Spec {
     pub announce: bool,
     /// The length of a task already on disk from an earlier run, to resume.
     pub resume_length: Option<u64>,
+    /// Whether the scheduler answered when the download started.
+    pub scheduler_up: bool,
 }
 
 /// Live numbers, for progress output.
@@ -108,8 +121,16 @@ pub struct Download<E> {
     choice: ParentChoice,
     /// The piece a streaming reader waits on.
     wanted: Option<u32>,
-    /// When the last piece arrived (or the download started).
+    /// When the last piece arrived (or the download started, or the
+    /// scheduler was last asked for help).
     last_progress: Instant,
+    /// Whether the scheduler answers, and since when it does not.
+    scheduler_up: bool,
+    down_since: Instant,
+    /// This peer's own fallback delay when the scheduler is unreachable.
+    jitter: Duration,
+    /// Times the scheduler was asked to let this peer go to the origin.
+    source_requests: u32,
     progress: Progress,
     shutting_down: bool,
     out: VecDeque<Command<E>>,
@@ -117,7 +138,12 @@ pub struct Download<E> {
 
 impl<E> Download<E> {
     pub fn new(config: Config, spec: Spec, now: Instant) -> Self {
+        let jitter = config.fallback_jitter.mul_f64(unit_fraction(&spec.peer_id));
         let mut d = Self {
+            scheduler_up: spec.scheduler_up,
+            down_since: now,
+            jitter,
+            source_requests: 0,
             choice: ParentChoice::new(config.pieces_per_parent, &spec.peer_id),
             config,
             mode: spec.mode,
@@ -158,8 +184,7 @@ impl<E> Download<E> {
         if self.phase != Phase::Running || self.shutting_down {
             return None;
         }
-        let stall =
-            (self.mode == Mode::Swarm).then(|| self.last_progress + self.config.stall_timeout);
+        let stall = self.stall_deadline();
         let busy = self
             .choice
             .parents
@@ -184,6 +209,30 @@ impl<E> Download<E> {
         self.phase == Phase::Finished
     }
 
+    /// Times this download asked the scheduler for leave to go to the origin.
+    pub fn source_requests(&self) -> u32 {
+        self.source_requests
+    }
+
+    /// When a swarm download counts as stalled: no piece for the stall
+    /// timeout; with the scheduler unreachable, that (or, with no parent at
+    /// all, the moment it went) plus this peer's jitter.
+    fn stall_deadline(&self) -> Option<Instant> {
+        if self.mode != Mode::Swarm {
+            return None;
+        }
+        let stalled = self.last_progress + self.config.stall_timeout;
+        if self.scheduler_up {
+            return Some(stalled);
+        }
+        let base = if self.choice.parents.is_empty() {
+            self.down_since
+        } else {
+            stalled.max(self.down_since)
+        };
+        Some(base + self.jitter)
+    }
+
     /// Pieces in flight now.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
@@ -200,7 +249,15 @@ impl<E> Download<E> {
         }
         match input {
             Input::Scheduler(ev) => self.on_scheduler(ev),
+            Input::SchedulerLost => {
+                if self.scheduler_up {
+                    self.scheduler_up = false;
+                    self.down_since = now;
+                }
+            }
             Input::Reconnected => {
+                self.scheduler_up = true;
+                self.last_progress = now;
                 self.choice.parents.clear();
                 self.register();
                 if let (Mode::Source, Some(l)) = (self.mode, self.layout) {
@@ -427,15 +484,22 @@ impl<E> Download<E> {
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        let stalled = now.saturating_duration_since(self.last_progress);
-        if self.mode != Mode::Swarm || stalled < self.config.stall_timeout {
-            return;
+        match self.stall_deadline() {
+            Some(deadline) if now >= deadline => {}
+            _ => return,
         }
         let secs = self.config.stall_timeout.as_secs();
-        if self.spec.back_to_source {
-            self.start_source(Some(format!("no piece arrived from peers for {secs} s")));
-        } else {
+        if !self.spec.back_to_source {
             self.fail(Failure::Stalled { secs });
+        } else if self.scheduler_up {
+            // The scheduler decides: other parents, or leave to go.
+            self.source_requests += 1;
+            self.last_progress = now;
+            self.send(ToScheduler::SourceRequest {
+                reason: format!("no piece arrived from peers for {secs} s"),
+            });
+        } else {
+            self.start_source(Some("the scheduler is unreachable".into()));
         }
     }
 
@@ -538,6 +602,14 @@ impl<E> Download<E> {
             }
         }
     }
+}
+
+/// A stable fraction in [0, 1) of `id` (FNV-1a): a peer's own jitter.
+fn unit_fraction(id: &str) -> f64 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

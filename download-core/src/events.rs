@@ -96,6 +96,8 @@ pub enum Input<E> {
     Scheduler(SchedulerEvent),
     /// The stream to the scheduler is back: register again with what we hold.
     Reconnected,
+    /// The stream to the scheduler broke.
+    SchedulerLost,
     /// A streaming reader waits on this piece: fetch it and the few after it first.
     Wanted(u32),
     /// The answer to [`Command::Open`]: the verified pieces already on disk.
@@ -149,6 +151,10 @@ pub enum ToScheduler {
     PieceFailed {
         num: u32,
         parent: PeerId,
+        reason: String,
+    },
+    /// No piece for the stall timeout: may this peer go to the origin?
+    SourceRequest {
         reason: String,
     },
     TaskDone,

@@ -17,6 +17,9 @@ pub struct EngineConfig {
     /// scheduler from.
     pub advertise_addr: Option<String>,
     pub hostname: String,
+    /// An explicit host identity (`--host-id`); default: the host name
+    /// together with the advertised address.
+    pub host_id: Option<String>,
     pub zone: String,
     pub rack: String,
     pub seed: bool,
@@ -51,6 +54,7 @@ impl EngineConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             advertise_addr: None,
             hostname: local_hostname(),
+            host_id: None,
             zone: String::new(),
             rack: String::new(),
             seed: false,

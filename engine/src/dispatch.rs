@@ -24,6 +24,11 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                     let _ = run.events.send(TaskEvent::Reconnected).await;
                 }
             }
+            LinkEvent::Lost => {
+                for run in runs.all() {
+                    let _ = run.events.send(TaskEvent::SchedulerLost).await;
+                }
+            }
             LinkEvent::Message(SchedMsg::SeedTask(s)) => {
                 let Ok(id) = s.task_id.parse::<TaskId>() else {
                     tracing::debug!(task = %s.task_id, "ignoring a seed order with a malformed task id");
@@ -111,7 +116,7 @@ fn decode(m: SchedMsg, peers: &PeerTransport) -> Option<(TaskId, SchedulerEvent)
             },
         ),
         SchedMsg::BackToSource(x) => (x.task_id, SchedulerEvent::BackToSource { reason: x.reason }),
-        SchedMsg::SeedTask(_) => return None,
+        SchedMsg::SeedTask(_) | SchedMsg::OriginBudget(_) => return None,
     };
     match task.parse::<TaskId>() {
         Ok(id) => Some((id, ev)),

@@ -70,6 +70,8 @@ pub enum TaskEvent {
     Scheduler(SchedulerEvent),
     /// The scheduler stream came back.
     Reconnected,
+    /// The scheduler stream broke.
+    SchedulerLost,
     /// A reader streams the file and waits on this piece.
     Wanted(u32),
 }
@@ -176,6 +178,7 @@ pub async fn run(
         } else {
             None
         },
+        scheduler_up: deps.link.as_ref().is_some_and(|l| l.is_connected()),
     };
     let mut download = core::Download::<ShellError>::new(deps.config.clone(), core_spec, now());
     let mut shell = Shell {
@@ -224,6 +227,7 @@ pub async fn run(
                 Some(ev) => download.handle(now(), match ev {
                     TaskEvent::Scheduler(s) => Input::Scheduler(s),
                     TaskEvent::Reconnected => Input::Reconnected,
+                    TaskEvent::SchedulerLost => Input::SchedulerLost,
                     TaskEvent::Wanted(n) => Input::Wanted(n),
                 }),
                 // The engine let go of this run: stop as on shutdown.
@@ -299,6 +303,10 @@ impl Shell {
                 parent_id: parent,
                 reason,
             }),
+            ToScheduler::SourceRequest { reason } => {
+                tracing::info!(task = %self.spec.id, %reason, "asking the scheduler for leave to fetch from the origin");
+                PeerMsg::SourceRequest(pb::SourceRequest { task_id, reason })
+            }
             ToScheduler::TaskDone => PeerMsg::TaskDone(pb::TaskDone { task_id }),
             ToScheduler::TaskLeft => PeerMsg::TaskLeft(pb::TaskLeft { task_id }),
         };

@@ -139,6 +139,7 @@ impl Engine {
                     seed: config.seed,
                     upload_slots: config.upload_slots,
                     rdma: rdma.is_some(),
+                    host_id: config.host_id.clone().unwrap_or_default(),
                 },
                 link_tx,
                 &tracker,
@@ -244,23 +245,25 @@ impl Engine {
         }
     }
 
-    /// How a new download starts: in the swarm when the scheduler answers,
-    /// else from the origin (unless back-to-source is forbidden).
+    /// How a new download starts: in the swarm when there is a scheduler
+    /// (if it does not answer, the download core falls back to the origin
+    /// after this peer's own jitter, unless back-to-source is forbidden:
+    /// then this fails at once), else from the origin.
     async fn mode_for(&self, swarm: bool, back_to_source: bool) -> Result<Mode, GetError> {
+        let Some(scheduler) = &self.config.scheduler else {
+            return Ok(Mode::Source);
+        };
         if !swarm {
             return Ok(Mode::Source);
         }
         if self.scheduler_connected(Duration::from_secs(3)).await {
             return Ok(Mode::Swarm);
         }
-        match &self.config.scheduler {
-            Some(s) if !back_to_source => Err(GetError::SchedulerUnreachable(s.clone())),
-            Some(s) => {
-                tracing::warn!(scheduler = %s, "scheduler unreachable; downloading straight from the origin");
-                Ok(Mode::Source)
-            }
-            None => Ok(Mode::Source),
+        if !back_to_source {
+            return Err(GetError::SchedulerUnreachable(scheduler.clone()));
         }
+        tracing::warn!(%scheduler, "scheduler unreachable; this download falls back to the origin unless it comes back");
+        Ok(Mode::Swarm)
     }
 
     /// The task of `url` (keyed by `digest` when known): complete in the

@@ -31,6 +31,8 @@ pub const INBOUND_QUEUE: usize = 1024;
 pub enum LinkEvent {
     Message(SchedMsg),
     Reconnected,
+    /// The stream broke; [`LinkEvent::Reconnected`] follows when it is back.
+    Lost,
 }
 
 pub struct SchedulerLink {
@@ -87,6 +89,8 @@ impl SchedulerLink {
                 Ok(mut inbound) => {
                     backoff = Duration::from_millis(200);
                     tracing::info!(%endpoint, "connected to scheduler");
+                    // The first connection needs no re-registration; any
+                    // later one does (the scheduler may have restarted).
                     if !first && events.send(LinkEvent::Reconnected).await.is_err() {
                         return;
                     }
@@ -107,6 +111,9 @@ impl SchedulerLink {
                     }
                     self.set_disconnected();
                     tracing::warn!(%endpoint, "lost the scheduler; reconnecting");
+                    if events.send(LinkEvent::Lost).await.is_err() {
+                        return;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(%endpoint, error = %e, "cannot reach scheduler");

@@ -233,6 +233,21 @@ impl Core {
                 Ok(t) => self.leave_task(from, t),
                 Err(_) => Vec::new(),
             },
+            // Interim: granted at once, as a stalled peer went to the
+            // origin before; the budgets come with the scheduler core crate.
+            PeerMsg::SourceRequest(r) => match r.task_id.parse::<TaskId>() {
+                Ok(t) => {
+                    self.stats.back_to_source += 1;
+                    vec![msg(
+                        from,
+                        SchedMsg::BackToSource(pb::BackToSource {
+                            task_id: t.to_hex(),
+                            reason: r.reason,
+                        }),
+                    )]
+                }
+                Err(_) => Vec::new(),
+            },
             PeerMsg::Load(l) => {
                 if let Some(h) = self.hosts.get_mut(from) {
                     h.active_uploads = l.active_uploads;

@@ -17,6 +17,7 @@ fn spec(mode: Mode) -> Spec {
         back_to_source: true,
         announce: true,
         resume_length: None,
+        scheduler_up: true,
     }
 }
 
@@ -26,6 +27,7 @@ fn config() -> Config {
         pieces_per_parent: 2,
         stall_timeout: Duration::from_secs(30),
         busy_backoff: Duration::from_millis(100),
+        fallback_jitter: Duration::from_secs(5),
     }
 }
 
@@ -245,32 +247,109 @@ fn a_corrupt_piece_is_reported_and_fetched_elsewhere() {
 }
 
 #[test]
-fn a_stall_goes_to_the_origin_or_fails_without_back_to_source() {
-    for allowed in [true, false] {
-        let t0 = Instant::now();
-        let mut s = spec(Mode::Swarm);
-        s.back_to_source = allowed;
-        let mut d = D::new(config(), s, t0);
-        drain(&mut d);
-        let deadline = d.poll_timeout().expect("a stall deadline");
-        assert_eq!(deadline, t0 + Duration::from_secs(30));
-        // Too early: nothing happens.
-        d.handle(t0 + Duration::from_secs(10), Input::Timeout);
-        assert!(drain(&mut d).is_empty());
-        d.handle(deadline, Input::Timeout);
-        let cmds = drain(&mut d);
-        if allowed {
-            assert!(matches!(cmds[..], [Command::Probe]), "{cmds:?}");
-            assert_eq!(d.mode(), Mode::Source);
-            assert_eq!(d.poll_timeout(), None, "no stall timer at the origin");
-        } else {
-            assert!(matches!(
-                finished(&cmds),
-                Some(Err(Failure::Stalled { secs: 30 }))
-            ));
-            assert!(sent(&cmds).contains(&ToScheduler::TaskLeft));
-        }
-    }
+fn a_stall_asks_the_scheduler_and_only_its_grant_sends_the_peer_to_the_origin() {
+    let t0 = Instant::now();
+    let mut d = D::new(config(), spec(Mode::Swarm), t0);
+    drain(&mut d);
+    let deadline = d.poll_timeout().expect("a stall deadline");
+    assert_eq!(deadline, t0 + Duration::from_secs(30));
+    // Too early: nothing happens.
+    d.handle(t0 + Duration::from_secs(10), Input::Timeout);
+    assert!(drain(&mut d).is_empty());
+    // Stalled: ask, do not go.
+    d.handle(deadline, Input::Timeout);
+    let cmds = drain(&mut d);
+    assert!(
+        matches!(&sent(&cmds)[..], [ToScheduler::SourceRequest { .. }]),
+        "{cmds:?}"
+    );
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Probe)));
+    assert_eq!(d.mode(), Mode::Swarm);
+    // No answer: it asks again one stall timeout later, still without going.
+    let again = d.poll_timeout().unwrap();
+    assert_eq!(again, deadline + Duration::from_secs(30));
+    d.handle(again, Input::Timeout);
+    let cmds = drain(&mut d);
+    assert!(matches!(
+        &sent(&cmds)[..],
+        [ToScheduler::SourceRequest { .. }]
+    ));
+    assert_eq!(d.source_requests(), 2);
+    // The grant.
+    d.handle(
+        again,
+        Input::Scheduler(SchedulerEvent::BackToSource {
+            reason: "granted".into(),
+        }),
+    );
+    assert!(matches!(drain(&mut d)[..], [Command::Probe]));
+    assert_eq!(d.mode(), Mode::Source);
+    assert_eq!(d.poll_timeout(), None, "no stall timer at the origin");
+}
+
+#[test]
+fn a_stall_fails_without_back_to_source() {
+    let t0 = Instant::now();
+    let mut s = spec(Mode::Swarm);
+    s.back_to_source = false;
+    let mut d = D::new(config(), s, t0);
+    drain(&mut d);
+    d.handle(t0 + Duration::from_secs(30), Input::Timeout);
+    let cmds = drain(&mut d);
+    assert!(matches!(
+        finished(&cmds),
+        Some(Err(Failure::Stalled { secs: 30 }))
+    ));
+    assert!(sent(&cmds).contains(&ToScheduler::TaskLeft));
+}
+
+#[test]
+fn with_the_scheduler_unreachable_a_peer_falls_back_alone_after_its_own_jitter() {
+    let t0 = Instant::now();
+    let deadlines: Vec<Duration> = (0..20)
+        .map(|i| {
+            let mut s = spec(Mode::Swarm);
+            s.peer_id = format!("peer-{i}");
+            s.scheduler_up = false;
+            let mut d = D::new(config(), s, t0);
+            drain(&mut d);
+            let at = d.poll_timeout().unwrap();
+            assert!(at - t0 < Duration::from_secs(5), "within the jitter");
+            d.handle(at, Input::Timeout);
+            assert!(matches!(drain(&mut d)[..], [Command::Probe]));
+            at - t0
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<_> = deadlines.iter().collect();
+    assert!(distinct.len() >= 15, "peers spread out: {deadlines:?}");
+
+    // A peer whose scheduler comes back before its jitter is over stays.
+    let mut s = spec(Mode::Swarm);
+    s.scheduler_up = false;
+    let mut d = D::new(config(), s, t0);
+    drain(&mut d);
+    d.handle(t0, Input::Reconnected);
+    assert!(matches!(
+        sent(&drain(&mut d))[..],
+        [ToScheduler::Register { .. }]
+    ));
+    assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    // And one that loses it mid-download, with parents still serving,
+    // waits for a real stall first.
+    let mut d = open_swarm(4, t0);
+    d.handle(
+        t0,
+        Input::Scheduler(SchedulerEvent::Parents(vec![parent("a", false, 0..4)])),
+    );
+    drain(&mut d);
+    d.handle(t0 + Duration::from_secs(1), Input::SchedulerLost);
+    d.handle(
+        t0 + Duration::from_secs(2),
+        verified(0, Source::Parent("a".into())),
+    );
+    drain(&mut d);
+    let at = d.poll_timeout().unwrap();
+    assert!(at >= t0 + Duration::from_secs(32), "{:?}", at - t0);
 }
 
 #[test]

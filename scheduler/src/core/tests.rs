@@ -10,6 +10,7 @@ fn host(id: &str, seed: bool, slots: u32) -> pb::HostInfo {
         seed,
         upload_slots: slots,
         rdma: false,
+        host_id: String::new(),
     }
 }
 
