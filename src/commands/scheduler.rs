@@ -49,21 +49,17 @@ pub enum PeerGraph {
 pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+        .with_context(|| format!("cannot listen on {} (--listen)", a.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(a.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--metrics-listen)", a.metrics_listen))?;
     let config = weightcast_scheduler::Config {
         candidate_parents: a.candidate_parents.max(1),
         acyclic: a.peer_graph == PeerGraph::Dag,
         ..Default::default()
     };
-    let handle = weightcast_scheduler::serve(listener, config)?;
-    let metrics_listener = tokio::net::TcpListener::bind(a.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for metrics", a.metrics_listen))?;
-    let metrics_addr = metrics_listener.local_addr()?;
-    tokio::spawn(weightcast_scheduler::service::serve_metrics(
-        metrics_listener,
-        handle.metrics.clone(),
-    ));
+    let mut handle = weightcast_scheduler::serve(listener, config)?;
+    let metrics_addr = handle.serve_metrics(metrics_listener)?;
     if let Some(f) = &a.ready_file {
         ready_file::write(
             f,
@@ -72,8 +68,24 @@ pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %handle.addr, metrics = %metrics_addr, "scheduler ready");
     tokio::select! {
-        r = handle.wait() => r.context("scheduler stopped")?,
-        _ = ready_file::shutdown_signal() => tracing::info!("shutting down"),
+        r = handle.stopped() => {
+            r.context("the scheduler's gRPC server failed")?;
+            anyhow::bail!("the scheduler's gRPC server stopped by itself");
+        }
+        _ = ready_file::shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: ending peer sessions");
+    match tokio::time::timeout(SHUTDOWN_GRACE, handle.shutdown()).await {
+        Ok(r) => r.context("the scheduler's gRPC server failed while shutting down")?,
+        Err(_) => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "peer connections did not close in time; exiting anyway"
+        ),
     }
     Ok(())
 }
+
+/// How long a graceful shutdown may take before the process exits anyway:
+/// sessions end at once, so only a peer that never closes its connection
+/// makes it wait this long.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,4 +1,4 @@
-//! The sans-IO scheduling core.
+//! The scheduling state machine.
 //!
 //! Phase 1 of scheduling happens here: for each child, filter the peers of a
 //! task (has pieces or is the task's source, not itself, not on the same host,
@@ -8,56 +8,19 @@
 //! child's, by live load.
 //!
 //! Everything is plain data: [`Core::hello`], [`Core::handle`] and
-//! [`Core::disconnect`] take what a peer said and return what to send to
-//! whom. No clock, no sockets, no randomness: identical inputs give identical
-//! outputs, so a simulator can drive 10,000 peers deterministically.
+//! [`Core::disconnect`] take what a peer said and the current time, and
+//! return what to send to whom. No clock, no sockets, no randomness:
+//! identical inputs give identical outputs, so a simulator can drive 10,000
+//! peers deterministically.
 
+use crate::config::Config;
+use crate::events::{HostInfo, Outbound, ParentEntry, PeerEvent, SourceReason, ToPeer};
+use crate::graph::Graph;
 use crate::seed_ring::SeedRing;
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use weightcast_proto::pb::{
-    self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
-};
-use weightcast_types::piece::{digest_from_slice, PieceDigest, PieceLayout};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Instant;
+use weightcast_types::piece::{PieceDigest, PieceLayout};
 use weightcast_types::{PeerId, TaskId};
-
-/// Tunables of phase 1.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Candidate parents a child holds at once. Dragonfly keeps 3–4; under
-    /// bandwidth caps a child that sees few peers goes to the seed for pieces
-    /// other peers already hold (measured in bench/results: 16 peers, 4 →
-    /// 8 → 16 parents cut the seed's upload from 4.4 to 1.9 to 1.0 copies).
-    pub candidate_parents: usize,
-    /// Candidates scored per decision.
-    pub max_evaluated: usize,
-    /// Eligible peers looked at per decision (a rotating window, as
-    /// Dragonfly samples): bounds a decision's cost at 10,000 peers.
-    pub max_scanned: usize,
-    /// Keep the peer graph acyclic (Dragonfly's rule). Pieces never cycle
-    /// anyway (nobody fetches a piece it has); a mesh lets two peers trade
-    /// pieces both ways, which a DAG forbids. Default: mesh. Under bandwidth
-    /// caps a DAG makes the peers near its top fetch almost everything from
-    /// the seed (measured: 4.7 vs 1.7 × S/B for 8 peers).
-    pub acyclic: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            candidate_parents: 16,
-            max_evaluated: 64,
-            max_scanned: 256,
-            acyclic: false,
-        }
-    }
-}
-
-/// A message for one peer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outbound {
-    pub to: PeerId,
-    pub msg: SchedMsg,
-}
 
 /// Counters for `/metrics` and for simulations.
 #[derive(Debug, Default, Clone)]
@@ -70,19 +33,16 @@ pub struct Stats {
 }
 
 struct Host {
-    info: pb::HostInfo,
+    info: HostInfo,
     active_uploads: u32,
-    /// Child edges planned onto this host, over all tasks.
-    children: u32,
     tasks: BTreeSet<TaskId>,
 }
 
 #[derive(Default)]
 struct TaskPeer {
     pieces: BTreeSet<u32>,
-    parents: BTreeSet<PeerId>,
-    children: BTreeSet<PeerId>,
-    blocked: BTreeSet<PeerId>,
+    /// Parents this peer reported, with when it last did.
+    blocked: BTreeMap<PeerId, Instant>,
     done: bool,
 }
 
@@ -105,21 +65,34 @@ impl Task {
         self.content_length
             .map(|l| PieceLayout::for_length(l).piece_count())
     }
+
+    fn is_source(&self, peer: &str) -> bool {
+        self.source.as_deref() == Some(peer)
+    }
+
+    fn make_eligible(&mut self, peer: &str) {
+        if !self.eligible.iter().any(|p| p == peer) {
+            self.eligible.push(peer.to_string());
+        }
+    }
 }
 
+/// The scheduler's whole state: hosts, tasks, the peer graph, the seed ring.
 #[derive(Default)]
 pub struct Core {
     config: Config,
     hosts: BTreeMap<PeerId, Host>,
     tasks: BTreeMap<TaskId, Task>,
+    graph: Graph,
     seeds: SeedRing,
     pub stats: Stats,
 }
 
-fn msg(to: &str, m: SchedMsg) -> Outbound {
+fn msg(to: &str, task: TaskId, msg: ToPeer) -> Outbound {
     Outbound {
         to: to.to_string(),
-        msg: m,
+        task,
+        msg,
     }
 }
 
@@ -153,19 +126,16 @@ impl Core {
 
     /// Parents currently planned for `child` on `task` (for tests and simulators).
     pub fn parents_of(&self, task: &TaskId, child: &str) -> Vec<PeerId> {
-        self.tasks
-            .get(task)
-            .and_then(|t| t.peers.get(child))
-            .map(|p| p.parents.iter().cloned().collect())
-            .unwrap_or_default()
+        self.graph.parents(*task, child).iter().cloned().collect()
     }
 
     /// A peer opened its stream.
-    pub fn hello(&mut self, info: pb::HostInfo) -> Vec<Outbound> {
+    pub fn hello(&mut self, info: HostInfo, now: Instant) -> Vec<Outbound> {
         let id = info.peer_id.clone();
+        let mut out = Vec::new();
         if self.hosts.contains_key(&id) {
             // A reconnect with the same id: start from a clean slate.
-            self.disconnect(&id);
+            out = self.disconnect(&id, now);
         }
         if info.seed {
             self.seeds.add(&id);
@@ -175,77 +145,77 @@ impl Core {
             Host {
                 info,
                 active_uploads: 0,
-                children: 0,
                 tasks: BTreeSet::new(),
             },
         );
-        Vec::new()
+        out
     }
 
     /// A peer's stream ended: it leaves every task, its children are replanned.
-    pub fn disconnect(&mut self, peer: &str) -> Vec<Outbound> {
+    pub fn disconnect(&mut self, peer: &str, now: Instant) -> Vec<Outbound> {
         let Some(host) = self.hosts.get(peer) else {
             return Vec::new();
         };
         let tasks: Vec<TaskId> = host.tasks.iter().copied().collect();
-        let is_seed = host.info.seed;
-        if is_seed {
+        if host.info.seed {
             self.seeds.remove(peer);
         }
         let mut out = Vec::new();
         for t in tasks {
-            out.extend(self.leave_task(peer, t));
+            out.extend(self.leave_task(peer, t, now));
         }
         self.hosts.remove(peer);
         out
     }
 
     /// Anything a connected peer says after `hello`.
-    pub fn handle(&mut self, from: &str, m: PeerMsg) -> Vec<Outbound> {
+    pub fn handle(&mut self, from: &str, event: PeerEvent, now: Instant) -> Vec<Outbound> {
         if !self.hosts.contains_key(from) {
             return Vec::new();
         }
-        match m {
-            PeerMsg::Hello(_) => Vec::new(),
-            PeerMsg::Register(r) => match r.task_id.parse() {
-                Ok(t) => self.register(from, t, r),
-                Err(_) => Vec::new(),
-            },
-            PeerMsg::Meta(m) => match m.task_id.parse() {
-                Ok(t) => self.meta(from, t, m.content_length),
-                Err(_) => Vec::new(),
-            },
-            PeerMsg::PieceDone(p) => match (p.task_id.parse(), digest_from_slice(&p.digest)) {
-                (Ok(t), Some(d)) => self.piece_done(from, t, p.num, d),
-                _ => Vec::new(),
-            },
-            PeerMsg::PieceFailed(f) => match f.task_id.parse() {
-                Ok(t) => self.piece_failed(from, t, &f.parent_id),
-                Err(_) => Vec::new(),
-            },
-            PeerMsg::TaskDone(d) => {
-                if let Ok(t) = d.task_id.parse() {
-                    self.task_done(from, t);
-                }
+        match event {
+            PeerEvent::Register {
+                task,
+                url,
+                have,
+                content_length,
+            } => self.register(from, task, url, &have, content_length, now),
+            PeerEvent::Meta {
+                task,
+                content_length,
+            } => self.meta(from, task, content_length),
+            PeerEvent::PieceDone { task, num, digest } => {
+                self.piece_done(from, task, num, digest, now)
+            }
+            PeerEvent::PieceFailed { task, parent, .. } => {
+                self.piece_failed(from, task, &parent, now)
+            }
+            PeerEvent::TaskDone { task } => {
+                self.task_done(from, task);
                 Vec::new()
             }
-            PeerMsg::TaskLeft(l) => match l.task_id.parse() {
-                Ok(t) => self.leave_task(from, t),
-                Err(_) => Vec::new(),
-            },
-            PeerMsg::Load(l) => {
+            PeerEvent::TaskLeft { task } => self.leave_task(from, task, now),
+            PeerEvent::Load { active_uploads } => {
                 if let Some(h) = self.hosts.get_mut(from) {
-                    h.active_uploads = l.active_uploads;
+                    h.active_uploads = active_uploads;
                 }
                 Vec::new()
             }
         }
     }
 
-    fn register(&mut self, peer: &str, id: TaskId, r: pb::RegisterTask) -> Vec<Outbound> {
+    fn register(
+        &mut self,
+        peer: &str,
+        id: TaskId,
+        url: String,
+        have: &[(u32, PieceDigest)],
+        content_length: Option<u64>,
+        now: Instant,
+    ) -> Vec<Outbound> {
         let mut out = Vec::new();
         let task = self.tasks.entry(id).or_insert_with(|| Task {
-            url: r.url.clone(),
+            url,
             content_length: None,
             digests: BTreeMap::new(),
             source: None,
@@ -253,36 +223,27 @@ impl Core {
             order: Vec::new(),
             eligible: Vec::new(),
         });
-        if task.content_length.is_none() && r.content_length > 0 {
-            task.content_length = Some(r.content_length);
+        if task.content_length.is_none() {
+            task.content_length = content_length.filter(|&l| l > 0);
         }
         if !task.peers.contains_key(peer) {
             task.order.push(peer.to_string());
         }
         let tp = task.peers.entry(peer.to_string()).or_default();
-        for p in &r.have {
-            let Some(d) = digest_from_slice(&p.digest) else {
-                continue;
-            };
-            match task.digests.get(&p.num) {
+        for &(num, d) in have {
+            match task.digests.get(&num) {
                 Some(known) if *known != d => self.stats.digest_conflicts += 1,
                 _ => {
-                    task.digests.insert(p.num, d);
-                    tp.pieces.insert(p.num);
+                    task.digests.insert(num, d);
+                    tp.pieces.insert(num);
                 }
             }
         }
-        if !tp.pieces.is_empty() && !task.eligible.iter().any(|p| p == peer) {
-            task.eligible.push(peer.to_string());
+        if !tp.pieces.is_empty() {
+            task.make_eligible(peer);
         }
-        if let Some(len) = task.content_length {
-            out.push(msg(
-                peer,
-                SchedMsg::Meta(pb::TaskMeta {
-                    task_id: id.to_hex(),
-                    content_length: len,
-                }),
-            ));
+        if let Some(content_length) = task.content_length {
+            out.push(msg(peer, id, ToPeer::Meta { content_length }));
         }
         if let Some(h) = self.hosts.get_mut(peer) {
             h.tasks.insert(id);
@@ -294,8 +255,8 @@ impl Core {
         if !source_alive {
             out.extend(self.choose_source(id, peer));
         }
-        if self.tasks[&id].source.as_deref() != Some(peer) {
-            out.extend(self.plan(id, peer));
+        if self.tasks.get(&id).is_some_and(|t| !t.is_source(peer)) {
+            out.extend(self.plan(id, peer, now));
         }
         out
     }
@@ -305,8 +266,9 @@ impl Core {
     fn choose_source(&mut self, id: TaskId, fallback: &str) -> Vec<Outbound> {
         let hosts = &self.hosts;
         let seed = self.seeds.pick(&id, |s| !hosts.contains_key(s)).cloned();
-        let task = self.tasks.get_mut(&id).expect("task exists");
-        let task_id = id.to_hex();
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
         match seed {
             Some(seed) if seed != fallback => {
                 task.source = Some(seed.clone());
@@ -314,72 +276,42 @@ impl Core {
                     task.order.push(seed.clone());
                 }
                 task.peers.entry(seed.clone()).or_default();
-                if !task.eligible.contains(&seed) {
-                    task.eligible.push(seed.clone());
-                }
+                task.make_eligible(&seed);
                 if let Some(h) = self.hosts.get_mut(&seed) {
                     h.tasks.insert(id);
                 }
                 self.stats.seeds_triggered += 1;
-                vec![msg(
-                    &seed,
-                    SchedMsg::SeedTask(pb::SeedTask {
-                        task_id,
-                        url: task.url.clone(),
-                    }),
-                )]
+                let url = task.url.clone();
+                vec![msg(&seed, id, ToPeer::SeedTask { url })]
             }
             seed => {
                 task.source = Some(fallback.to_string());
-                if !task.eligible.iter().any(|p| p == fallback) {
-                    task.eligible.push(fallback.to_string());
-                }
+                task.make_eligible(fallback);
                 // The new source needs no parents.
-                let parents: Vec<PeerId> = task
-                    .peers
-                    .get(fallback)
-                    .map(|p| p.parents.iter().cloned().collect())
-                    .unwrap_or_default();
-                for p in parents {
-                    self.drop_edge(id, &p, fallback);
-                }
+                self.graph.remove_parents(id, fallback);
                 self.stats.back_to_source += 1;
                 let reason = if seed.is_some() {
-                    "this peer is the task's seed"
+                    SourceReason::IsTheSeed
                 } else {
-                    "no seed peer is connected to the scheduler"
+                    SourceReason::NoSeed
                 };
-                vec![msg(
-                    fallback,
-                    SchedMsg::BackToSource(pb::BackToSource {
-                        task_id,
-                        reason: reason.to_string(),
-                    }),
-                )]
+                vec![msg(fallback, id, ToPeer::BackToSource { reason })]
             }
         }
     }
 
-    fn meta(&mut self, peer: &str, id: TaskId, len: u64) -> Vec<Outbound> {
+    fn meta(&mut self, peer: &str, id: TaskId, content_length: u64) -> Vec<Outbound> {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
-        if task.content_length.is_some() && task.source.as_deref() != Some(peer) {
+        if task.content_length.is_some() && !task.is_source(peer) {
             return Vec::new();
         }
-        task.content_length = Some(len);
+        task.content_length = Some(content_length);
         task.peers
             .keys()
             .filter(|p| p.as_str() != peer)
-            .map(|p| {
-                msg(
-                    p,
-                    SchedMsg::Meta(pb::TaskMeta {
-                        task_id: id.to_hex(),
-                        content_length: len,
-                    }),
-                )
-            })
+            .map(|p| msg(p, id, ToPeer::Meta { content_length }))
             .collect()
     }
 
@@ -389,6 +321,7 @@ impl Core {
         id: TaskId,
         num: u32,
         digest: PieceDigest,
+        now: Instant,
     ) -> Vec<Outbound> {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
@@ -412,24 +345,22 @@ impl Core {
             return Vec::new();
         }
         let first_piece = tp.pieces.len() == 1;
-        if first_piece && !task.eligible.iter().any(|p| p == peer) {
-            task.eligible.push(peer.to_string());
+        if first_piece {
+            task.make_eligible(peer);
         }
-        let piece = pb::Piece {
-            num,
-            digest: digest.to_vec(),
-        };
-        let mut out: Vec<Outbound> = tp
-            .children
+        let mut out: Vec<Outbound> = self
+            .graph
+            .children(id, peer)
             .iter()
             .map(|c| {
                 msg(
                     c,
-                    SchedMsg::Available(pb::PieceAvailable {
-                        task_id: id.to_hex(),
-                        parent_id: peer.to_string(),
-                        piece: Some(piece.clone()),
-                    }),
+                    id,
+                    ToPeer::Available {
+                        parent: peer.to_string(),
+                        num,
+                        digest,
+                    },
                 )
             })
             .collect();
@@ -449,94 +380,83 @@ impl Core {
                 .map(|i| &task.order[(start + i) % n])
                 .filter(|p| {
                     p.as_str() != peer
-                        && task.source.as_deref() != Some(p.as_str())
+                        && !task.is_source(p)
                         && task
                             .peers
                             .get(*p)
-                            .is_some_and(|tp| !tp.done && tp.parents.len() < want)
+                            .is_some_and(|tp| !tp.done && self.graph.parents(id, p).len() < want)
                 })
                 .take(budget)
                 .cloned()
                 .collect();
             for child in short {
-                out.extend(self.plan(id, &child));
+                out.extend(self.plan(id, &child, now));
             }
         }
         out
     }
 
-    fn piece_failed(&mut self, child: &str, id: TaskId, parent: &str) -> Vec<Outbound> {
+    fn piece_failed(
+        &mut self,
+        child: &str,
+        id: TaskId,
+        parent: &str,
+        now: Instant,
+    ) -> Vec<Outbound> {
         self.stats.piece_failures += 1;
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
         // The source is never blocklisted: without it nothing new arrives.
-        if task.source.as_deref() == Some(parent) {
+        if task.is_source(parent) {
             return Vec::new();
         }
         if let Some(tp) = task.peers.get_mut(child) {
-            tp.blocked.insert(parent.to_string());
+            let block_for = self.config.block_for;
+            tp.blocked
+                .retain(|_, since| now.saturating_duration_since(*since) < block_for);
+            tp.blocked.insert(parent.to_string(), now);
         }
-        self.drop_edge(id, parent, child);
-        self.plan(id, child)
+        self.graph.remove_edge(id, parent, child);
+        self.plan(id, child, now)
     }
 
     fn task_done(&mut self, peer: &str, id: TaskId) {
-        let Some(task) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        let Some(tp) = task.peers.get_mut(peer) else {
+        let Some(tp) = self.tasks.get_mut(&id).and_then(|t| t.peers.get_mut(peer)) else {
             return;
         };
         tp.done = true;
-        let parents: Vec<PeerId> = tp.parents.iter().cloned().collect();
-        for p in parents {
-            self.drop_edge(id, &p, peer);
-        }
+        self.graph.remove_parents(id, peer);
     }
 
-    fn leave_task(&mut self, peer: &str, id: TaskId) -> Vec<Outbound> {
+    fn leave_task(&mut self, peer: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
         let mut out = Vec::new();
         let Some(task) = self.tasks.get_mut(&id) else {
             return out;
         };
-        let Some(tp) = task.peers.remove(peer) else {
+        if task.peers.remove(peer).is_none() {
             return out;
-        };
+        }
         task.order.retain(|p| p != peer);
         task.eligible.retain(|p| p != peer);
         if let Some(h) = self.hosts.get_mut(peer) {
             h.tasks.remove(&id);
         }
-        for p in &tp.parents {
-            if let Some(ptp) = self.tasks.get_mut(&id).and_then(|t| t.peers.get_mut(p)) {
-                ptp.children.remove(peer);
-            }
-            if let Some(h) = self.hosts.get_mut(p) {
-                h.children = h.children.saturating_sub(1);
-            }
-        }
-        if let Some(h) = self.hosts.get_mut(peer) {
-            h.children = h.children.saturating_sub(tp.children.len() as u32);
-        }
-        let task = self.tasks.get_mut(&id).expect("task exists");
-        for c in &tp.children {
-            if let Some(ctp) = task.peers.get_mut(c) {
-                ctp.parents.remove(peer);
-            }
+        let children = self.graph.remove_peer(id, peer);
+        for c in &children {
             out.push(msg(
                 c,
-                SchedMsg::ParentGone(pb::ParentGone {
-                    task_id: id.to_hex(),
-                    parent_id: peer.to_string(),
-                }),
+                id,
+                ToPeer::ParentGone {
+                    parent: peer.to_string(),
+                },
             ));
         }
         if task.peers.is_empty() {
             self.tasks.remove(&id);
             return out;
         }
-        if task.source.as_deref() == Some(peer) {
+        if task.is_source(peer) {
             task.source = None;
             let someone_complete = task.peers.values().any(|p| p.done);
             if !someone_complete {
@@ -552,47 +472,14 @@ impl Core {
                 }
             }
         }
-        for c in tp.children {
-            out.extend(self.plan(id, &c));
+        for c in children {
+            out.extend(self.plan(id, &c, now));
         }
         out
     }
 
-    fn drop_edge(&mut self, id: TaskId, parent: &str, child: &str) {
-        let Some(task) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        let removed = task
-            .peers
-            .get_mut(child)
-            .is_some_and(|c| c.parents.remove(parent));
-        if let Some(p) = task.peers.get_mut(parent) {
-            p.children.remove(child);
-        }
-        if removed {
-            if let Some(h) = self.hosts.get_mut(parent) {
-                h.children = h.children.saturating_sub(1);
-            }
-        }
-    }
-
-    /// Every peer reachable from `from` along child edges, `from` included.
-    fn descendants(task: &Task, from: &str) -> HashSet<PeerId> {
-        let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([from.to_string()]);
-        while let Some(p) = queue.pop_front() {
-            if !seen.insert(p.clone()) {
-                continue;
-            }
-            if let Some(tp) = task.peers.get(&p) {
-                queue.extend(tp.children.iter().cloned());
-            }
-        }
-        seen
-    }
-
     /// Phase 1 for one child: tops its candidate parents up to the target.
-    fn plan(&mut self, id: TaskId, child: &str) -> Vec<Outbound> {
+    fn plan(&mut self, id: TaskId, child: &str, now: Instant) -> Vec<Outbound> {
         let want = self.config.candidate_parents;
         let Some(task) = self.tasks.get(&id) else {
             return Vec::new();
@@ -600,17 +487,24 @@ impl Core {
         let Some(ctp) = task.peers.get(child) else {
             return Vec::new();
         };
-        if ctp.done || ctp.parents.len() >= want || task.source.as_deref() == Some(child) {
+        let cparents = self.graph.parents(id, child);
+        if ctp.done || cparents.len() >= want || task.is_source(child) {
             return Vec::new();
         }
         let Some(chost) = self.hosts.get(child) else {
             return Vec::new();
         };
         let descendants = if self.config.acyclic {
-            Self::descendants(task, child)
+            self.graph.descendants(id, child)
         } else {
             HashSet::from([child.to_string()])
         };
+        let blocked = |p: &str| {
+            ctp.blocked
+                .get(p)
+                .is_some_and(|since| now.saturating_duration_since(*since) < self.config.block_for)
+        };
+        let w = &self.config.weights;
         let piece_count = task.piece_count().unwrap_or(0).max(1) as f64;
         let n = task.eligible.len();
         let start = small_hash(child) % n.max(1);
@@ -626,18 +520,18 @@ impl Core {
             let Some(phost) = self.hosts.get(p) else {
                 continue;
             };
-            let is_source = task.source.as_deref() == Some(p.as_str());
             let slots = phost.info.upload_slots.max(1);
+            let children = self.graph.child_count(p);
             if descendants.contains(p)
-                || ctp.parents.contains(p)
-                || ctp.blocked.contains(p)
+                || cparents.contains(p)
+                || blocked(p)
                 || phost.info.hostname == chost.info.hostname
-                || (ptp.pieces.is_empty() && !is_source)
-                || phost.children >= slots
+                || (ptp.pieces.is_empty() && !task.is_source(p))
+                || children >= slots
             {
                 continue;
             }
-            let free = 1.0 - phost.children as f64 / slots as f64;
+            let free = 1.0 - children as f64 / slots as f64;
             let live = 1.0 - (phost.active_uploads as f64 / slots as f64).min(1.0);
             let progress = if ptp.done {
                 1.0
@@ -647,48 +541,35 @@ impl Core {
             let same_zone = !chost.info.zone.is_empty() && phost.info.zone == chost.info.zone;
             let same_rack =
                 same_zone && !chost.info.rack.is_empty() && phost.info.rack == chost.info.rack;
-            let score = 0.45 * free
-                + 0.1 * live
-                + 0.2 * progress.min(1.0)
-                + 0.15 * same_zone as u8 as f64
-                + 0.05 * same_rack as u8 as f64
-                + 0.05 * phost.info.seed as u8 as f64;
+            let score = w.free_capacity * free
+                + w.live_load * live
+                + w.progress * progress.min(1.0)
+                + w.same_zone * same_zone as u8 as f64
+                + w.same_rack * same_rack as u8 as f64
+                + w.seed * phost.info.seed as u8 as f64;
             scored.push((score, p));
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
         let chosen: Vec<PeerId> = scored
             .into_iter()
-            .take(want - ctp.parents.len())
+            .take(want - cparents.len())
             .map(|(_, p)| p.clone())
             .collect();
         if chosen.is_empty() {
             return Vec::new();
         }
+        let child_zone = &chost.info.zone;
         let mut parents = Vec::with_capacity(chosen.len());
         for p in &chosen {
-            let task = self.tasks.get_mut(&id).expect("task exists");
-            task.peers
-                .get_mut(child)
-                .expect("child")
-                .parents
-                .insert(p.clone());
-            let ptp = task.peers.get_mut(p).expect("parent");
-            ptp.children.insert(child.to_string());
+            let (Some(ptp), Some(host)) = (task.peers.get(p), self.hosts.get(p)) else {
+                continue;
+            };
             let pieces = ptp
                 .pieces
                 .iter()
-                .filter_map(|n| {
-                    task.digests.get(n).map(|d| pb::Piece {
-                        num: *n,
-                        digest: d.to_vec(),
-                    })
-                })
+                .filter_map(|n| task.digests.get(n).map(|d| (*n, *d)))
                 .collect();
-            let host = self.hosts.get_mut(p).expect("parent host");
-            host.children += 1;
-            let child_zone = &self.hosts[child].info.zone;
-            let host = &self.hosts[p];
-            parents.push(pb::Parent {
+            parents.push(ParentEntry {
                 peer_id: p.clone(),
                 addr: host.info.piece_addr.clone(),
                 seed: host.info.seed,
@@ -697,14 +578,11 @@ impl Core {
                 rdma: host.info.rdma,
             });
         }
+        for p in &parents {
+            self.graph.add_edge(id, &p.peer_id, child);
+        }
         self.stats.parents_assigned += parents.len() as u64;
-        vec![msg(
-            child,
-            SchedMsg::Parents(pb::Parents {
-                task_id: id.to_hex(),
-                parents,
-            }),
-        )]
+        vec![msg(child, id, ToPeer::Parents(parents))]
     }
 }
 
