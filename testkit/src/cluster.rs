@@ -42,6 +42,26 @@ impl Proc {
         Some(kb * 1024)
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit;
+    /// `None` if it is still running then (it is killed on drop).
+    pub fn terminate(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("run kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed: {sent}", self.pid());
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(None)
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -212,6 +232,11 @@ impl Cluster {
 
     pub fn proc(&mut self, i: usize) -> &mut Proc {
         &mut self.procs[i]
+    }
+
+    /// The process started under `name` (the scheduler is `scheduler`).
+    pub fn proc_named(&mut self, name: &str) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|p| p.name == name)
     }
 
     /// The last lines of a process's log, for failure messages.
