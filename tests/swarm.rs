@@ -188,7 +188,7 @@ fn a_restarted_daemon_resumes_and_fetches_only_what_it_lacked() {
         let mut first = spawn_get(&c, &d, &url, &out);
         wait_downloaded(&c, &d, 16 * MIB);
         if graceful {
-            let status = c.proc(d.proc).terminate(Duration::from_secs(20));
+            let status = c.proc(d.proc).terminate(Duration::from_secs(20)).unwrap();
             assert!(
                 status.is_some_and(|s| s.success()),
                 "SIGTERM: the daemon drains and exits 0, got {status:?}:\n{}",
@@ -285,6 +285,54 @@ fn bad_input_fails_with_one_clear_line_and_writes_nothing() {
     let s = summary(&get(&c, &args, "d5"));
     assert_eq!(s["from_cache"], 5 * MIB);
     assert_eq!(sha256_file(&out).unwrap(), sha);
+}
+
+#[test]
+fn the_scheduler_names_an_address_it_cannot_take_and_stops_cleanly_on_sigterm() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let (sched, sched_metrics) = c.scheduler().unwrap();
+    let _daemon = c.daemon("node0", &sched, false, &[]).unwrap();
+    let hosts = || {
+        let page = weightcast_testkit::cluster::http_get(&sched_metrics, "/metrics").unwrap();
+        must_metric(&page, "weightcast_scheduler_hosts", "")
+    };
+    let t0 = Instant::now();
+    while hosts() < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the daemon never connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second scheduler on the same address says which address and flag.
+    let addr = sched.trim_start_matches("http://");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "scheduler",
+            "--listen",
+            addr,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let e = one_line_error(&out);
+    assert!(
+        e.contains(&format!("cannot listen on {addr} (--listen)")) && e.contains("in use"),
+        "{e}"
+    );
+    // SIGTERM with a peer session open: a prompt, clean exit.
+    let status = c
+        .proc_named("scheduler")
+        .unwrap()
+        .terminate(Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "scheduler after SIGTERM: {status:?}\n{}",
+        c.logs()
+    );
 }
 
 #[test]

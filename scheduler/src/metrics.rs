@@ -1,8 +1,8 @@
 //! Scheduler metrics in Prometheus format.
 
-use crate::core::Stats;
 use std::sync::Mutex;
 use weightcast_proto::metrics_text::MetricsText;
+use weightcast_scheduler_core::Stats;
 
 /// A copy of the core's numbers, refreshed by the service after each event.
 #[derive(Default)]
@@ -16,6 +16,10 @@ pub struct Snapshot {
     pub tasks: u64,
     pub upload_load: u64,
     pub messages: u64,
+    /// Peer messages dropped at decoding (see [`crate::wire::Rejected`]).
+    pub rejected_messages: u64,
+    /// Peers disconnected because their outbound queue was full.
+    pub slow_peers_disconnected: u64,
     pub stats: Stats,
 }
 
@@ -50,6 +54,16 @@ impl SchedulerMetrics {
                 s.messages,
             )
             .counter(
+                "weightcast_scheduler_rejected_messages_total",
+                "Peer messages dropped before scheduling: a malformed task id or digest, a repeated hello, an unknown message.",
+                s.rejected_messages,
+            )
+            .counter(
+                "weightcast_scheduler_slow_peers_disconnected_total",
+                "Peers disconnected because they did not read their scheduler messages fast enough (they reconnect and register again).",
+                s.slow_peers_disconnected,
+            )
+            .counter(
                 "weightcast_scheduler_seeds_triggered_total",
                 "Tasks handed to a seed peer.",
                 s.stats.seeds_triggered,
@@ -58,6 +72,21 @@ impl SchedulerMetrics {
                 "weightcast_scheduler_back_to_source_total",
                 "Peers told to fetch from the origin themselves.",
                 s.stats.back_to_source,
+            )
+            .counter(
+                "weightcast_scheduler_source_requests_total",
+                "Stalled peers that asked to fetch from the origin.",
+                s.stats.source_requests,
+            )
+            .counter(
+                "weightcast_scheduler_source_grants_total",
+                "Stalled peers granted back-to-source within the task's budget (--max-back-to-source).",
+                s.stats.source_grants,
+            )
+            .counter(
+                "weightcast_scheduler_source_refusals_total",
+                "Requests for back-to-source refused because the task's budget was full.",
+                s.stats.source_refusals,
             )
             .counter(
                 "weightcast_scheduler_parents_assigned_total",

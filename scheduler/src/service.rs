@@ -1,79 +1,115 @@
 //! The gRPC shell around [`Core`]: one actor task owns the core; each peer
-//! stream feeds it events and drains the messages addressed to that peer.
+//! session decodes what its peer says (see [`crate::wire`]), feeds it to the
+//! actor, and streams back the messages addressed to that peer.
+//!
+//! Every queue is bounded. The actor's event queue applies backpressure to
+//! the sessions (a flood of messages slows the peers down, it does not grow
+//! the scheduler's memory). The actor never waits on a peer: each peer's
+//! outbound queue is bounded, and a peer that lets it fill up is
+//! disconnected with a warning, so one stuck peer cannot stall the decisions
+//! for everybody; it reconnects and registers again, as after a scheduler
+//! restart.
+//!
+//! Every task spawned here is tracked and stops on [`SchedulerHandle::shutdown`]
+//! (or when the handle is dropped).
 
-use crate::core::{Config, Core};
 use crate::metrics::SchedulerMetrics;
+use crate::wire;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
+use weightcast_scheduler_core::{Config, Core, HostInfo, Outbound, PeerEvent, PeerId};
 
-type ToPeer = mpsc::UnboundedSender<Result<pb::SchedulerMessage, Status>>;
+/// Events queued for the actor. Sessions wait when it is full.
+const EVENT_QUEUE: usize = 4096;
+/// Messages queued for one peer. A peer that falls this far behind is
+/// disconnected. A healthy peer drains its stream at once; the biggest burst
+/// one event sends it is about two messages (parent gone, new parents) per
+/// task it shares with a peer that leaves, so this holds that burst for
+/// peers in a couple of thousand tasks.
+const PEER_QUEUE: usize = 4096;
+
+type PeerTx = mpsc::Sender<pb::SchedulerMessage>;
 
 enum Event {
     Hello {
         conn: u64,
-        info: pb::HostInfo,
-        tx: ToPeer,
+        info: HostInfo,
+        tx: PeerTx,
+        kick: CancellationToken,
     },
     Message {
         conn: u64,
-        peer: String,
-        msg: PeerMsg,
+        peer: PeerId,
+        event: PeerEvent,
     },
     Gone {
         conn: u64,
-        peer: String,
+        peer: PeerId,
     },
 }
 
-struct Service {
-    events: mpsc::UnboundedSender<Event>,
-    next_conn: std::sync::atomic::AtomicU64,
+/// A connected peer, as the actor sees it.
+struct Session {
+    /// Which of the peer's streams this is (a reconnect opens a new one).
+    conn: u64,
+    tx: PeerTx,
+    /// Ends the session's streams, both ways.
+    kick: CancellationToken,
 }
 
-/// Owns the core; the only place decisions are made.
-async fn run_core(
-    config: Config,
-    mut events: mpsc::UnboundedReceiver<Event>,
+/// Owns the core and the peers' outbound queues; the only place decisions
+/// are made.
+struct Actor {
+    core: Core,
+    peers: HashMap<PeerId, Session>,
     metrics: Arc<SchedulerMetrics>,
-) {
-    let mut core = Core::new(config);
-    let mut peers: HashMap<String, (u64, ToPeer)> = HashMap::new();
-    while let Some(ev) = events.recv().await {
+}
+
+impl Actor {
+    fn on_event(&mut self, ev: Event, now: Instant) {
         let out = match ev {
-            Event::Hello { conn, info, tx } => {
+            Event::Hello {
+                conn,
+                info,
+                tx,
+                kick,
+            } => {
                 tracing::info!(peer = %info.peer_id, host = %info.hostname, addr = %info.piece_addr, seed = info.seed, "peer connected");
-                peers.insert(info.peer_id.clone(), (conn, tx));
-                core.hello(info)
+                self.peers
+                    .insert(info.peer_id.clone(), Session { conn, tx, kick });
+                self.core.hello(info, now)
             }
-            Event::Message { conn, peer, msg } => {
-                if peers.get(&peer).map(|p| p.0) != Some(conn) {
-                    continue; // a stale stream of a peer that reconnected
+            Event::Message { conn, peer, event } => {
+                if self.peers.get(&peer).map(|s| s.conn) != Some(conn) {
+                    return; // a stale stream of a peer that reconnected
                 }
-                core.handle(&peer, msg)
+                self.core.handle(&peer, event, now)
             }
             Event::Gone { conn, peer } => {
-                if peers.get(&peer).map(|p| p.0) != Some(conn) {
-                    continue;
+                if self.peers.get(&peer).map(|s| s.conn) != Some(conn) {
+                    return;
                 }
                 tracing::info!(%peer, "peer disconnected");
-                peers.remove(&peer);
-                core.disconnect(&peer)
+                self.peers.remove(&peer);
+                self.core.disconnect(&peer, now)
             }
         };
-        for o in out {
-            if let Some((_, tx)) = peers.get(&o.to) {
-                let _ = tx.send(Ok(pb::SchedulerMessage { msg: Some(o.msg) }));
-            }
-        }
-        metrics.update(|s| {
+        self.deliver(out, now);
+        let core = &self.core;
+        self.metrics.update(|s| {
             s.hosts = core.host_count() as u64;
             s.tasks = core.task_count() as u64;
             s.upload_load = core.upload_load();
@@ -81,12 +117,137 @@ async fn run_core(
             s.stats = core.stats.clone();
         });
     }
+
+    /// Queues each message for its peer, never waiting. A peer whose queue
+    /// is full is disconnected, and what that changes for the others is
+    /// delivered too.
+    fn deliver(&mut self, out: Vec<Outbound>, now: Instant) {
+        let mut pending = VecDeque::from(out);
+        while let Some(o) = pending.pop_front() {
+            let Some(session) = self.peers.get(&o.to) else {
+                continue;
+            };
+            let to = o.to.clone();
+            match session.tx.try_send(wire::scheduler_message(o)) {
+                Ok(()) => {}
+                // The stream is gone; its `Gone` event is on its way.
+                Err(TrySendError::Closed(_)) => {}
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(
+                        peer = %to,
+                        queued = PEER_QUEUE,
+                        "peer is not reading its scheduler messages; disconnecting it (it reconnects and registers again)"
+                    );
+                    if let Some(s) = self.peers.remove(&to) {
+                        s.kick.cancel();
+                    }
+                    self.metrics.update(|s| s.slow_peers_disconnected += 1);
+                    pending.extend(self.core.disconnect(&to, now));
+                }
+            }
+        }
+    }
+}
+
+async fn run_actor(
+    config: Config,
+    mut events: mpsc::Receiver<Event>,
+    metrics: Arc<SchedulerMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut actor = Actor {
+        core: Core::new(config),
+        peers: HashMap::new(),
+        metrics,
+    };
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        let Some(ev) = ev else { return };
+        actor.on_event(ev, Instant::now());
+    }
+}
+
+struct Service {
+    events: mpsc::Sender<Event>,
+    next_conn: AtomicU64,
+    metrics: Arc<SchedulerMetrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+type SessionStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::SchedulerMessage, Status>> + Send + 'static>>;
+
+/// The messages for one peer, until its queue closes or its session is
+/// kicked (then one last status says why).
+fn outbound(
+    rx: mpsc::Receiver<pb::SchedulerMessage>,
+    kick: CancellationToken,
+    shutdown: CancellationToken,
+) -> SessionStream {
+    Box::pin(futures::stream::unfold(
+        Some((rx, kick, shutdown)),
+        |state| async move {
+            let (mut rx, kick, shutdown) = state?;
+            tokio::select! {
+                biased;
+                _ = kick.cancelled() => {
+                    let status = if shutdown.is_cancelled() {
+                        Status::unavailable("the scheduler is shutting down; reconnect when it is back")
+                    } else {
+                        Status::resource_exhausted(
+                            "this peer fell behind reading scheduler messages; reconnect and register again",
+                        )
+                    };
+                    Some((Err(status), None))
+                }
+                m = rx.recv() => m.map(|m| (Ok(m), Some((rx, kick, shutdown)))),
+            }
+        },
+    ))
+}
+
+/// Reads one peer's messages until its stream ends or it is kicked.
+async fn read_session(
+    mut inbound: Streaming<pb::PeerMessage>,
+    conn: u64,
+    peer: PeerId,
+    events: mpsc::Sender<Event>,
+    metrics: Arc<SchedulerMetrics>,
+    kick: CancellationToken,
+) {
+    loop {
+        let m = tokio::select! {
+            _ = kick.cancelled() => return,
+            m = inbound.next() => m,
+        };
+        let Some(Ok(m)) = m else { break };
+        match wire::peer_event(m) {
+            Ok(event) => {
+                let ev = Event::Message {
+                    conn,
+                    peer: peer.clone(),
+                    event,
+                };
+                if events.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "dropped a peer message");
+                metrics.update(|s| s.rejected_messages += 1);
+            }
+        }
+    }
+    let _ = events.send(Event::Gone { conn, peer }).await;
 }
 
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for Service {
-    type SessionStream =
-        Pin<Box<dyn futures::Stream<Item = Result<pb::SchedulerMessage, Status>> + Send + 'static>>;
+    type SessionStream = SessionStream;
 
     async fn session(
         &self,
@@ -105,54 +266,100 @@ impl pb::scheduler_server::Scheduler for Service {
                 "hello needs a peer_id and a piece_addr",
             ));
         }
-        let conn = self
-            .next_conn
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let info = wire::host_info(info);
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let peer = info.peer_id.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let events = self.events.clone();
-        events
-            .send(Event::Hello { conn, info, tx })
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let kick = self.shutdown.child_token();
+        self.events
+            .send(Event::Hello {
+                conn,
+                info,
+                tx,
+                kick: kick.clone(),
+            })
+            .await
             .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = inbound.next().await {
-                if let Some(msg) = m.msg {
-                    if events
-                        .send(Event::Message {
-                            conn,
-                            peer: peer.clone(),
-                            msg,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-            let _ = events.send(Event::Gone { conn, peer });
-        });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        self.tasks.spawn(read_session(
+            inbound,
+            conn,
+            peer,
+            self.events.clone(),
+            self.metrics.clone(),
+            kick.clone(),
+        ));
+        Ok(Response::new(outbound(rx, kick, self.shutdown.clone())))
     }
 }
 
-/// A running scheduler.
+/// A running scheduler. Dropping it stops the scheduler without waiting;
+/// [`SchedulerHandle::shutdown`] stops it and waits.
 pub struct SchedulerHandle {
     pub addr: SocketAddr,
     pub metrics: Arc<SchedulerMetrics>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+/// The result of a tracked task, with its panic (if any) carried on.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None, // cancelled: nothing here aborts its tasks
+    }
 }
 
 impl SchedulerHandle {
-    /// Waits until the server stops (it only stops on error).
-    pub async fn wait(self) -> Result<(), tonic::transport::Error> {
-        match self.task.await {
-            Ok(r) => r,
-            Err(_) => Ok(()),
-        }
+    /// Resolves if the gRPC server stops by itself, which only a transport
+    /// error makes it do. Cancel-safe (for `select!` against a signal).
+    pub async fn stopped(&mut self) -> Result<(), tonic::transport::Error> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let r = joined(server.await);
+        self.server = None;
+        r.unwrap_or(Ok(()))
     }
 
-    pub fn abort(&self) {
-        self.task.abort();
+    /// Stops accepting peers, ends every session (peers see "shutting down"
+    /// and reconnect later), and waits for every task of the scheduler.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        self.shutdown.cancel();
+        let r = self.stopped().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        r
+    }
+
+    /// Serves `/metrics` on `listener` until the scheduler shuts down.
+    pub fn serve_metrics(&self, listener: TcpListener) -> std::io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        let metrics = self.metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        );
+        let stop = self.shutdown.clone().cancelled_owned();
+        self.tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::warn!(%error, %addr, "the scheduler's /metrics server stopped");
+            }
+        });
+        Ok(addr)
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -160,36 +367,31 @@ impl SchedulerHandle {
 pub fn serve(listener: TcpListener, config: Config) -> std::io::Result<SchedulerHandle> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(SchedulerMetrics::default());
-    let (events, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_core(config, rx, metrics.clone()));
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let (events, rx) = mpsc::channel(EVENT_QUEUE);
+    tasks.spawn(run_actor(config, rx, metrics.clone(), shutdown.clone()));
     let svc = Service {
         events,
-        next_conn: Default::default(),
+        next_conn: AtomicU64::new(0),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
     };
-    let task = tokio::spawn(
+    let server = tasks.spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .add_service(pb::scheduler_server::SchedulerServer::new(svc))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            ),
     );
     Ok(SchedulerHandle {
         addr,
         metrics,
-        task,
+        shutdown,
+        tasks,
+        server: Some(server),
     })
-}
-
-/// Serves `/metrics` for the scheduler.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<SchedulerMetrics>,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move { m.render() }
-        }),
-    );
-    axum::serve(listener, app).await
 }

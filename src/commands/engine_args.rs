@@ -133,6 +133,11 @@ pub struct EngineArgs {
     /// never serve each other. Default: this machine's host name.
     #[arg(long, env = "WEIGHTCAST_HOSTNAME")]
     pub hostname: Option<String>,
+    /// This host's identity towards the scheduler: peers of one host never
+    /// serve each other. Default: the host name together with the advertised
+    /// address (so cloned machines sharing a host name are still distinct).
+    #[arg(long, env = "WEIGHTCAST_HOST_ID")]
+    pub host_id: Option<String>,
     /// Topology label: peers prefer parents in their own zone.
     #[arg(long, env = "WEIGHTCAST_ZONE", default_value = "")]
     pub zone: String,
@@ -185,6 +190,7 @@ impl EngineArgs {
         if let Some(h) = &self.hostname {
             c.hostname = h.clone();
         }
+        c.host_id = self.host_id.clone();
         c.zone = self.zone.clone();
         c.rack = self.rack.clone();
         c.seed = seed;

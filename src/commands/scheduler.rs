@@ -35,9 +35,48 @@ pub struct SchedulerArgs {
         default_value = "mesh"
     )]
     pub peer_graph: PeerGraph,
+    /// Peers of one task allowed to fetch it from the origin at once besides
+    /// its seed: stalled peers the scheduler grants back-to-source, and a
+    /// peer standing in for a source that left. A peer connected to the
+    /// scheduler never goes to the origin without this grant.
+    #[arg(long, env = "WEIGHTCAST_MAX_BACK_TO_SOURCE", default_value_t = 2)]
+    pub max_back_to_source: usize,
+    /// A cluster-wide byte-rate budget towards one origin, HOST=RATE (e.g.
+    /// cdn-lfs.huggingface.co=500MB/s, or host:port=...), split evenly among
+    /// the peers fetching from it at the moment. Repeatable; in the
+    /// environment, comma-separated.
+    #[arg(
+        long = "origin-rate-limit",
+        env = "WEIGHTCAST_SCHEDULER_ORIGIN_RATE_LIMITS",
+        value_delimiter = ',',
+        value_parser = parse_origin_limit
+    )]
+    pub origin_rate_limits: Vec<(String, u64)>,
     /// Write {"addr","metrics_addr"} here once serving (for scripts using port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+}
+
+/// `HOST=RATE` (`RATE` as `500MB/s`, `1GiB`, or bytes per second).
+fn parse_origin_limit(s: &str) -> Result<(String, u64), String> {
+    let (host, rate) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "invalid --origin-rate-limit {s:?}: expected HOST=RATE, e.g. huggingface.co=500MB/s"
+        )
+    })?;
+    let host = host.trim();
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "invalid --origin-rate-limit {s:?}: {host:?} is not a host (give host or host:port, no scheme)"
+        ));
+    }
+    let rate = weightcast_types::byte_size::parse(rate)?;
+    if rate == 0 {
+        return Err(format!(
+            "invalid --origin-rate-limit {s:?}: the rate must be above 0"
+        ));
+    }
+    Ok((host.to_ascii_lowercase(), rate))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,21 +88,19 @@ pub enum PeerGraph {
 pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+        .with_context(|| format!("cannot listen on {} (--listen)", a.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(a.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--metrics-listen)", a.metrics_listen))?;
     let config = weightcast_scheduler::Config {
         candidate_parents: a.candidate_parents.max(1),
         acyclic: a.peer_graph == PeerGraph::Dag,
+        max_back_to_source: a.max_back_to_source,
+        origin_rate_limits: a.origin_rate_limits.iter().cloned().collect(),
         ..Default::default()
     };
-    let handle = weightcast_scheduler::serve(listener, config)?;
-    let metrics_listener = tokio::net::TcpListener::bind(a.metrics_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for metrics", a.metrics_listen))?;
-    let metrics_addr = metrics_listener.local_addr()?;
-    tokio::spawn(weightcast_scheduler::service::serve_metrics(
-        metrics_listener,
-        handle.metrics.clone(),
-    ));
+    let mut handle = weightcast_scheduler::serve(listener, config)?;
+    let metrics_addr = handle.serve_metrics(metrics_listener)?;
     if let Some(f) = &a.ready_file {
         ready_file::write(
             f,
@@ -72,8 +109,24 @@ pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %handle.addr, metrics = %metrics_addr, "scheduler ready");
     tokio::select! {
-        r = handle.wait() => r.context("scheduler stopped")?,
-        _ = ready_file::shutdown_signal() => tracing::info!("shutting down"),
+        r = handle.stopped() => {
+            r.context("the scheduler's gRPC server failed")?;
+            anyhow::bail!("the scheduler's gRPC server stopped by itself");
+        }
+        _ = ready_file::shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: ending peer sessions");
+    match tokio::time::timeout(SHUTDOWN_GRACE, handle.shutdown()).await {
+        Ok(r) => r.context("the scheduler's gRPC server failed while shutting down")?,
+        Err(_) => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "peer connections did not close in time; exiting anyway"
+        ),
     }
     Ok(())
 }
+
+/// How long a graceful shutdown may take before the process exits anyway:
+/// sessions end at once, so only a peer that never closes its connection
+/// makes it wait this long.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -29,23 +29,6 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits up to `timeout` for the process to exit;
-    /// its exit status, or `None` if it was still running (then killed).
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < timeout {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        None
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -57,6 +40,26 @@ impl Proc {
         let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb * 1024)
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to exit;
+    /// `None` if it is still running then (it is killed on drop).
+    pub fn terminate(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("run kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed: {sent}", self.pid());
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(None)
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -238,6 +241,11 @@ impl Cluster {
 
     pub fn proc(&mut self, i: usize) -> &mut Proc {
         &mut self.procs[i]
+    }
+
+    /// The process started under `name` (the scheduler is `scheduler`).
+    pub fn proc_named(&mut self, name: &str) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|p| p.name == name)
     }
 
     /// The last lines of a process's log, for failure messages.

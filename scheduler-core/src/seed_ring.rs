@@ -4,36 +4,41 @@
 //! A ring with virtual nodes keeps that choice stable when seeds come and go:
 //! only the tasks of a departed seed move.
 
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use weightcast_types::piece::piece_digest;
 use weightcast_types::{PeerId, TaskId};
 
 const VIRTUAL_NODES: u32 = 64;
 
+/// The seeds, each at [`VIRTUAL_NODES`] points of a hash ring.
 #[derive(Debug, Default)]
-pub struct SeedRing {
+pub(crate) struct SeedRing {
     ring: BTreeMap<u64, PeerId>,
 }
 
+/// A point on the ring: the first 8 bytes of the data's sha256 (the digest
+/// pieces use; any stable, well-spread hash would do).
 fn point(data: &[u8]) -> u64 {
-    let h = Sha256::digest(data);
-    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+    let h = piece_digest(data);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl SeedRing {
-    pub fn add(&mut self, seed: &str) {
+    pub(crate) fn add(&mut self, seed: &str) {
         for v in 0..VIRTUAL_NODES {
             self.ring
                 .insert(point(format!("{seed}#{v}").as_bytes()), seed.to_string());
         }
     }
 
-    pub fn remove(&mut self, seed: &str) {
+    pub(crate) fn remove(&mut self, seed: &str) {
         self.ring.retain(|_, s| s != seed);
     }
 
     /// The seed for `task`, skipping any for which `exclude` is true.
-    pub fn pick(&self, task: &TaskId, exclude: impl Fn(&str) -> bool) -> Option<&PeerId> {
+    pub(crate) fn pick(&self, task: &TaskId, exclude: impl Fn(&str) -> bool) -> Option<&PeerId> {
         let p = point(task.as_bytes());
         self.ring
             .range(p..)

@@ -1,0 +1,762 @@
+//! The scheduling state machine.
+//!
+//! Phase 1 of scheduling happens here: for each child, filter the peers of a
+//! task (has pieces or is the task's source, not itself, not on the same
+//! host unless it is the task's source, not blocklisted, upload capacity
+//! left, and, in DAG mode, not a descendant), rank them by load, progress
+//! and topology, and hand the child the top few. Phase 2 (which parent
+//! serves which piece) is the child's, by live load.
+//!
+//! **Who fetches from the origin is decided here**, never by a peer alone:
+//! one seed per task (by consistent hashing), and beyond it at most
+//! [`Config::max_back_to_source`] peers of a task at once — a stalled peer
+//! that asks ([`PeerEvent::SourceRequest`]) gets other parents if there
+//! are any, else a grant if the budget has room, else nothing (it asks
+//! again later). Peers that fetch from an origin share its byte-rate
+//! budget ([`Config::origin_rate_limits`]).
+//!
+//! Everything is plain data: [`Core::hello`], [`Core::handle`] and
+//! [`Core::disconnect`] take what a peer said and the current time, and
+//! return what to send to whom. No clock, no sockets, no randomness:
+//! identical inputs give identical outputs, so a simulator can drive 10,000
+//! peers deterministically.
+
+use crate::config::Config;
+use crate::events::{HostInfo, Outbound, ParentEntry, PeerEvent, SourceReason, ToPeer};
+use crate::graph::Graph;
+use crate::origin_budget::{origin_of, OriginBudgets};
+use crate::seed_ring::SeedRing;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Instant;
+use weightcast_types::piece::{PieceDigest, PieceLayout};
+use weightcast_types::{PeerId, TaskId};
+
+/// Counters for `/metrics` and for simulations.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub seeds_triggered: u64,
+    /// Peers sent to the origin, by any reason.
+    pub back_to_source: u64,
+    /// Stalled peers that asked to go to the origin.
+    pub source_requests: u64,
+    /// Of those, granted within the budget.
+    pub source_grants: u64,
+    /// Of those, refused because the task's budget was full.
+    pub source_refusals: u64,
+    pub parents_assigned: u64,
+    pub digest_conflicts: u64,
+    pub piece_failures: u64,
+}
+
+struct Host {
+    info: HostInfo,
+    active_uploads: u32,
+    tasks: BTreeSet<TaskId>,
+}
+
+#[derive(Default)]
+struct TaskPeer {
+    pieces: BTreeSet<u32>,
+    /// Parents this peer reported, with when it last did.
+    blocked: BTreeMap<PeerId, Instant>,
+    done: bool,
+}
+
+struct Task {
+    url: String,
+    content_length: Option<u64>,
+    digests: BTreeMap<u32, PieceDigest>,
+    /// The peer that fetches this task from the origin for the swarm: its
+    /// seed, or a peer standing in for one.
+    source: Option<PeerId>,
+    /// Stalled peers granted the origin, fetching from it now.
+    granted: BTreeSet<PeerId>,
+    peers: BTreeMap<PeerId, TaskPeer>,
+    /// Peers in arrival order.
+    order: Vec<PeerId>,
+    /// Peers that can be parents (hold a piece, or are the source), in the
+    /// order they became so: phase 1 walks a bounded window of this.
+    eligible: Vec<PeerId>,
+}
+
+impl Task {
+    fn piece_count(&self) -> Option<u32> {
+        self.content_length
+            .map(|l| PieceLayout::for_length(l).piece_count())
+    }
+
+    fn is_source(&self, peer: &str) -> bool {
+        self.source.as_deref() == Some(peer)
+    }
+
+    /// Whether `peer` fetches this task from its origin now.
+    fn fetches_from_origin(&self, peer: &str) -> bool {
+        (self.is_source(peer) || self.granted.contains(peer))
+            && self.peers.get(peer).is_some_and(|p| !p.done)
+    }
+
+    fn someone_complete(&self) -> bool {
+        self.peers.values().any(|p| p.done)
+    }
+
+    fn make_eligible(&mut self, peer: &str) {
+        if !self.eligible.iter().any(|p| p == peer) {
+            self.eligible.push(peer.to_string());
+        }
+    }
+}
+
+/// The scheduler's whole state: hosts, tasks, the peer graph, the seed ring.
+#[derive(Default)]
+pub struct Core {
+    config: Config,
+    hosts: BTreeMap<PeerId, Host>,
+    tasks: BTreeMap<TaskId, Task>,
+    graph: Graph,
+    seeds: SeedRing,
+    budgets: OriginBudgets,
+    pub stats: Stats,
+}
+
+fn msg(to: &str, task: TaskId, msg: ToPeer) -> Outbound {
+    Outbound {
+        to: to.to_string(),
+        task,
+        msg,
+    }
+}
+
+fn small_hash(s: &str) -> usize {
+    // FNV-1a: a stable, dependency-free spread of children over the window.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }) as usize
+}
+
+impl Core {
+    pub fn new(config: Config) -> Self {
+        Self {
+            budgets: OriginBudgets::new(&config.origin_rate_limits),
+            config,
+            ..Default::default()
+        }
+    }
+
+    /// Peers of `task` fetching it from the origin now besides its seed:
+    /// what [`Config::max_back_to_source`] bounds.
+    pub fn origin_fetchers(&self, task: &TaskId) -> usize {
+        self.tasks.get(task).map_or(0, |t| {
+            let stand_in = t
+                .source
+                .as_ref()
+                .is_some_and(|s| t.fetches_from_origin(s) && !self.is_seed(s));
+            t.granted
+                .iter()
+                .filter(|p| t.fetches_from_origin(p))
+                .count()
+                + stand_in as usize
+        })
+    }
+
+    fn is_seed(&self, peer: &str) -> bool {
+        self.hosts.get(peer).is_some_and(|h| h.info.seed)
+    }
+
+    /// The budget shares to send after the set of peers fetching from the
+    /// origin of `id`'s URL changed.
+    fn rebalance_origin(&mut self, id: TaskId) -> Vec<Outbound> {
+        match self.tasks.get(&id).map(|t| t.url.clone()) {
+            Some(url) => self.rebalance_origin_of(&url, id),
+            None => Vec::new(),
+        }
+    }
+
+    /// [`Core::rebalance_origin`] for the origin of `url` (`id`: the task
+    /// whose change it follows, which may be gone).
+    fn rebalance_origin_of(&mut self, url: &str, id: TaskId) -> Vec<Outbound> {
+        let Some(origin) = origin_of(url) else {
+            return Vec::new();
+        };
+        if self.budgets.limit(&origin).is_none() {
+            return Vec::new();
+        }
+        let fetchers: BTreeSet<PeerId> = self
+            .tasks
+            .values()
+            .filter(|t| origin_of(&t.url).is_some_and(|o| o.key == origin.key))
+            .flat_map(|t| {
+                t.peers
+                    .keys()
+                    .filter(|p| t.fetches_from_origin(p))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .filter(|p| self.hosts.contains_key(p))
+            .collect();
+        self.budgets
+            .rebalance(&origin, &fetchers)
+            .into_iter()
+            .map(|(peer, bytes_per_second)| {
+                msg(
+                    &peer,
+                    id,
+                    ToPeer::OriginBudget {
+                        origin: origin.key.clone(),
+                        bytes_per_second,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Sum of active uploads peers reported.
+    pub fn upload_load(&self) -> u64 {
+        self.hosts.values().map(|h| h.active_uploads as u64).sum()
+    }
+
+    /// Parents currently planned for `child` on `task` (for tests and simulators).
+    pub fn parents_of(&self, task: &TaskId, child: &str) -> Vec<PeerId> {
+        self.graph.parents(*task, child).iter().cloned().collect()
+    }
+
+    /// A peer opened its stream.
+    pub fn hello(&mut self, info: HostInfo, now: Instant) -> Vec<Outbound> {
+        let id = info.peer_id.clone();
+        let mut out = Vec::new();
+        if self.hosts.contains_key(&id) {
+            // A reconnect with the same id: start from a clean slate.
+            out = self.disconnect(&id, now);
+        }
+        if info.seed {
+            self.seeds.add(&id);
+        }
+        self.hosts.insert(
+            id,
+            Host {
+                info,
+                active_uploads: 0,
+                tasks: BTreeSet::new(),
+            },
+        );
+        out
+    }
+
+    /// A peer's stream ended: it leaves every task, its children are replanned.
+    pub fn disconnect(&mut self, peer: &str, now: Instant) -> Vec<Outbound> {
+        let Some(host) = self.hosts.get(peer) else {
+            return Vec::new();
+        };
+        let tasks: Vec<TaskId> = host.tasks.iter().copied().collect();
+        if host.info.seed {
+            self.seeds.remove(peer);
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.extend(self.leave_task(peer, t, now));
+        }
+        self.hosts.remove(peer);
+        self.budgets.forget(peer);
+        out
+    }
+
+    /// Anything a connected peer says after `hello`.
+    pub fn handle(&mut self, from: &str, event: PeerEvent, now: Instant) -> Vec<Outbound> {
+        if !self.hosts.contains_key(from) {
+            return Vec::new();
+        }
+        match event {
+            PeerEvent::Register {
+                task,
+                url,
+                have,
+                content_length,
+            } => self.register(from, task, url, &have, content_length, now),
+            PeerEvent::Meta {
+                task,
+                content_length,
+            } => self.meta(from, task, content_length),
+            PeerEvent::PieceDone { task, num, digest } => {
+                self.piece_done(from, task, num, digest, now)
+            }
+            PeerEvent::PieceFailed { task, parent, .. } => {
+                self.piece_failed(from, task, &parent, now)
+            }
+            PeerEvent::TaskDone { task } => self.task_done(from, task),
+            PeerEvent::SourceRequest { task } => self.source_request(from, task, now),
+            PeerEvent::TaskLeft { task } => self.leave_task(from, task, now),
+            PeerEvent::Load { active_uploads } => {
+                if let Some(h) = self.hosts.get_mut(from) {
+                    h.active_uploads = active_uploads;
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn register(
+        &mut self,
+        peer: &str,
+        id: TaskId,
+        url: String,
+        have: &[(u32, PieceDigest)],
+        content_length: Option<u64>,
+        now: Instant,
+    ) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let task = self.tasks.entry(id).or_insert_with(|| Task {
+            url,
+            content_length: None,
+            digests: BTreeMap::new(),
+            source: None,
+            granted: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            order: Vec::new(),
+            eligible: Vec::new(),
+        });
+        if task.content_length.is_none() {
+            task.content_length = content_length.filter(|&l| l > 0);
+        }
+        if !task.peers.contains_key(peer) {
+            task.order.push(peer.to_string());
+        }
+        let tp = task.peers.entry(peer.to_string()).or_default();
+        for &(num, d) in have {
+            match task.digests.get(&num) {
+                Some(known) if *known != d => self.stats.digest_conflicts += 1,
+                _ => {
+                    task.digests.insert(num, d);
+                    tp.pieces.insert(num);
+                }
+            }
+        }
+        if !tp.pieces.is_empty() {
+            task.make_eligible(peer);
+        }
+        if let Some(content_length) = task.content_length {
+            out.push(msg(peer, id, ToPeer::Meta { content_length }));
+        }
+        if let Some(h) = self.hosts.get_mut(peer) {
+            h.tasks.insert(id);
+        }
+        let source_alive = task
+            .source
+            .as_ref()
+            .is_some_and(|s| self.hosts.contains_key(s));
+        // With the whole task on some peer, nobody needs the origin: the
+        // newcomer is served by the peers that hold it.
+        if !source_alive && !task.someone_complete() {
+            out.extend(self.choose_source(id, peer, SourceReason::NoSeed));
+        }
+        if self.tasks.get(&id).is_some_and(|t| !t.is_source(peer)) {
+            out.extend(self.plan(id, peer, now));
+        }
+        out
+    }
+
+    /// Picks who goes back to source for `id`: the seed the ring names, or,
+    /// with no seed in the cluster, the peer `fallback` itself (`why` says
+    /// what made it needed).
+    fn choose_source(&mut self, id: TaskId, fallback: &str, why: SourceReason) -> Vec<Outbound> {
+        let hosts = &self.hosts;
+        let seed = self.seeds.pick(&id, |s| !hosts.contains_key(s)).cloned();
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut out = match seed {
+            Some(seed) if seed != fallback => {
+                task.source = Some(seed.clone());
+                if !task.peers.contains_key(&seed) {
+                    task.order.push(seed.clone());
+                }
+                task.peers.entry(seed.clone()).or_default();
+                task.make_eligible(&seed);
+                if let Some(h) = self.hosts.get_mut(&seed) {
+                    h.tasks.insert(id);
+                }
+                self.stats.seeds_triggered += 1;
+                let url = task.url.clone();
+                vec![msg(&seed, id, ToPeer::SeedTask { url })]
+            }
+            seed => {
+                task.source = Some(fallback.to_string());
+                task.granted.remove(fallback);
+                task.make_eligible(fallback);
+                // The new source needs no parents.
+                self.graph.remove_parents(id, fallback);
+                self.stats.back_to_source += 1;
+                let reason = match seed {
+                    Some(_) => SourceReason::IsTheSeed,
+                    None => why,
+                };
+                vec![msg(fallback, id, ToPeer::BackToSource { reason })]
+            }
+        };
+        out.extend(self.rebalance_origin(id));
+        out
+    }
+
+    /// A stalled peer asks to fetch from the origin: other parents if phase
+    /// 1 finds any, else a grant within the task's budget, else nothing.
+    fn source_request(&mut self, child: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
+        self.stats.source_requests += 1;
+        let Some(task) = self.tasks.get(&id) else {
+            return Vec::new();
+        };
+        if !task.peers.contains_key(child) || task.fetches_from_origin(child) {
+            return Vec::new();
+        }
+        let source_alive = task
+            .source
+            .as_ref()
+            .is_some_and(|s| self.hosts.contains_key(s));
+        if !source_alive && !task.someone_complete() {
+            return self.choose_source(id, child, SourceReason::NoSeed);
+        }
+        let replanned = self.plan(id, child, now);
+        if !replanned.is_empty() {
+            return replanned;
+        }
+        if self.origin_fetchers(&id) >= self.config.max_back_to_source {
+            self.stats.source_refusals += 1;
+            return Vec::new();
+        }
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        task.granted.insert(child.to_string());
+        task.make_eligible(child);
+        self.stats.source_grants += 1;
+        self.stats.back_to_source += 1;
+        let mut out = vec![msg(
+            child,
+            id,
+            ToPeer::BackToSource {
+                reason: SourceReason::Granted,
+            },
+        )];
+        out.extend(self.rebalance_origin(id));
+        out
+    }
+
+    fn meta(&mut self, peer: &str, id: TaskId, content_length: u64) -> Vec<Outbound> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        if task.content_length.is_some() && !task.is_source(peer) {
+            return Vec::new();
+        }
+        task.content_length = Some(content_length);
+        task.peers
+            .keys()
+            .filter(|p| p.as_str() != peer)
+            .map(|p| msg(p, id, ToPeer::Meta { content_length }))
+            .collect()
+    }
+
+    fn piece_done(
+        &mut self,
+        peer: &str,
+        id: TaskId,
+        num: u32,
+        digest: PieceDigest,
+        now: Instant,
+    ) -> Vec<Outbound> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        match task.digests.get(&num) {
+            Some(known) if *known != digest => {
+                // Only the first (source) digest is trusted; a peer that
+                // disagrees is not offered as a parent for this piece.
+                self.stats.digest_conflicts += 1;
+                return Vec::new();
+            }
+            Some(_) => {}
+            None => {
+                task.digests.insert(num, digest);
+            }
+        }
+        let Some(tp) = task.peers.get_mut(peer) else {
+            return Vec::new();
+        };
+        if !tp.pieces.insert(num) {
+            return Vec::new();
+        }
+        let first_piece = tp.pieces.len() == 1;
+        if first_piece {
+            task.make_eligible(peer);
+        }
+        let mut out: Vec<Outbound> = self
+            .graph
+            .children(id, peer)
+            .iter()
+            .map(|c| {
+                msg(
+                    c,
+                    id,
+                    ToPeer::Available {
+                        parent: peer.to_string(),
+                        num,
+                        digest,
+                    },
+                )
+            })
+            .collect();
+        if first_piece {
+            // A new candidate parent: top up children short of parents. It can
+            // take at most `upload_slots` of them, so a bounded number of
+            // replans (walking from a point that rotates with the parent)
+            // finds them without touching every peer of a 10,000-peer task.
+            let want = self.config.candidate_parents;
+            let budget = 2 * self
+                .hosts
+                .get(peer)
+                .map_or(1, |h| h.info.upload_slots.max(1)) as usize;
+            let n = task.order.len();
+            let start = small_hash(peer) % n.max(1);
+            let short: Vec<PeerId> = (0..n)
+                .map(|i| &task.order[(start + i) % n])
+                .filter(|p| {
+                    p.as_str() != peer
+                        && !task.is_source(p)
+                        && task
+                            .peers
+                            .get(*p)
+                            .is_some_and(|tp| !tp.done && self.graph.parents(id, p).len() < want)
+                })
+                .take(budget)
+                .cloned()
+                .collect();
+            for child in short {
+                out.extend(self.plan(id, &child, now));
+            }
+        }
+        out
+    }
+
+    fn piece_failed(
+        &mut self,
+        child: &str,
+        id: TaskId,
+        parent: &str,
+        now: Instant,
+    ) -> Vec<Outbound> {
+        self.stats.piece_failures += 1;
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        // The source is never blocklisted: without it nothing new arrives.
+        if task.is_source(parent) {
+            return Vec::new();
+        }
+        if let Some(tp) = task.peers.get_mut(child) {
+            let block_for = self.config.block_for;
+            tp.blocked
+                .retain(|_, since| now.saturating_duration_since(*since) < block_for);
+            tp.blocked.insert(parent.to_string(), now);
+        }
+        self.graph.remove_edge(id, parent, child);
+        self.plan(id, child, now)
+    }
+
+    fn task_done(&mut self, peer: &str, id: TaskId) -> Vec<Outbound> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        let Some(tp) = task.peers.get_mut(peer) else {
+            return Vec::new();
+        };
+        tp.done = true;
+        let fetched = task.granted.remove(peer) || task.is_source(peer);
+        self.graph.remove_parents(id, peer);
+        if fetched {
+            self.rebalance_origin(id)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn leave_task(&mut self, peer: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return out;
+        };
+        if task.peers.remove(peer).is_none() {
+            return out;
+        }
+        let was_fetching = task.granted.remove(peer) || task.is_source(peer);
+        task.order.retain(|p| p != peer);
+        task.eligible.retain(|p| p != peer);
+        if let Some(h) = self.hosts.get_mut(peer) {
+            h.tasks.remove(&id);
+        }
+        let children = self.graph.remove_peer(id, peer);
+        for c in &children {
+            out.push(msg(
+                c,
+                id,
+                ToPeer::ParentGone {
+                    parent: peer.to_string(),
+                },
+            ));
+        }
+        if task.peers.is_empty() {
+            let url = task.url.clone();
+            self.tasks.remove(&id);
+            if was_fetching {
+                out.extend(self.rebalance_origin_of(&url, id));
+            }
+            return out;
+        }
+        if was_fetching && !task.is_source(peer) {
+            out.extend(self.rebalance_origin(id));
+        }
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return out;
+        };
+        if task.is_source(peer) {
+            task.source = None;
+            if !task.someone_complete() {
+                // The most advanced peer still downloading takes over if no seed can.
+                let fallback = task
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| !p.done)
+                    .max_by_key(|(p, tp)| (tp.pieces.len(), std::cmp::Reverse((*p).clone())))
+                    .map(|(p, _)| p.clone());
+                if let Some(f) = fallback {
+                    out.extend(self.choose_source(id, &f, SourceReason::SourceLeft));
+                } else {
+                    out.extend(self.rebalance_origin(id));
+                }
+            } else {
+                out.extend(self.rebalance_origin(id));
+            }
+        }
+        for c in children {
+            out.extend(self.plan(id, &c, now));
+        }
+        out
+    }
+
+    /// Phase 1 for one child: tops its candidate parents up to the target.
+    fn plan(&mut self, id: TaskId, child: &str, now: Instant) -> Vec<Outbound> {
+        let want = self.config.candidate_parents;
+        let Some(task) = self.tasks.get(&id) else {
+            return Vec::new();
+        };
+        let Some(ctp) = task.peers.get(child) else {
+            return Vec::new();
+        };
+        let cparents = self.graph.parents(id, child);
+        if ctp.done || cparents.len() >= want || task.is_source(child) {
+            return Vec::new();
+        }
+        let Some(chost) = self.hosts.get(child) else {
+            return Vec::new();
+        };
+        let descendants = if self.config.acyclic {
+            self.graph.descendants(id, child)
+        } else {
+            HashSet::from([child.to_string()])
+        };
+        let blocked = |p: &str| {
+            ctp.blocked
+                .get(p)
+                .is_some_and(|since| now.saturating_duration_since(*since) < self.config.block_for)
+        };
+        let w = &self.config.weights;
+        let piece_count = task.piece_count().unwrap_or(0).max(1) as f64;
+        let n = task.eligible.len();
+        let start = small_hash(child) % n.max(1);
+        let mut scored: Vec<(f64, &PeerId)> = Vec::new();
+        for i in 0..n.min(self.config.max_scanned) {
+            if scored.len() >= self.config.max_evaluated {
+                break;
+            }
+            let p = &task.eligible[(start + i) % n];
+            let Some(ptp) = task.peers.get(p) else {
+                continue;
+            };
+            let Some(phost) = self.hosts.get(p) else {
+                continue;
+            };
+            let slots = phost.info.upload_slots.max(1);
+            let children = self.graph.child_count(p);
+            let source = task.is_source(p) || task.granted.contains(p);
+            if descendants.contains(p)
+                || cparents.contains(p)
+                || blocked(p)
+                // The source is never filtered for sharing a host: without
+                // it nothing new arrives.
+                || (!source && phost.info.same_host(&chost.info))
+                || (ptp.pieces.is_empty() && !source)
+                || children >= slots
+            {
+                continue;
+            }
+            let free = 1.0 - children as f64 / slots as f64;
+            let live = 1.0 - (phost.active_uploads as f64 / slots as f64).min(1.0);
+            let progress = if ptp.done {
+                1.0
+            } else {
+                ptp.pieces.len() as f64 / piece_count
+            };
+            let same_zone = !chost.info.zone.is_empty() && phost.info.zone == chost.info.zone;
+            let same_rack =
+                same_zone && !chost.info.rack.is_empty() && phost.info.rack == chost.info.rack;
+            let score = w.free_capacity * free
+                + w.live_load * live
+                + w.progress * progress.min(1.0)
+                + w.same_zone * same_zone as u8 as f64
+                + w.same_rack * same_rack as u8 as f64
+                + w.seed * phost.info.seed as u8 as f64;
+            scored.push((score, p));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let chosen: Vec<PeerId> = scored
+            .into_iter()
+            .take(want - cparents.len())
+            .map(|(_, p)| p.clone())
+            .collect();
+        if chosen.is_empty() {
+            return Vec::new();
+        }
+        let child_zone = &chost.info.zone;
+        let mut parents = Vec::with_capacity(chosen.len());
+        for p in &chosen {
+            let (Some(ptp), Some(host)) = (task.peers.get(p), self.hosts.get(p)) else {
+                continue;
+            };
+            let pieces = ptp
+                .pieces
+                .iter()
+                .filter_map(|n| task.digests.get(n).map(|d| (*n, *d)))
+                .collect();
+            parents.push(ParentEntry {
+                peer_id: p.clone(),
+                addr: host.info.piece_addr.clone(),
+                seed: host.info.seed,
+                pieces,
+                remote: !child_zone.is_empty() && host.info.zone != *child_zone,
+                rdma: host.info.rdma,
+            });
+        }
+        for p in &parents {
+            self.graph.add_edge(id, &p.peer_id, child);
+        }
+        self.stats.parents_assigned += parents.len() as u64;
+        vec![msg(child, id, ToPeer::Parents(parents))]
+    }
+}
+
+#[cfg(test)]
+mod tests;
