@@ -10,7 +10,6 @@
 //! a parent that sends a bad piece or breaks is dropped and reported.
 
 use crate::engine::EngineCtx;
-use crate::origin::{OriginAuth, OriginError};
 use crate::store::{RunningSha256, StoreError, TaskFile};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use weightcast_download_core::parent_choice::{ParentChoice, ParentView};
+use weightcast_origin::{OriginAuth, OriginError};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
@@ -230,7 +230,7 @@ impl Download {
             let probe = self
                 .ctx
                 .origin
-                .probe(&self.spec.url, self.spec.auth.as_ref())
+                .stat(&self.spec.url, self.spec.auth.as_ref())
                 .await?;
             self.open(probe.content_length)?;
         }

@@ -4,7 +4,6 @@
 
 use crate::download::{self, DownloadError, DownloadSpec, Mode, Progress, TaskEvent};
 use crate::metrics::EngineMetrics;
-use crate::origin::{OriginAuth, OriginConfig, OriginError, OriginFetcher};
 use crate::output::{self, OutputError, Placement};
 use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::scheduler_link::{LinkEvent, SchedulerLink};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
+use weightcast_origin::{OriginAuth, OriginConfig, OriginError, OriginFetcher};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
@@ -363,7 +363,7 @@ impl Engine {
         });
         let ctx = Arc::new(EngineCtx {
             peer_id: peer_id.clone(),
-            origin: OriginFetcher::new(config.origin.clone(), metrics.clone()),
+            origin: OriginFetcher::new(config.origin.clone(), metrics.origin.clone()),
             peers: PeerTransport::new(config.transport, rdma, metrics.clone()),
             config,
             store,

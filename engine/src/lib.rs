@@ -4,14 +4,14 @@
 //! - [`store`]: one preallocated, mmap'd file per task with a persisted piece table.
 //! - [`download`]: one task's download loop (its phase-2 parent choice is in
 //!   `weightcast-download-core`).
-//! - [`origin`]: back-to-source with per-origin limits and retries.
+//! - back-to-source (per-origin limits, retries, the Hub and registry
+//!   clients) is the `weightcast-origin` crate.
 //! - [`scheduler_link`]: the stream to the scheduler.
 //! - [`engine`]: ties them together; [`local_api`] serves it on a unix socket.
 //! - [`output`]: atomic exposure of a verified file at the user's path.
-//! - [`hub_client`], [`hf_endpoint`]: the Hugging Face Hub as an origin, and
-//!   the daemon as a Hub endpoint for the real `huggingface_hub` client.
-//! - [`registry_client`], [`registry_mirror`]: OCI registries as an origin,
-//!   and the daemon as a pull-through registry mirror.
+//! - [`hf_endpoint`]: the daemon as a Hub endpoint for the real
+//!   `huggingface_hub` client.
+//! - [`registry_mirror`]: the daemon as a pull-through registry mirror.
 //! - [`piece_stream`]: serving a file over HTTP while its pieces arrive;
 //!   [`http_body`]: the ranged answer shape every HTTP server here shares;
 //!   [`file_server`]: a directory served with ranges (the demo's origin).
@@ -22,14 +22,11 @@ pub mod engine;
 pub mod file_server;
 pub mod hf_endpoint;
 pub mod http_body;
-pub mod hub_client;
 pub mod local_api;
 pub mod metrics;
-pub mod origin;
 pub mod output;
 pub mod peer_transport;
 pub mod piece_stream;
-pub mod registry_client;
 pub mod registry_mirror;
 pub mod scheduler_link;
 pub mod store;
