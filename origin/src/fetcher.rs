@@ -3,8 +3,8 @@
 //!
 //! An attempt takes a request slot of its origin ([`OriginLimits`]), is
 //! paced by the origin's byte rate while its body arrives, and carries the
-//! right `Authorization`: the task's own credential for that origin, else a
-//! pull token held for it, else this peer's own credential. A failed
+//! right `Authorization`: a pull token held for it, else the task's own
+//! credential for that origin, else this peer's own credential. A failed
 //! attempt is retried by [`Backoff`]; a first `401` with a Bearer
 //! challenge is answered through the registry token flow
 //! ([`RegistryTokens`]) and retried at once.
@@ -18,7 +18,7 @@ use crate::retry::{Backoff, RetryPolicy};
 use crate::stats::OriginStats;
 use reqwest::Url;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -97,7 +97,13 @@ impl OriginFetcher {
 
     /// `url` parsed, when a builtin backend serves it: what a task URL may be.
     pub fn check_url(url: &str) -> Result<Url, OriginError> {
-        Backends::builtin().for_url(url).map(|(u, _)| u)
+        // Only checks URLs (no request is sent through these), so one set
+        // serves every call.
+        static BUILTIN: OnceLock<Backends> = OnceLock::new();
+        BUILTIN
+            .get_or_init(Backends::builtin)
+            .for_url(url)
+            .map(|(u, _)| u)
     }
 
     pub fn backends(&self) -> &Backends {
@@ -124,13 +130,18 @@ impl OriginFetcher {
         })
     }
 
-    /// The `Authorization` for `call`: the task's own credential, else a
-    /// pull token held for the URL, else this peer's.
+    /// The `Authorization` for `call`: a pull token held for the URL's
+    /// repository (a realm gave it for a login and it is newer than any
+    /// token a task brought), else the task's own credential, else this
+    /// peer's.
     fn authorization(&self, call: &Call<'_>) -> Option<String> {
-        call.auth
-            .and_then(|a| a.for_origin(&call.origin))
-            .map(str::to_string)
-            .or_else(|| self.tokens.held(&call.url))
+        self.tokens
+            .held(&call.url)
+            .or_else(|| {
+                call.auth
+                    .and_then(|a| a.for_origin(&call.origin))
+                    .map(str::to_string)
+            })
             .or_else(|| self.own_credential(&call.origin).map(str::to_string))
     }
 

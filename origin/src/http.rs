@@ -14,6 +14,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, ETAG, RETRY_AFTER
 use reqwest::{StatusCode, Url};
 use std::ops::Range;
 use std::time::Duration;
+use weightcast_modelpack::hf_api::bare_etag;
 
 /// The client every origin request of this crate uses: our user agent,
 /// connect and read timeouts (a stalled origin fails the attempt, not the
@@ -109,6 +110,43 @@ pub fn status_error(url: &str, resp: &reqwest::Response) -> OriginError {
     }
 }
 
+/// Streams a successful answer to a ranged GET of `range` into `sink`.
+/// It must be that range (`206` starting where asked) and all of it.
+pub async fn stream_range(
+    url: &str,
+    mut resp: reqwest::Response,
+    range: Range<u64>,
+    sink: &mut RangeSink<'_>,
+) -> Result<(), OriginError> {
+    let no_range = || OriginError::NoRangeSupport {
+        url: url.to_string(),
+    };
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return Err(no_range());
+    }
+    if content_range(resp.headers()).is_some_and(|(a, _, _)| a != range.start) {
+        return Err(no_range());
+    }
+    let start = sink.filled();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| OriginError::transport(url, e))?
+    {
+        sink.put(&chunk).await?;
+    }
+    let got = (sink.filled() - start) as u64;
+    let want = range.end - range.start;
+    if got != want {
+        return Err(OriginError::ShortBody {
+            url: url.to_string(),
+            got,
+            want,
+        });
+    }
+    Ok(())
+}
+
 /// What identifies the answer's bytes: its `ETag`, and a registry's
 /// `Docker-Content-Digest` when it is a sha256.
 fn identity(h: &HeaderMap) -> (Option<String>, Option<String>) {
@@ -117,12 +155,7 @@ fn identity(h: &HeaderMap) -> (Option<String>, Option<String>) {
             .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
     };
     let etag = text(ETAG.as_str())
-        .map(|v| {
-            v.trim()
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .to_string()
-        })
+        .map(|v| bare_etag(v).to_string())
         .filter(|v| !v.is_empty());
     let digest = text("docker-content-digest")
         .filter(|d| weightcast_modelpack::oci_ref::is_sha256_digest(d))
@@ -186,45 +219,16 @@ impl Backend for HttpBackend {
     ) -> Result<(), OriginError> {
         let url = target.url.as_str();
         let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let mut resp = self
+        let resp = self
             .get(target)
             .header("Range", header)
             .send()
             .await
             .map_err(|e| OriginError::transport(url, e))?;
-        let status = resp.status();
-        if status != StatusCode::PARTIAL_CONTENT {
-            return Err(if status.is_success() {
-                OriginError::NoRangeSupport {
-                    url: url.to_string(),
-                }
-            } else {
-                status_error(url, &resp)
-            });
+        if !resp.status().is_success() {
+            return Err(status_error(url, &resp));
         }
-        if content_range(resp.headers()).is_some_and(|(a, _, _)| a != range.start) {
-            return Err(OriginError::NoRangeSupport {
-                url: url.to_string(),
-            });
-        }
-        let start = sink.filled();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| OriginError::transport(url, e))?
-        {
-            sink.put(&chunk).await?;
-        }
-        let got = (sink.filled() - start) as u64;
-        let want = range.end - range.start;
-        if got != want {
-            return Err(OriginError::ShortBody {
-                url: url.to_string(),
-                got,
-                want,
-            });
-        }
-        Ok(())
+        stream_range(url, resp, range, sink).await
     }
 
     async fn list(&self, target: Target<'_>) -> Result<Vec<Entry>, OriginError> {

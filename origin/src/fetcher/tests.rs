@@ -385,6 +385,22 @@ async fn a_registry_token_flow_is_followed_with_the_basic_login() {
         "one token for the repository, reused until it expires"
     );
 
+    // A task that brings the login itself, to a peer that has none.
+    let peer = OriginFetcher::new(
+        OriginConfig {
+            retries: 0,
+            ..OriginConfig::default()
+        },
+        Arc::new(OriginStats::default()),
+    );
+    let login = OriginAuth::new(&url, "Basic dTpw").unwrap();
+    let mut dst = [0u8; 10];
+    peer.fetch_range(&url, 0..10, &mut dst, Some(&login))
+        .await
+        .unwrap();
+    assert_eq!(&dst, b"0123456789");
+    assert_eq!(hits.load(Ordering::Relaxed), 2);
+
     let anonymous = OriginFetcher::new(
         OriginConfig {
             retries: 0,

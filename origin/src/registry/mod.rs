@@ -21,13 +21,14 @@ pub mod naming;
 use crate::auth::{bearer_challenge, OriginAuth, RegistryTokens};
 use crate::backend::{Backend, Entry, RangeSink, Stat, Target};
 use crate::error::{ErrorKind, OriginError};
-use crate::http::{content_range, status_error};
+use crate::http::{status_error, stream_range};
 use crate::origin_key::OriginKey;
 use credentials::{Credentials, DockerConfigError};
 use naming::{api_host, api_repository};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, LINK, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use std::ops::Range;
+use weightcast_modelpack::hf_api::bare_etag;
 use weightcast_modelpack::oci_artifact::{
     self, ArtifactError, Layer, LayerFilter, Manifest, ACCEPT as MANIFEST_TYPES,
 };
@@ -340,7 +341,7 @@ impl RegistryClient {
         };
         Ok(Stat {
             content_length: size,
-            etag: text("etag").map(|e| e.trim_matches('"').to_string()),
+            etag: text("etag").map(|e| bare_etag(&e).to_string()),
             digest: text("docker-content-digest"),
         })
     }
@@ -456,33 +457,10 @@ impl RegistryClient {
             range: Some(format!("bytes={}-{}", range.start, range.end - 1)),
             login,
         };
-        let url = ask.url.as_str();
-        let fail = |e| RegistryError::origin(&what, e);
-        let mut resp = self.send(&ask).await?;
-        if resp.status() != StatusCode::PARTIAL_CONTENT
-            || content_range(resp.headers()).is_some_and(|(a, _, _)| a != range.start)
-        {
-            return Err(fail(OriginError::NoRangeSupport {
-                url: url.to_string(),
-            }));
-        }
-        let start = sink.filled();
-        while let Some(chunk) = resp
-            .chunk()
+        let resp = self.send(&ask).await?;
+        stream_range(ask.url.as_str(), resp, range, sink)
             .await
-            .map_err(|e| fail(OriginError::transport(url, e)))?
-        {
-            sink.put(&chunk).await.map_err(fail)?;
-        }
-        let (got, want) = ((sink.filled() - start) as u64, range.end - range.start);
-        if got != want {
-            return Err(fail(OriginError::ShortBody {
-                url: url.to_string(),
-                got,
-                want,
-            }));
-        }
-        Ok(())
+            .map_err(|e| RegistryError::origin(&what, e))
     }
 
     /// Resolves `r`: the manifest (picking `platform` from an index), its
