@@ -1,10 +1,10 @@
 //! What an engine is told at start: where its cache lives, how it is known
 //! to the swarm, and its limits.
 
-use crate::origin::OriginConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use weightcast_origin::OriginConfig;
 use weightcast_rdma::TransportMode;
 
 #[derive(Debug, Clone)]

@@ -45,6 +45,16 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                     swarm: true,
                 });
             }
+            LinkEvent::Message(SchedMsg::OriginBudget(b)) => {
+                match runs.deps().origin.set_budget(&b.origin, b.bytes_per_second) {
+                    Ok(()) => {
+                        tracing::info!(origin = %b.origin, bytes_per_second = b.bytes_per_second, "the scheduler set this peer's share of the origin's rate budget (0: none)")
+                    }
+                    Err(e) => {
+                        tracing::debug!(origin = %b.origin, error = %e, "ignoring a rate budget for an unusable origin")
+                    }
+                }
+            }
             LinkEvent::Message(m) => {
                 let Some((id, ev)) = decode(m, peers) else {
                     continue;

@@ -12,7 +12,6 @@
 //! mismatch, and nothing outlives the download.
 
 use crate::metrics::EngineMetrics;
-use crate::origin::{OriginAuth, OriginError, OriginFetcher};
 use crate::peer_transport::PeerTransport;
 use crate::request::{origin_kind, store_kind, ErrorKind};
 use crate::scheduler_link::SchedulerLink;
@@ -28,6 +27,7 @@ use weightcast_download_core::{
     self as core, Command, Failure, FetchFrom, Input, PieceOutcome, PieceReport, SchedulerEvent,
     Source, ToScheduler,
 };
+use weightcast_origin::{OriginAuth, OriginError, OriginFetcher};
 use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
 use weightcast_proto::transport::{ParentAddr, TransportError};
 use weightcast_types::TaskId;
@@ -343,7 +343,7 @@ impl Shell {
                 self.track(Spawned::Probe, async move {
                     Joined::Probed(
                         deps.origin
-                            .probe(&url, auth.as_ref())
+                            .stat(&url, auth.as_ref())
                             .await
                             .map(|p| p.content_length),
                     )
@@ -489,7 +489,7 @@ impl Shell {
                         Err(TransportError::Busy(_)) => PieceOutcome::Busy,
                         Err(TransportError::NotFound(_)) => PieceOutcome::NotFound,
                         Err(e) => PieceOutcome::ParentFailed {
-                            reason: crate::origin::error_chain(&e),
+                            reason: weightcast_origin::error_chain(&e),
                         },
                     };
                     Joined::Piece(PieceReport {

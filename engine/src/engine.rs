@@ -9,7 +9,6 @@ use crate::dispatch;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
 use crate::load_report;
 use crate::metrics::EngineMetrics;
-use crate::origin::{OriginAuth, OriginError, OriginFetcher};
 use crate::output;
 use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::request::{GetError, GetRequest, GetSummary, StartError, Validation};
@@ -25,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
+use weightcast_origin::{OriginAuth, OriginError, OriginFetcher};
 use weightcast_proto::pb;
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
 use weightcast_tcp::PieceServer;
@@ -155,7 +155,7 @@ impl Engine {
                 ..Default::default()
             },
             shutdown_grace: config.shutdown_grace,
-            origin: OriginFetcher::new(config.origin.clone(), metrics.clone()),
+            origin: OriginFetcher::new(config.origin.clone(), metrics.origin.clone()),
             peers: PeerTransport::new(config.transport, rdma, metrics.clone()),
             store,
             link: link.clone(),

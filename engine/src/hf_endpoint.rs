@@ -23,8 +23,6 @@
 
 use crate::engine::Engine;
 use crate::http_body::BodyRange;
-use crate::hub_client::{FileMeta, HubClient, HubError};
-use crate::origin::OriginAuth;
 use crate::piece_stream;
 use crate::request::GetError;
 use crate::ttl_cache::TtlCache;
@@ -41,6 +39,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use weightcast_modelpack::hf_api::is_sha256_hex;
 use weightcast_modelpack::{RelPath, RepoKind, RepoRef};
+use weightcast_origin::hub::FileMeta;
+use weightcast_origin::{HubClient, HubError, OriginAuth};
 
 /// How long metadata answers are reused.
 const METADATA_TTL: Duration = Duration::from_secs(10);
@@ -280,10 +280,10 @@ impl HfEndpoint {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let url = self.hub.url(pq);
-        let raw = resp.bytes().await.map_err(|e| HubError::Transport {
-            url,
-            message: crate::origin::error_chain(&e),
-        })?;
+        let raw = resp
+            .bytes()
+            .await
+            .map_err(|error| HubError::Transport { url, error })?;
         let body = match serde_json::from_slice::<serde_json::Value>(&raw) {
             Ok(mut v) => {
                 strip_xet(&mut v);

@@ -9,17 +9,17 @@
 //!   downloads by task, [`dispatch`] routes scheduler messages to them,
 //!   [`watch`] lets a streaming reader follow one.
 //! - [`store`]: one preallocated, mmap'd file per task with a persisted piece table.
-//! - [`origin`]: back-to-source with per-origin limits and retries.
+//! - back-to-source (per-origin limits, retries, the Hub and registry
+//!   clients) is the `weightcast-origin` crate.
 //! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
 //!   it told of this peer's upload load.
 //! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
 //!   [`upload`]: what the upload server serves; [`address`]: what others dial.
 //! - [`local_api`]: the engine on a unix socket, for `weightcast get`.
 //! - [`output`]: atomic exposure of a verified file at the user's path.
-//! - [`hub_client`], [`hf_endpoint`]: the Hugging Face Hub as an origin, and
-//!   the daemon as a Hub endpoint for the real `huggingface_hub` client.
-//! - [`registry_client`], [`registry_mirror`]: OCI registries as an origin,
-//!   and the daemon as a pull-through registry mirror.
+//! - [`hf_endpoint`]: the daemon as a Hub endpoint for the real
+//!   `huggingface_hub` client.
+//! - [`registry_mirror`]: the daemon as a pull-through registry mirror.
 //! - [`piece_stream`]: serving a file over HTTP while its pieces arrive;
 //!   [`http_body`]: the ranged answer shape every HTTP server here shares;
 //!   [`file_server`]: a directory served with ranges (the demo's origin).
@@ -33,15 +33,12 @@ pub mod engine;
 pub mod file_server;
 pub mod hf_endpoint;
 pub mod http_body;
-pub mod hub_client;
 mod load_report;
 pub mod local_api;
 pub mod metrics;
-pub mod origin;
 pub mod output;
 pub mod peer_transport;
 pub mod piece_stream;
-pub mod registry_client;
 pub mod registry_mirror;
 pub mod request;
 mod runs;

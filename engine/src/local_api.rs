@@ -137,7 +137,7 @@ async fn handle(stream: UnixStream, engine: Arc<Engine>) -> std::io::Result<()> 
     let ev = match get.await {
         Ok(Ok(summary)) => ApiEvent::Done(summary),
         Ok(Err(e)) => ApiEvent::Error {
-            message: crate::origin::error_chain(&e),
+            message: weightcast_origin::error_chain(&e),
             kind: Some(e.kind()),
         },
         Err(e) => ApiEvent::Error {

@@ -2,14 +2,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use weightcast_origin::OriginStats;
 use weightcast_proto::metrics_text::MetricsText;
 use weightcast_tcp::UploadStats;
 
 #[derive(Default)]
 pub struct EngineMetrics {
-    pub origin_bytes: AtomicU64,
-    pub origin_requests: AtomicU64,
-    pub origin_retries: AtomicU64,
+    /// What the origin fetcher asked of origins.
+    pub origin: Arc<OriginStats>,
     pub peer_bytes: AtomicU64,
     /// Peer piece bytes by transport (the two sum to `peer_bytes`, give or
     /// take pieces that arrived but failed their digest).
@@ -56,7 +56,7 @@ impl EngineMetrics {
             "counter",
             "Piece bytes downloaded, by source.",
             &[("source", "origin")],
-            g(&self.origin_bytes) as f64,
+            self.origin.bytes() as f64,
         )
         .sample(
             "weightcast_peer_bytes_total",
@@ -114,12 +114,12 @@ impl EngineMetrics {
         .counter(
             "weightcast_origin_requests_total",
             "HTTP requests sent to origins.",
-            g(&self.origin_requests),
+            self.origin.requests(),
         )
         .counter(
             "weightcast_origin_retries_total",
             "Origin requests retried.",
-            g(&self.origin_retries),
+            self.origin.retries(),
         )
         .counter(
             "weightcast_tasks_completed_total",

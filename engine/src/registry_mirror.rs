@@ -3,9 +3,9 @@
 //! registry clients on the node (`skopeo`, containerd, `oras`) pull model
 //! artifacts through the swarm.
 //!
-//! Manifests come from the upstream registry (fetched by `oci-client`,
-//! which checks the digest against the bytes) and are cached for a few
-//! seconds; blobs are swarm tasks keyed by their digest, streamed to the
+//! Manifests come from the upstream registry (fetched by the registry
+//! client, which checks the digest against the bytes) and are cached for a
+//! few seconds; blobs are swarm tasks keyed by their digest, streamed to the
 //! client as verified pieces arrive, the last one only after the whole
 //! blob matched its digest. The mirror itself asks for no credentials: it
 //! pulls from upstream with the daemon's own (`--registry-user`, or the
@@ -14,7 +14,6 @@
 use crate::engine::{parse_digest, Engine};
 use crate::http_body::BodyRange;
 use crate::piece_stream;
-use crate::registry_client::{Credentials, RegistryClient, RegistryError};
 use crate::ttl_cache::TtlCache;
 use axum::body::Body;
 use axum::extract::State;
@@ -24,10 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use weightcast_modelpack::oci_ref::{is_sha256_digest, OciRef, OciReference};
+use weightcast_origin::{Credentials, ErrorKind, OriginAuth, RegistryClient, RegistryError};
 
 const MANIFEST_TTL: Duration = Duration::from_secs(10);
-/// Pull tokens usually live 5 minutes or more.
-const AUTH_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct CachedManifest {
@@ -40,13 +38,11 @@ pub struct RegistryMirror {
     engine: Arc<Engine>,
     /// `host:port` of the upstream registry.
     upstream: String,
-    plain_http: bool,
     creds: Credentials,
+    /// Holds the upstream's pull tokens, per repository, until they expire.
     client: RegistryClient,
-    http: reqwest::Client,
     manifests: TtlCache<String, CachedManifest>,
     sizes: TtlCache<String, u64>,
-    auths: TtlCache<String, Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +70,10 @@ impl RegistryMirror {
         Ok(Self {
             engine,
             upstream,
-            plain_http,
             creds,
             client: RegistryClient::new(plain_http),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .expect("a TLS backend is compiled in"),
             manifests: TtlCache::new(MANIFEST_TTL, 1024),
             sizes: TtlCache::new(MANIFEST_TTL, 4096),
-            auths: TtlCache::new(AUTH_TTL, 1024),
         })
     }
 
@@ -96,20 +86,6 @@ impl RegistryMirror {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
-    }
-
-    fn blob_url(&self, r: &OciRef, digest: &str) -> String {
-        let scheme = if self.plain_http { "http" } else { "https" };
-        format!("{scheme}://{}{}", self.upstream, r.blob_path(digest))
-    }
-
-    async fn authorization(&self, r: &OciRef) -> Result<Option<String>, RegistryError> {
-        if let Some(a) = self.auths.get(&r.repository) {
-            return Ok(a);
-        }
-        let a = self.client.blob_authorization(r, &self.creds).await?;
-        self.auths.insert(r.repository.clone(), a.clone());
-        Ok(a)
     }
 
     async fn manifest(&self, r: &OciRef) -> Result<CachedManifest, RegistryError> {
@@ -137,48 +113,17 @@ impl RegistryMirror {
 
     /// The blob's size, from a `HEAD` upstream.
     async fn blob_size(&self, r: &OciRef, digest: &str) -> Result<u64, Response> {
-        let url = self.blob_url(r, digest);
+        let url = self.client.blob_url(r, digest);
         if let Some(s) = self.sizes.get(&url) {
             return Ok(s);
         }
-        let auth = self.authorization(r).await.map_err(registry_error)?;
-        let mut req = self.http.head(&url);
-        if let Some(a) = &auth {
-            req = req.header(header::AUTHORIZATION, a);
-        }
-        let resp = req.send().await.map_err(|e| {
-            oci_error(
-                StatusCode::BAD_GATEWAY,
-                "UNKNOWN",
-                &crate::origin::error_chain(&e),
-            )
-        })?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Err(oci_error(
-                StatusCode::NOT_FOUND,
-                "BLOB_UNKNOWN",
-                "blob unknown to the upstream registry",
-            ));
-        }
-        if !resp.status().is_success() {
-            let msg = format!("the upstream registry answered {}", resp.status());
-            return Err(oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN", &msg));
-        }
-        // Not `content_length()`: for a HEAD that is the (empty) body's size.
-        let size = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| {
-                oci_error(
-                    StatusCode::BAD_GATEWAY,
-                    "UNKNOWN",
-                    "the upstream sent no blob size",
-                )
-            })?;
-        self.sizes.insert(url, size);
-        Ok(size)
+        let stat = self
+            .client
+            .blob_stat(r, digest, &self.creds)
+            .await
+            .map_err(|e| registry_error(e, "BLOB_UNKNOWN"))?;
+        self.sizes.insert(url, stat.content_length);
+        Ok(stat.content_length)
     }
 
     async fn blob(&self, r: &OciRef, digest: &str, range: Option<&str>, head: bool) -> Response {
@@ -207,12 +152,11 @@ impl RegistryMirror {
                     return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", &e.to_string())
                 }
             };
-            let auth = match self.authorization(r).await {
-                Ok(a) => a,
-                Err(e) => return registry_error(e),
-            };
-            let url = self.blob_url(r, digest);
-            let auth = auth.and_then(|a| crate::origin::OriginAuth::new(&url, a).ok());
+            let url = self.client.blob_url(r, digest);
+            let auth = self
+                .client
+                .authorization(r, &self.creds)
+                .and_then(|a| OriginAuth::new(&url, a).ok());
             match self.engine.watch(&url, Some(sha), auth, true).await {
                 Ok(w) => piece_stream::body(&span, w),
                 Err(e) => return oci_error(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
@@ -239,10 +183,12 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn registry_error(e: RegistryError) -> Response {
-    let (status, code) = match &e {
-        RegistryError::NotFound { .. } => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-        RegistryError::Unauthorized { .. } => (StatusCode::BAD_GATEWAY, "DENIED"),
+/// An upstream failure; `unknown` is the code for what was not found
+/// (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`).
+fn registry_error(e: RegistryError, unknown: &str) -> Response {
+    let (status, code) = match e.kind() {
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, unknown),
+        ErrorKind::Unauthorized => (StatusCode::BAD_GATEWAY, "DENIED"),
         _ => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
     };
     oci_error(status, code, &e.to_string())
@@ -327,7 +273,7 @@ async fn handle(
                 }
                 resp
             }
-            Err(e) => registry_error(e),
+            Err(e) => registry_error(e, "MANIFEST_UNKNOWN"),
         },
         _ => {
             let OciReference::Digest(d) = &r.reference else {

@@ -2,13 +2,13 @@
 //! (from the CLI or the local API), its summary, and its typed errors.
 
 use crate::download::DownloadError;
-use crate::origin::{OriginAuth, OriginError};
 use crate::output::{OutputError, Placement};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use weightcast_modelpack::safetensors_check::InvalidSafetensors;
+use weightcast_origin::{ErrorKind as OriginKind, OriginAuth, OriginError};
 
 /// A `get` as the CLI and the local API ask for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,13 +153,17 @@ impl GetError {
 }
 
 pub(crate) fn origin_kind(e: &OriginError) -> ErrorKind {
-    match e {
-        OriginError::BadUrl(_) => ErrorKind::BadRequest,
-        OriginError::Status { status, .. } if *status == 404 || *status == 410 => {
-            ErrorKind::NotFound
-        }
-        OriginError::Unauthorized { .. } | OriginError::Token { .. } => ErrorKind::Unauthorized,
-        _ => ErrorKind::Origin,
+    match e.kind() {
+        OriginKind::BadUrl => ErrorKind::BadRequest,
+        OriginKind::NotFound => ErrorKind::NotFound,
+        OriginKind::Unauthorized => ErrorKind::Unauthorized,
+        OriginKind::DigestMismatch => ErrorKind::DigestMismatch,
+        OriginKind::Config => ErrorKind::BadRequest,
+        OriginKind::Unavailable
+        | OriginKind::Refused
+        | OriginKind::Transport
+        | OriginKind::BadAnswer
+        | OriginKind::Unsupported => ErrorKind::Origin,
     }
 }
 

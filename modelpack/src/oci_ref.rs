@@ -111,7 +111,7 @@ impl OciRef {
     }
 
     /// `registry/repository:tag` or `registry/repository@digest`, as
-    /// `docker` and `oci-client` write it.
+    /// `docker` writes it.
     pub fn whole(&self) -> String {
         match &self.reference {
             OciReference::Tag(t) => format!("{}/{}:{t}", self.registry, self.repository),

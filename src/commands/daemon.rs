@@ -6,10 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use weightcast_engine::origin::OriginAuth;
-use weightcast_engine::registry_client::docker_config_logins;
 use weightcast_engine::registry_mirror::RegistryMirror;
 use weightcast_engine::{hf_endpoint, local_api, Engine};
+use weightcast_origin::{docker_config_logins, OriginAuth};
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {

@@ -3,11 +3,10 @@
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
-use weightcast_engine::hub_client::{HubClient, DEFAULT_ENDPOINT};
-use weightcast_engine::origin::{OriginAuth, OriginConfig};
-use weightcast_engine::registry_client::Credentials;
 use weightcast_engine::{EngineConfig, TransportMode};
 use weightcast_modelpack::oci_artifact::LayerFilter;
+use weightcast_origin::hub::DEFAULT_ENDPOINT;
+use weightcast_origin::{Credentials, HubClient, OriginAuth, OriginConfig};
 use weightcast_types::byte_size;
 
 /// Which part of an oci:// artifact to fetch.

@@ -5,9 +5,9 @@ use super::engine_args::{HfArgs, OciSelect, RegistryArgs};
 use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
-use weightcast_engine::registry_client::RegistryClient;
 use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::HfUri;
+use weightcast_origin::RegistryClient;
 use weightcast_types::byte_size;
 
 #[derive(Args, Debug)]

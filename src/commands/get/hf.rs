@@ -13,12 +13,12 @@ use super::fetcher::Fetcher;
 use super::progress::Progress;
 use anyhow::Context;
 use std::time::Instant;
-use weightcast_engine::hub_client::HubClient;
-use weightcast_engine::origin::OriginAuth;
 use weightcast_engine::{GetRequest, GetSummary, Validation};
 use weightcast_modelpack::layout::{symlink_atomically, Placement};
 use weightcast_modelpack::safetensors_check;
 use weightcast_modelpack::{HfFile, HfUri};
+use weightcast_origin::hub::ResolvedRepo;
+use weightcast_origin::{HubClient, OriginAuth};
 
 pub async fn run(
     a: &GetArgs,
@@ -80,7 +80,7 @@ struct FileJob<'a> {
     a: &'a GetArgs,
     hub: &'a HubClient,
     auth: Option<&'a str>,
-    resolved: &'a weightcast_engine::hub_client::ResolvedRepo,
+    resolved: &'a ResolvedRepo,
     placement: &'a Placement<'a>,
     fetcher: &'a Fetcher,
 }

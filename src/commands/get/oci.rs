@@ -12,12 +12,12 @@ use super::fetcher::Fetcher;
 use super::progress::Progress;
 use anyhow::Context;
 use std::time::Instant;
-use weightcast_engine::registry_client::{RegistryClient, ResolvedArtifact};
 use weightcast_engine::{GetRequest, GetSummary, Validation};
 use weightcast_modelpack::layout::Placement;
 use weightcast_modelpack::oci_artifact::{Layer, Packing};
 use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::{safetensors_check, tar_extract, RelPath};
+use weightcast_origin::{RegistryClient, ResolvedArtifact};
 
 pub async fn run(
     a: &GetArgs,

@@ -6,10 +6,18 @@
 //! LFS files to its CDN with a signed `Location`, and that `Location` (not
 //! the Hub URL) becomes the task's origin, so the swarm's seed can fetch it
 //! without the user's token. The token goes to the Hub's own host only.
+//!
+//! [`HubBackend`] is the Hub as an `hf://` [`Backend`]: stat is the HEAD
+//! of a file, a ranged read follows the resolve URL to wherever the bytes
+//! are, and listing is the repo's tree.
 
+use crate::backend::{Backend, Entry, RangeSink, Stat, Target};
+use crate::error::{error_chain, ErrorKind, OriginError};
+use crate::http::HttpBackend;
+use crate::origin_key::OriginKey;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, ETAG, LINK, LOCATION};
 use reqwest::{StatusCode, Url};
-use std::time::Duration;
+use std::ops::Range;
 use weightcast_modelpack::hf_api::{
     self, bare_etag, files_from_tree, is_commit, is_sha256_hex, RevisionInfo, TreeEntry, TreeError,
 };
@@ -31,12 +39,34 @@ pub enum HubError {
         code: Option<String>,
         commit: Option<String>,
     },
-    #[error("cannot reach the Hub at {url}: {message}")]
-    Transport { url: String, message: String },
+    #[error("cannot reach the Hub at {url}: {}", error_chain(error))]
+    Transport { url: String, error: reqwest::Error },
     #[error("unexpected answer from {url}: {why}")]
     BadAnswer { url: String, why: String },
+    #[error("{url}: invalid JSON in the Hub's answer: {error}")]
+    BadJson {
+        url: String,
+        error: serde_json::Error,
+    },
     #[error(transparent)]
     Tree(#[from] TreeError),
+}
+
+impl HubError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            HubError::BadEndpoint(_) => ErrorKind::BadUrl,
+            HubError::Refused { code, status, .. } => match code.as_deref() {
+                Some("RepoNotFound" | "RevisionNotFound" | "EntryNotFound") => ErrorKind::NotFound,
+                Some("GatedRepo") => ErrorKind::Unauthorized,
+                _ => ErrorKind::of_status(*status),
+            },
+            HubError::Transport { .. } => ErrorKind::Transport,
+            HubError::BadAnswer { .. } | HubError::BadJson { .. } | HubError::Tree(_) => {
+                ErrorKind::BadAnswer
+            }
+        }
+    }
 }
 
 /// What a `HEAD` of a file's resolve URL says.
@@ -75,9 +105,7 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
+    OriginKey::of(a) == OriginKey::of(b)
 }
 
 impl HubClient {
@@ -87,14 +115,10 @@ impl HubClient {
         if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
             return Err(HubError::BadEndpoint(endpoint.to_string()));
         }
-        let meta = reqwest::Client::builder()
-            .user_agent(concat!("weightcast/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a TLS backend is compiled in");
-        Ok(Self { endpoint: u, meta })
+        Ok(Self {
+            endpoint: u,
+            meta: crate::http::client(0),
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -188,9 +212,9 @@ impl HubClient {
         let resp = self.check(what, resp).await?;
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| transport(url, e))?;
-        let v = serde_json::from_slice(&body).map_err(|e| HubError::BadAnswer {
+        let v = serde_json::from_slice(&body).map_err(|error| HubError::BadJson {
             url: url.to_string(),
-            why: format!("invalid JSON: {e}"),
+            error,
         })?;
         Ok((v, headers))
     }
@@ -347,9 +371,144 @@ impl HubClient {
     }
 }
 
-fn transport(url: &str, e: reqwest::Error) -> HubError {
+fn transport(url: &str, error: reqwest::Error) -> HubError {
     HubError::Transport {
         url: url.to_string(),
-        message: crate::origin::error_chain(&e),
+        error,
     }
 }
+
+/// The Hub as an `hf://[datasets/]owner/name[@revision]/path` backend
+/// (the URI form of `weightcast get`; a path names one file, or for
+/// [`Backend::list`] a directory). Its origin is the Hub's endpoint: the
+/// `Authorization` the fetcher picks is the one bound to the Hub.
+pub struct HubBackend {
+    hub: HubClient,
+    /// For the bytes: follows the Hub's redirect to its CDN (without the
+    /// token, which reqwest drops on the way to another host).
+    bytes: HttpBackend,
+}
+
+impl HubBackend {
+    pub fn new(hub: HubClient) -> Self {
+        Self {
+            hub,
+            bytes: HttpBackend::new(),
+        }
+    }
+
+    fn uri(url: &Url) -> Result<HfUri, OriginError> {
+        HfUri::parse(url.as_str()).map_err(|e| OriginError::BadUrl {
+            url: url.to_string(),
+            why: e.why.to_string(),
+        })
+    }
+
+    /// The repo, revision and file path of `url`, which must name a file.
+    fn file(url: &Url) -> Result<(HfUri, String), OriginError> {
+        let uri = Self::uri(url)?;
+        let path = uri
+            .selector
+            .clone()
+            .filter(|p| !p.contains(['*', '?', '[']))
+            .ok_or_else(|| OriginError::BadUrl {
+                url: url.to_string(),
+                why: "name one file of the repo (hf://owner/name[@revision]/path)".into(),
+            })?;
+        Ok((uri, path))
+    }
+}
+
+fn wrap(e: HubError) -> OriginError {
+    OriginError::Hub(Box::new(e))
+}
+
+#[async_trait::async_trait]
+impl Backend for HubBackend {
+    fn name(&self) -> &'static str {
+        "hub"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["hf"]
+    }
+
+    fn check(&self, url: &Url) -> Result<(), OriginError> {
+        Self::uri(url).map(|_| ())
+    }
+
+    fn origin(&self, _url: &Url) -> OriginKey {
+        OriginKey::of(&self.hub.endpoint)
+    }
+
+    async fn stat(&self, target: Target<'_>) -> Result<Stat, OriginError> {
+        let (uri, path) = Self::file(target.url)?;
+        let meta = self
+            .hub
+            .file_meta(&uri.repo, uri.revision(), &path, target.authorization)
+            .await
+            .map_err(wrap)?;
+        Ok(Stat {
+            content_length: meta.size,
+            digest: meta.sha256().map(|s| format!("sha256:{s}")),
+            etag: Some(meta.etag),
+        })
+    }
+
+    async fn read_range(
+        &self,
+        target: Target<'_>,
+        range: Range<u64>,
+        sink: &mut RangeSink<'_>,
+    ) -> Result<(), OriginError> {
+        let (uri, path) = Self::file(target.url)?;
+        let resolve = self.hub.url(&uri.repo.resolve_path(uri.revision(), &path));
+        let resolve = Url::parse(&resolve).map_err(|_| wrap(HubError::BadEndpoint(resolve)))?;
+        let target = Target {
+            url: &resolve,
+            authorization: target.authorization,
+        };
+        self.bytes.read_range(target, range, sink).await
+    }
+
+    async fn list(&self, target: Target<'_>) -> Result<Vec<Entry>, OriginError> {
+        let uri = Self::uri(target.url)?;
+        let auth = target.authorization;
+        let commit = self
+            .hub
+            .commit_of(&uri.repo, uri.revision(), auth)
+            .await
+            .map_err(wrap)?;
+        let entries = self
+            .hub
+            .tree(&uri.repo, &commit, auth)
+            .await
+            .map_err(wrap)?;
+        let prefix = uri
+            .selector
+            .as_deref()
+            .map(|s| format!("{}/", s.trim_end_matches('/')));
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                let name = match &prefix {
+                    Some(p) => e.path.strip_prefix(p.as_str())?.to_string(),
+                    None => e.path.clone(),
+                };
+                Some(Entry {
+                    name,
+                    size: Some(e.lfs.as_ref().map_or(e.size, |l| l.size)),
+                    digest: e
+                        .lfs
+                        .as_ref()
+                        .filter(|l| is_sha256_hex(&l.oid))
+                        .map(|l| format!("sha256:{}", l.oid.to_ascii_lowercase())),
+                    is_dir: e.kind == "directory",
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

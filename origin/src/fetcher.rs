@@ -1,0 +1,296 @@
+//! The fetcher: every request to an origin, whatever its backend, goes
+//! through here, so limits and retries exist once.
+//!
+//! An attempt takes a request slot of its origin ([`OriginLimits`]), is
+//! paced by the origin's byte rate while its body arrives, and carries the
+//! right `Authorization`: a pull token held for it, else the task's own
+//! credential for that origin, else this peer's own credential. A failed
+//! attempt is retried by [`Backoff`]; a first `401` with a Bearer
+//! challenge is answered through the registry token flow
+//! ([`RegistryTokens`]) and retried at once.
+
+use crate::auth::{OriginAuth, RegistryTokens};
+use crate::backend::{Backend, Backends, Entry, RangeSink, Stat, Target};
+use crate::error::OriginError;
+use crate::limits::{OriginLimit, OriginLimits};
+use crate::origin_key::OriginKey;
+use crate::retry::{Backoff, RetryPolicy};
+use crate::stats::OriginStats;
+use reqwest::Url;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Requests in flight to one origin at once.
+    pub concurrency: usize,
+    /// Bytes per second from one origin; `None` for no limit.
+    pub rate_limit: Option<u64>,
+    /// Attempts per request after the first.
+    pub retries: u32,
+    /// Longest wait between attempts (also caps `Retry-After`).
+    pub max_backoff: Duration,
+    /// Credentials this peer holds for origins (a seed's `--hf-token` for
+    /// the Hub, its registry logins), used when a task brings none of its own.
+    pub credentials: Vec<OriginAuth>,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            rate_limit: None,
+            retries: 5,
+            max_backoff: Duration::from_secs(30),
+            credentials: Vec::new(),
+        }
+    }
+}
+
+impl OriginConfig {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            retries: self.retries,
+            max_backoff: self.max_backoff,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+pub struct OriginFetcher {
+    backends: Backends,
+    config: OriginConfig,
+    limits: OriginLimits,
+    tokens: RegistryTokens,
+    stats: Arc<OriginStats>,
+}
+
+/// One request's state across attempts.
+struct Call<'a> {
+    url: Url,
+    backend: &'a Arc<dyn Backend>,
+    origin: OriginKey,
+    limit: Arc<OriginLimit>,
+    auth: Option<&'a OriginAuth>,
+}
+
+impl OriginFetcher {
+    /// A fetcher with the [`Backends::builtin`] backends.
+    pub fn new(config: OriginConfig, stats: Arc<OriginStats>) -> Self {
+        Self::with_backends(config, stats, Backends::builtin())
+    }
+
+    pub fn with_backends(
+        config: OriginConfig,
+        stats: Arc<OriginStats>,
+        backends: Backends,
+    ) -> Self {
+        Self {
+            limits: OriginLimits::new(config.concurrency, config.rate_limit),
+            tokens: RegistryTokens::new(crate::http::client(10)),
+            backends,
+            config,
+            stats,
+        }
+    }
+
+    /// `url` parsed, when a builtin backend serves it: what a task URL may be.
+    pub fn check_url(url: &str) -> Result<Url, OriginError> {
+        // Only checks URLs (no request is sent through these), so one set
+        // serves every call.
+        static BUILTIN: OnceLock<Backends> = OnceLock::new();
+        BUILTIN
+            .get_or_init(Backends::builtin)
+            .for_url(url)
+            .map(|(u, _)| u)
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// Sets this peer's share of the cluster's byte-rate budget towards
+    /// `origin` (`scheme://host:port`, as the scheduler names it); 0 lifts it.
+    pub fn set_budget(&self, origin: &str, bytes_per_second: u64) -> Result<(), OriginError> {
+        let url = Self::check_url(origin)?;
+        let limit = self.limits.of(&OriginKey::of(&url));
+        limit.set_budget((bytes_per_second > 0).then_some(bytes_per_second));
+        Ok(())
+    }
+
+    pub fn stats(&self) -> &Arc<OriginStats> {
+        &self.stats
+    }
+
+    fn call<'a>(
+        &'a self,
+        url: &str,
+        auth: Option<&'a OriginAuth>,
+    ) -> Result<Call<'a>, OriginError> {
+        let (url, backend) = self.backends.for_url(url)?;
+        let origin = backend.origin(&url);
+        Ok(Call {
+            limit: self.limits.of(&origin),
+            url,
+            backend,
+            origin,
+            auth,
+        })
+    }
+
+    /// The `Authorization` for `call`: a pull token held for the URL's
+    /// repository (a realm gave it for a login and it is newer than any
+    /// token a task brought), else the task's own credential, else this
+    /// peer's.
+    fn authorization(&self, call: &Call<'_>) -> Option<String> {
+        self.tokens
+            .held(&call.url)
+            .or_else(|| {
+                call.auth
+                    .and_then(|a| a.for_origin(&call.origin))
+                    .map(str::to_string)
+            })
+            .or_else(|| self.own_credential(&call.origin).map(str::to_string))
+    }
+
+    fn own_credential(&self, origin: &OriginKey) -> Option<&str> {
+        self.config
+            .credentials
+            .iter()
+            .find_map(|a| a.for_origin(origin))
+    }
+
+    /// The login a token realm gets: the task's when it is one, else this
+    /// peer's (a task's token may be what just expired).
+    fn login<'a>(&'a self, call: &Call<'a>) -> Option<&'a str> {
+        call.auth
+            .filter(|a| a.is_basic())
+            .and_then(|a| a.for_origin(&call.origin))
+            .or_else(|| self.own_credential(&call.origin))
+    }
+
+    /// One attempt of `op`.
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        op: &mut Op<'_, '_>,
+        target: Target<'_>,
+    ) -> Result<Done, OriginError> {
+        match op {
+            Op::Stat => call.backend.stat(target).await.map(Done::Stat),
+            Op::Read { range, sink } => {
+                // A retry asks for what the last attempt did not bring.
+                let rest = range.start + sink.filled() as u64..range.end;
+                call.backend.read_range(target, rest, sink).await?;
+                Ok(Done::Read)
+            }
+            Op::List => call.backend.list(target).await.map(Done::List),
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retries are spent.
+    async fn run(&self, call: &Call<'_>, mut op: Op<'_, '_>) -> Result<Done, OriginError> {
+        let mut backoff = Backoff::new(self.config.retry_policy(), &self.stats, call.url.as_str());
+        let mut exchanged = false;
+        loop {
+            let authorization = self.authorization(call);
+            let target = Target {
+                url: &call.url,
+                authorization: authorization.as_deref(),
+            };
+            let result = {
+                let _slot = call.limit.slot().await;
+                OriginStats::add(&self.stats.requests, 1);
+                self.attempt(call, &mut op, target).await
+            };
+            match result {
+                Ok(done) => return Ok(done),
+                Err(OriginError::Unauthorized {
+                    challenge: Some(c), ..
+                }) if !exchanged => {
+                    exchanged = true;
+                    self.tokens
+                        .exchange(&call.url, &c, self.login(call))
+                        .await?;
+                }
+                Err(e) => backoff.after(e).await?,
+            }
+        }
+    }
+
+    /// The object's length and identity.
+    pub async fn stat(&self, url: &str, auth: Option<&OriginAuth>) -> Result<Stat, OriginError> {
+        let call = self.call(url, auth)?;
+        match self.run(&call, Op::Stat).await? {
+            Done::Stat(s) => Ok(s),
+            _ => unreachable!("a stat is done with a Stat"),
+        }
+    }
+
+    /// Fetches `range` of `url` into `dst` (whose length is the range's).
+    /// Returns the bytes received.
+    pub async fn fetch_range(
+        &self,
+        url: &str,
+        range: Range<u64>,
+        dst: &mut [u8],
+        auth: Option<&OriginAuth>,
+    ) -> Result<u64, OriginError> {
+        let want = range.end.saturating_sub(range.start);
+        if want != dst.len() as u64 {
+            return Err(OriginError::ShortBody {
+                url: url.to_string(),
+                got: dst.len() as u64,
+                want,
+            });
+        }
+        if want == 0 {
+            return Ok(0);
+        }
+        let call = self.call(url, auth)?;
+        let mut sink = RangeSink::new(url, dst, Some(&*call.limit), &self.stats);
+        self.run(
+            &call,
+            Op::Read {
+                range,
+                sink: &mut sink,
+            },
+        )
+        .await?;
+        Ok(want)
+    }
+
+    /// The entries under `url`.
+    pub async fn list(
+        &self,
+        url: &str,
+        auth: Option<&OriginAuth>,
+    ) -> Result<Vec<Entry>, OriginError> {
+        let call = self.call(url, auth)?;
+        match self.run(&call, Op::List).await? {
+            Done::List(entries) => Ok(entries),
+            _ => unreachable!("a list is done with a List"),
+        }
+    }
+}
+
+/// What a request asks of its backend.
+enum Op<'s, 'b> {
+    Stat,
+    Read {
+        range: Range<u64>,
+        sink: &'s mut RangeSink<'b>,
+    },
+    List,
+}
+
+/// What a request brought back.
+enum Done {
+    Stat(Stat),
+    Read,
+    List(Vec<Entry>),
+}
+
+#[cfg(test)]
+mod tests;

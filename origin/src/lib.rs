@@ -1,0 +1,51 @@
+//! Origins: where bytes come from before any peer has them.
+//!
+//! Like Dragonfly's client backends, every origin protocol implements one
+//! trait and is chosen by URL scheme, and everything that is policy rather
+//! than protocol (how many requests at once, how many bytes per second,
+//! when to try again, which credential goes where) is in one place that
+//! wraps them all.
+//!
+//! - [`backend`]: the [`Backend`] trait (stat, ranged read into the
+//!   caller's slice, list) and [`Backends`], the registry by scheme.
+//! - [`http`]: plain HTTP(S) ranged GETs, redirects, header parsing.
+//! - [`hub`]: the Hugging Face Hub (revision, tree, file HEAD) and the Hub
+//!   as an `hf://` backend.
+//! - [`registry`]: OCI registries (manifests checked against their digest,
+//!   config blob, blob URLs and auth, docker config credentials) and the
+//!   registry as an `oci://` backend.
+//! - [`fetcher`]: [`OriginFetcher`], which every request goes through:
+//!   per-origin [`limits`], [`retry`] with backoff, credential choice, the
+//!   registry token flow on a challenge, and [`stats`].
+//! - [`auth`]: [`OriginAuth`] (a credential bound to one origin) and the
+//!   one registry token flow ([`RegistryTokens`]), used for manifests and
+//!   blobs alike.
+//! - [`origin_key`]: `scheme://host:port`, what limits and credentials are
+//!   keyed by.
+//! - [`error`]: [`OriginError`] and its [`ErrorKind`].
+//!
+//! A backend that needs heavy dependencies (object storage: `s3://`,
+//! `gs://`, `az://`) belongs behind a cargo feature of this crate, adding
+//! itself to [`Backends::builtin`]; nothing else changes for it.
+
+pub mod auth;
+pub mod backend;
+pub mod error;
+pub mod fetcher;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod origin_key;
+pub mod registry;
+pub mod retry;
+pub mod stats;
+
+pub use auth::{OriginAuth, RegistryTokens};
+pub use backend::{Backend, Backends, Entry, RangeSink, Stat, Target};
+pub use error::{error_chain, ErrorKind, OriginError};
+pub use fetcher::{OriginConfig, OriginFetcher};
+pub use hub::{HubBackend, HubClient, HubError};
+pub use origin_key::OriginKey;
+pub use registry::credentials::{docker_config_logins, Credentials};
+pub use registry::{RegistryBackend, RegistryClient, RegistryError, ResolvedArtifact};
+pub use stats::OriginStats;
