@@ -11,7 +11,6 @@
 
 use crate::engine::EngineCtx;
 use crate::origin::{OriginAuth, OriginError};
-use crate::store::{RunningSha256, StoreError, TaskFile};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
 use weightcast_proto::transport::{ParentAddr, TransportError};
+use weightcast_store::{RunningSha256, StoreError, TaskFile};
 use weightcast_types::piece::{digest_from_slice, PieceDigest};
 use weightcast_types::{PeerId, TaskId};
 
@@ -429,24 +429,19 @@ impl Download {
                     let addr = ParentAddr(view.addr.clone());
                     let parent_rdma = view.rdma;
                     let expected = view.pieces.get(&num).copied();
-                    let file = file.clone();
                     self.choice.started(&parent, bytes);
                     self.inflight.spawn(async move {
                         let t0 = Instant::now();
-                        let outcome = match ctx
-                            .peers
-                            .fetch(&addr, parent_rdma, &file, num, write.buf())
-                            .await
-                        {
+                        let outcome = match ctx.peers.fetch(&addr, parent_rdma, write).await {
                             // The digest is checked whatever carried the bytes.
-                            Ok((report, _carrier)) => match write.commit(expected) {
+                            (Ok((report, _carrier)), write) => match write.commit(expected) {
                                 Ok(digest) => PieceOutcome::Ok {
                                     digest,
                                     load: Some(report.parent_load),
                                 },
                                 Err(e) => PieceOutcome::Digest(e),
                             },
-                            Err(e) => PieceOutcome::Transport(e),
+                            (Err(e), _) => PieceOutcome::Transport(e),
                         };
                         PieceResult {
                             num,

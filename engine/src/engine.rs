@@ -5,10 +5,8 @@
 use crate::download::{self, DownloadError, DownloadSpec, Mode, Progress, TaskEvent};
 use crate::metrics::EngineMetrics;
 use crate::origin::{OriginAuth, OriginConfig, OriginError, OriginFetcher};
-use crate::output::{self, OutputError, Placement};
 use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::scheduler_link::{LinkEvent, SchedulerLink};
-use crate::store::{Store, StoreError, TaskFile, VerifiedPiece};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +20,8 @@ use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
+use weightcast_store::export::{self, ExportError, Placement};
+use weightcast_store::{Store, StoreError, TaskFile, VerifiedPiece};
 use weightcast_tcp::{PieceServer, PieceSource};
 use weightcast_types::TaskId;
 
@@ -186,7 +186,7 @@ pub enum GetError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Output(#[from] OutputError),
+    Output(#[from] ExportError),
     #[error("invalid --digest {0:?}: expected sha256:<64 hex characters>")]
     BadDigest(String),
     #[error(
@@ -672,7 +672,7 @@ impl Engine {
         on_progress(&progress);
         let placement = match req.client_places {
             true => None,
-            false => Some(output::expose(&file.data_path(), &req.output)?),
+            false => Some(export::place(&file.data_path(), &req.output)?),
         };
         let seconds = t0.elapsed().as_secs_f64();
         let bytes = file.layout.content_length;

@@ -1,13 +1,13 @@
 //! The weightcast peer engine: what runs inside every daemon, seed peer and
-//! in-process `weightcast get`.
+//! in-process `weightcast get`. The piece store it writes into (task files,
+//! the piece guards, placing a finished file at an output) is the
+//! `weightcast-store` crate.
 //!
-//! - [`store`]: one preallocated, mmap'd file per task with a persisted piece table.
 //! - [`download`]: one task's download loop (its phase-2 parent choice is in
 //!   `weightcast-download-core`).
 //! - [`origin`]: back-to-source with per-origin limits and retries.
 //! - [`scheduler_link`]: the stream to the scheduler.
 //! - [`engine`]: ties them together; [`local_api`] serves it on a unix socket.
-//! - [`output`]: atomic exposure of a verified file at the user's path.
 //! - [`hub_client`], [`hf_endpoint`]: the Hugging Face Hub as an origin, and
 //!   the daemon as a Hub endpoint for the real `huggingface_hub` client.
 //! - [`registry_client`], [`registry_mirror`]: OCI registries as an origin,
@@ -26,13 +26,11 @@ pub mod hub_client;
 pub mod local_api;
 pub mod metrics;
 pub mod origin;
-pub mod output;
 pub mod peer_transport;
 pub mod piece_stream;
 pub mod registry_client;
 pub mod registry_mirror;
 pub mod scheduler_link;
-pub mod store;
 pub mod ttl_cache;
 
 pub use engine::{

@@ -9,10 +9,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use weightcast_engine::{local_api, output, Engine, GetRequest, GetSummary};
+use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
 use weightcast_modelpack::layout::ModelEntry;
 use weightcast_modelpack::oci_ref::OciRef;
 use weightcast_modelpack::{HfUri, Layout};
+use weightcast_store::export;
 use weightcast_types::byte_size;
 
 #[derive(Args, Debug)]
@@ -184,7 +185,7 @@ impl Fetcher {
                         cache.display()
                     );
                 }
-                s.placement = Some(output::expose(&cache, &req.output)?);
+                s.placement = Some(export::place(&cache, &req.output)?);
                 Ok(s)
             }
             Fetcher::InProcess(engine) => {
