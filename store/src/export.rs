@@ -12,6 +12,17 @@
 //! - **Copy** otherwise (ext4, tmpfs, across filesystems), in the kernel
 //!   (`copy_file_range`): no bytes pass through this process.
 //!
+//! Why not keep the hard link and make the cache file read-only, re-verifying
+//! what is served? Permissions bind neither root (init containers usually
+//! are) nor the file's owner, who can `chmod` it back; a truncation through
+//! the other name faults the daemon's mapping before any check can run;
+//! re-hashing every piece before serving it costs a sha256 of each uploaded
+//! byte; and an edited piece would still be lost to the swarm (refetched).
+//! `chattr +i` would hold, but needs `CAP_LINUX_IMMUTABLE` and stops the
+//! daemon's own eviction. A copy is the only placement whose safety does
+//! not depend on what the user does; a reflink makes it free where the
+//! filesystem allows.
+//!
 //! Either way the file appears under a temporary name beside the output,
 //! then is renamed into place: a reader never sees a partial file at the
 //! output path, and an existing file there is replaced only by a complete one.
