@@ -63,6 +63,21 @@ fn task_file(dir: &std::path::Path, name: &str, len: u64) -> Result<File, String
     Ok(f)
 }
 
+/// Zeroes the file in place. Never by truncating it: a registered file's
+/// pages are pinned, and truncation would detach them from the file (the
+/// NIC would go on writing into pages the file no longer has).
+fn zero(f: &File, len: u64) -> Result<(), String> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], off)
+            .map_err(|e| e.to_string())?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
 fn read_all(f: &File, len: usize) -> Result<Vec<u8>, String> {
     let mut b = vec![0u8; len];
     f.read_exact_at(&mut b, 0).map_err(|e| e.to_string())?;
@@ -144,7 +159,9 @@ async fn serve(
     }
 }
 
-#[tokio::main]
+// One thread: a dropped fetch's permit is observed before any completion
+// is polled.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -217,8 +234,7 @@ async fn run(size: u64, device: Option<&str>, dir: PathBuf) -> Result<(), String
         };
         if !corrupt {
             for round in 0..3 {
-                permit.file.set_len(0).map_err(|e| e.to_string())?;
-                permit.file.set_len(size).map_err(|e| e.to_string())?;
+                zero(&permit.file, size)?;
                 let t0 = Instant::now();
                 let (r, p) = t.fetch(&addr, child_task, 0, permit).await;
                 permit = p;
@@ -243,41 +259,53 @@ async fn run(size: u64, device: Option<&str>, dir: PathBuf) -> Result<(), String
                 Err(RdmaFetchError::Parent(_)) => {}
                 other => return Err(format!("a missing piece gave {other:?}")),
             }
-            // Cancellation: a fetch dropped mid-read. Its permit must be
-            // released only once the QP's flushes are in; the next fetch
-            // then runs on a new QP and gets every byte.
-            let cut_released = Arc::new(AtomicBool::new(false));
-            let cut = Permit {
-                file: permit.file.try_clone().map_err(|e| e.to_string())?,
-                len: size,
-                released: cut_released.clone(),
+            // Cancellation: a fetch dropped mid-read. Its permit must stay
+            // held after the drop (the runtime has one thread: no completion
+            // is polled before this task yields) and be released once the
+            // QP's flushes are in; the next fetch then runs on a new QP and
+            // gets every byte. Dropped after 1, 2, 4... ms until a drop
+            // lands mid-read (earlier ones land in the control exchange).
+            let mut delay = Duration::from_millis(1);
+            let (cut_released, after_drop, delay) = loop {
+                if delay > Duration::from_secs(4) {
+                    return Err("no fetch could be dropped mid-read".into());
+                }
+                let cut_released = Arc::new(AtomicBool::new(false));
+                let cut = Permit {
+                    file: permit.file.try_clone().map_err(|e| e.to_string())?,
+                    len: size,
+                    released: cut_released.clone(),
+                };
+                let fetch = t.fetch(&addr, child_task, 0, cut);
+                if let Ok((r, _)) = tokio::time::timeout(delay, fetch).await {
+                    return Err(format!(
+                        "a fetch finished within {delay:?} ({r:?}) before any was dropped mid-read"
+                    ));
+                }
+                if !cut_released.load(Ordering::SeqCst) {
+                    break (cut_released, t.connects.load(Ordering::Relaxed), delay);
+                }
+                delay *= 2;
             };
-            let before = t.connects.load(Ordering::Relaxed);
-            let fetch = t.fetch(&addr, child_task, 0, cut);
-            let dropped_mid_read = tokio::time::timeout(Duration::from_millis(30), fetch)
-                .await
-                .is_err();
-            let held_at_drop = !cut_released.load(Ordering::SeqCst);
             let t0 = Instant::now();
             while !cut_released.load(Ordering::SeqCst) {
                 if t0.elapsed() > Duration::from_secs(30) {
-                    return Err("a dropped fetch never released its permit".into());
+                    return Err("a fetch dropped mid-read never released its permit".into());
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             println!(
-                "dropped fetch: mid-read {dropped_mid_read}, permit held at drop {held_at_drop}, released {:.1} ms later",
+                "fetch dropped mid-read after {delay:?}: permit held until the flushes, released {:.1} ms later",
                 t0.elapsed().as_secs_f64() * 1e3
             );
-            permit.file.set_len(0).map_err(|e| e.to_string())?;
-            permit.file.set_len(size).map_err(|e| e.to_string())?;
+            zero(&permit.file, size)?;
             let (r, p) = t.fetch(&addr, child_task, 0, permit).await;
             permit = p;
             r.map_err(|e| format!("the fetch after a dropped one: {e}"))?;
             if read_all(&permit.file, size as usize)? != src {
                 return Err("bytes differ after the fetch that followed a dropped one".into());
             }
-            if dropped_mid_read && t.connects.load(Ordering::Relaxed) != before + 1 {
+            if t.connects.load(Ordering::Relaxed) != after_drop + 1 {
                 return Err("the QP flushed by a dropped fetch was not rebuilt".into());
             }
             results.push("ok");
