@@ -466,3 +466,104 @@ fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
         "the bad parent was reported"
     );
 }
+
+/// An output is a file of its own: what a user does to it (truncate it,
+/// overwrite bytes in it) neither crashes the daemon that placed it (a
+/// truncated shared mapping would SIGBUS) nor changes what it serves.
+#[test]
+fn a_user_truncating_or_editing_an_output_changes_nothing_its_daemon_serves() {
+    use std::os::unix::fs::FileExt;
+    let Swarm {
+        mut c,
+        size,
+        sha,
+        url,
+        origin_addr,
+        sched,
+        ..
+    } = swarm(16 * MIB, &[]);
+    let first = c.daemon("first", &sched, false, &[]).unwrap();
+    let out = c.path("first-out/model.safetensors");
+    let s = summary(
+        &spawn_get(&c, &first, &url, &out)
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    let placement = s["placement"].as_str().unwrap_or_default().to_string();
+    assert!(
+        placement == "copy" || placement == "reflink",
+        "placed as {placement:?}: {s}"
+    );
+    let served_by_origin = origin_stats(&origin_addr).unwrap().bytes_served;
+    // The seed goes: `first`, complete, is the only one left to serve.
+    c.proc_named("seed").unwrap().kill();
+    let uploaded = |c: &Cluster| {
+        must_metric(
+            &c.metrics(&first).unwrap(),
+            "weightcast_upload_bytes_total",
+            "",
+        )
+    };
+    let fetch_from_first = |c: &mut Cluster, name: &str| {
+        let before = uploaded(c);
+        let d = c.daemon(name, &sched, false, &[]).unwrap();
+        let child_out = c.path(&format!("{name}-out.bin"));
+        let s = summary(
+            &spawn_get(c, &d, &url, &child_out)
+                .wait_with_output()
+                .unwrap(),
+        );
+        assert_eq!(sha256_file(&child_out).unwrap(), sha, "{name}'s copy");
+        assert_eq!(s["from_peers"], size, "{name}: {s}");
+        let m = c.metrics(&d).unwrap();
+        assert_eq!(
+            must_metric(&m, "weightcast_digest_mismatches_total", ""),
+            0.0,
+            "{name} got only good pieces: {m}"
+        );
+        let served = uploaded(c) - before;
+        eprintln!("first served {served} bytes to {name}");
+        assert!(
+            served >= size as f64,
+            "first served {name} only {served} bytes"
+        );
+        c.proc(d.proc).kill();
+    };
+
+    // 1. The user truncates the output to nothing.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&out)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    fetch_from_first(&mut c, "second");
+    assert!(c.proc(first.proc).is_running(), "{}", c.logs());
+
+    // 2. `first` places the file again (a cache hit), and the user
+    //    overwrites bytes in every piece of it.
+    let s = summary(
+        &spawn_get(&c, &first, &url, &out)
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(s["from_cache"], size, "{s}");
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    let f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    for piece in 0..(size / (4 * MIB)) {
+        f.write_at(b"edited by the user", piece * 4 * MIB + 100)
+            .unwrap();
+    }
+    drop(f);
+    assert_ne!(sha256_file(&out).unwrap(), sha);
+    fetch_from_first(&mut c, "third");
+
+    assert!(c.proc(first.proc).is_running(), "{}", c.logs());
+    assert!(c.metrics(&first).is_ok(), "first still answers");
+    assert_eq!(
+        origin_stats(&origin_addr).unwrap().bytes_served,
+        served_by_origin,
+        "the children's bytes all came from the swarm"
+    );
+}

@@ -15,7 +15,6 @@ use crate::metrics::EngineMetrics;
 use crate::peer_transport::PeerTransport;
 use crate::request::{origin_kind, store_kind, ErrorKind};
 use crate::scheduler_link::SchedulerLink;
-use crate::store::{RunningSha256, Store, StoreError, TaskFile};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +29,7 @@ use weightcast_download_core::{
 use weightcast_origin::{OriginAuth, OriginError, OriginFetcher};
 use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
 use weightcast_proto::transport::{ParentAddr, TransportError};
+use weightcast_store::{RunningSha256, Store, StoreError, TaskFile};
 use weightcast_types::TaskId;
 
 pub use weightcast_download_core::{Mode, Progress};
@@ -474,8 +474,10 @@ impl Shell {
                 self.track(what, async move {
                     let t0 = Instant::now();
                     let addr = ParentAddr(addr);
-                    let outcome = match deps.peers.fetch(&addr, rdma, &file, num, write.buf()).await
-                    {
+                    // The write comes back whatever happened: a cancelled
+                    // RDMA read keeps it until the NIC is done with it.
+                    let (fetched, write) = deps.peers.fetch(&addr, rdma, write).await;
+                    let outcome = match fetched {
                         // The digest is checked whatever carried the bytes.
                         Ok((report, _carrier)) => match write.commit(expected) {
                             Ok(digest) => PieceOutcome::Verified {

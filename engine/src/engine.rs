@@ -9,12 +9,10 @@ use crate::dispatch;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
 use crate::load_report;
 use crate::metrics::EngineMetrics;
-use crate::output;
 use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::request::{GetError, GetRequest, GetSummary, StartError, Validation};
 use crate::runs::{Runs, TaskRun};
 use crate::scheduler_link::{self, SchedulerLink};
-use crate::store::{Store, TaskFile};
 use crate::upload::StoreSource;
 use crate::watch::TaskWatch;
 use std::sync::Arc;
@@ -27,6 +25,8 @@ use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
 use weightcast_origin::{OriginAuth, OriginError, OriginFetcher};
 use weightcast_proto::pb;
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
+use weightcast_store::export;
+use weightcast_store::{Store, TaskFile};
 use weightcast_tcp::PieceServer;
 use weightcast_types::TaskId;
 
@@ -387,7 +387,7 @@ impl Engine {
         on_progress(&progress);
         let placement = match req.client_places {
             true => None,
-            false => Some(output::expose(&file.data_path(), &req.output)?),
+            false => Some(export::place(&file.data_path(), &req.output)?),
         };
         let seconds = t0.elapsed().as_secs_f64();
         let bytes = file.layout.content_length;

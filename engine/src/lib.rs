@@ -1,5 +1,7 @@
 //! The weightcast peer engine: what runs inside every daemon, seed peer and
-//! in-process `weightcast get`.
+//! in-process `weightcast get`. The piece store it writes into (task files,
+//! the piece guards, placing a finished file at an output) is the
+//! `weightcast-store` crate.
 //!
 //! - [`engine`]: the lifecycle (start, shutdown) and the `get`/`watch`
 //!   entry points; [`config`] is what it is told, [`request`] what callers
@@ -8,7 +10,8 @@
 //!   live in the sans-IO `weightcast-download-core`. [`runs`] holds the
 //!   downloads by task, [`dispatch`] routes scheduler messages to them,
 //!   [`watch`] lets a streaming reader follow one.
-//! - [`store`]: one preallocated, mmap'd file per task with a persisted piece table.
+//! - the piece store (one preallocated, mmap'd file per task, its piece
+//!   table, placing outputs) is the `weightcast-store` crate.
 //! - back-to-source (per-origin limits, retries, the Hub and registry
 //!   clients) is the `weightcast-origin` crate.
 //! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
@@ -16,7 +19,6 @@
 //! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
 //!   [`upload`]: what the upload server serves; [`address`]: what others dial.
 //! - [`local_api`]: the engine on a unix socket, for `weightcast get`.
-//! - [`output`]: atomic exposure of a verified file at the user's path.
 //! - [`hf_endpoint`]: the daemon as a Hub endpoint for the real
 //!   `huggingface_hub` client.
 //! - [`registry_mirror`]: the daemon as a pull-through registry mirror.
@@ -36,14 +38,12 @@ pub mod http_body;
 mod load_report;
 pub mod local_api;
 pub mod metrics;
-pub mod output;
 pub mod peer_transport;
 pub mod piece_stream;
 pub mod registry_mirror;
 pub mod request;
 mod runs;
 pub mod scheduler_link;
-pub mod store;
 pub mod ttl_cache;
 mod upload;
 pub mod watch;

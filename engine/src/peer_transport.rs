@@ -8,13 +8,13 @@
 //! ([`RDMA_PENALTY`](weightcast_rdma::select::RDMA_PENALTY)).
 
 use crate::metrics::EngineMetrics;
-use crate::store::{Store, TaskFile};
 use std::sync::Arc;
 use std::time::Instant;
 use weightcast_proto::frame::QpEndpoint;
 use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, TransportError};
 use weightcast_rdma::select::{self, FailureLog, Route};
 use weightcast_rdma::{RdmaFetchError, RdmaNode, RdmaTransport, TransportMode};
+use weightcast_store::{PieceWrite, Store};
 use weightcast_tcp::{RdmaPieceLocation, RdmaResponder, TcpTransport};
 use weightcast_types::TaskId;
 
@@ -57,61 +57,53 @@ impl PeerTransport {
         select::route(self.mode, self.rdma.is_some(), parent_rdma, false) != Route::Refuse
     }
 
-    /// Fetches piece `num` of `file` from the parent at `addr` into `dst`
-    /// (the piece's slice of `file`'s mapping).
+    /// Fetches the piece `write` claims from the parent at `addr` into its
+    /// slice of the task file. The write
+    /// comes back with the result, for the caller to commit or drop; RDMA
+    /// owns it while reads are in flight, so dropping this future never
+    /// releases the piece under a NIC that still writes into it.
     pub async fn fetch(
         &self,
         addr: &ParentAddr,
         parent_rdma: bool,
-        file: &Arc<TaskFile>,
-        num: u32,
-        dst: &mut [u8],
-    ) -> Result<(FetchReport, Carrier), TransportError> {
-        let task = file.id;
+        mut write: PieceWrite,
+    ) -> (Result<(FetchReport, Carrier), TransportError>, PieceWrite) {
+        let (task, num) = (write.task(), write.num());
         let now = Instant::now();
         let failing = self.failures.failing(&addr.0, now);
         let route = select::route(self.mode, self.rdma.is_some(), parent_rdma, failing);
         let rdma = match (route, &self.rdma) {
             (Route::Rdma, Some(r)) => r,
             (Route::Refuse, _) | (Route::Rdma, None) => {
-                return Err(TransportError::Io {
+                let e = TransportError::Io {
                     addr: addr.0.clone(),
                     source: std::io::Error::other(
                         "--transport rdma: this parent does not serve RDMA",
                     ),
-                })
+                };
+                return (Err(e), write);
             }
             (Route::Tcp, _) => {
-                return self.tcp_fetch(addr, task, num, dst).await;
+                let r = self.tcp_fetch(addr, task, num, write.buf()).await;
+                return (r, write);
             }
         };
-        let outcome = match file.raw_mapping() {
-            None => Err(RdmaFetchError::Rdma {
-                addr: addr.0.clone(),
-                source: weightcast_rdma::RdmaError::NotRegistered,
-            }),
-            Some((base, len)) => match local_region(rdma.node(), file, base as usize, len).await {
-                Err(source) => Err(RdmaFetchError::Rdma {
-                    addr: addr.0.clone(),
-                    source,
-                }),
-                Ok(local) => rdma.fetch(addr, task, num, dst, &local).await,
-            },
-        };
+        let (outcome, mut write) = rdma.fetch(addr, task, num, write).await;
         match outcome {
             Ok(r) => {
                 self.metrics.inc(&self.metrics.rdma_bytes, r.bytes);
-                Ok((r, Carrier::Rdma))
+                (Ok((r, Carrier::Rdma)), write)
             }
-            Err(RdmaFetchError::Parent(e)) => Err(e),
+            Err(RdmaFetchError::Parent(e)) => (Err(e), write),
             Err(RdmaFetchError::Rdma { addr: a, source }) => {
                 self.metrics.inc(&self.metrics.rdma_failures, 1);
                 let first = self.failures.record(&addr.0, now);
                 if !select::retry_over_tcp(self.mode) {
-                    return Err(TransportError::Io {
+                    let e = TransportError::Io {
                         addr: a,
                         source: std::io::Error::other(source),
-                    });
+                    };
+                    return (Err(e), write);
                 }
                 if first {
                     tracing::warn!(parent = %addr.0, error = %source, "RDMA with this parent failed; its pieces go over TCP for now (logged once per parent)");
@@ -119,7 +111,9 @@ impl PeerTransport {
                     tracing::debug!(parent = %addr.0, error = %source, "RDMA failed again; retrying the piece over TCP");
                 }
                 self.metrics.inc(&self.metrics.rdma_fallbacks, 1);
-                self.tcp_fetch(addr, task, num, dst).await
+                // Every RDMA read of the piece is over: the write came back.
+                let r = self.tcp_fetch(addr, task, num, write.buf()).await;
+                (r, write)
             }
         }
     }
@@ -135,29 +129,6 @@ impl PeerTransport {
         self.metrics.inc(&self.metrics.tcp_bytes, r.bytes);
         Ok((r, Carrier::Tcp))
     }
-}
-
-/// The task's registered region. Registering pins the whole file, which
-/// takes time in proportion to its size: the first time, it runs on the
-/// blocking pool, not on an async worker.
-async fn local_region(
-    node: &Arc<RdmaNode>,
-    file: &Arc<TaskFile>,
-    base: usize,
-    len: usize,
-) -> Result<
-    Arc<weightcast_rdma::mr::Registered<weightcast_rdma::mr::MemoryRegion>>,
-    weightcast_rdma::RdmaError,
-> {
-    if let Some(r) = node.registered(&file.id) {
-        if r.base == base && r.len == len {
-            return Ok(r);
-        }
-    }
-    let (node, file) = (node.clone(), file.clone());
-    tokio::task::spawn_blocking(move || node.region(file.id, base as *mut u8, len, file.clone()))
-        .await
-        .unwrap_or(Err(weightcast_rdma::RdmaError::Broken))
 }
 
 /// The parent side of RDMA for the upload server: QPs from the device,
@@ -181,20 +152,17 @@ impl RdmaResponder for StoreRdma {
             return Ok(None);
         };
         // Only a verified piece is ever exposed.
-        if file.verified(num).is_none() {
-            return Ok(None);
-        }
-        let (Some((base, len)), Some(range)) = (file.raw_mapping(), file.layout.range(num)) else {
+        let Some(piece) = file.verified_piece(num) else {
             return Ok(None);
         };
-        let region = self
+        let loc = self
             .node
-            .region(*task, base, len, file.clone())
+            .piece_location(*task, piece.file(), piece.range())
             .map_err(|e| e.to_string())?;
         Ok(Some(RdmaPieceLocation {
-            addr: region.base as u64 + range.start,
-            rkey: region.region.rkey,
-            length: range.end - range.start,
+            addr: loc.addr,
+            rkey: loc.rkey,
+            length: loc.length,
         }))
     }
 }

@@ -2,13 +2,13 @@
 //! (from the CLI or the local API), its summary, and its typed errors.
 
 use crate::download::DownloadError;
-use crate::output::{OutputError, Placement};
-use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use weightcast_modelpack::safetensors_check::InvalidSafetensors;
 use weightcast_origin::{ErrorKind as OriginKind, OriginAuth, OriginError};
+use weightcast_store::export::{ExportError, Placement};
+use weightcast_store::StoreError;
 
 /// A `get` as the CLI and the local API ask for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ pub enum GetError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Output(#[from] OutputError),
+    Output(#[from] ExportError),
     #[error("invalid --digest {0:?}: expected sha256:<64 hex characters>")]
     BadDigest(String),
     #[error(

@@ -2,13 +2,13 @@
 //! reader and seed order of the same task joins the same run.
 
 use crate::download::{self, DownloadDeps, DownloadError, DownloadSpec, Progress, TaskEvent};
-use crate::store::TaskFile;
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weightcast_store::TaskFile;
 use weightcast_types::TaskId;
 
 /// Events queued for one download before senders wait (backpressure on

@@ -1,7 +1,7 @@
 //! The upload server's view of the store: only verified pieces are served.
 
-use crate::store::{Store, VerifiedPiece};
 use std::sync::Arc;
+use weightcast_store::{Store, VerifiedPiece};
 use weightcast_tcp::PieceSource;
 use weightcast_types::TaskId;
 

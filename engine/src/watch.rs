@@ -4,9 +4,9 @@
 use crate::download::{Progress, TaskEvent};
 use crate::request::GetError;
 use crate::runs::{Outcome, TaskRun};
-use crate::store::{Store, TaskFile, VerifiedPiece};
 use std::sync::Arc;
 use tokio::sync::watch;
+use weightcast_store::{Store, TaskFile, VerifiedPiece};
 use weightcast_types::TaskId;
 
 pub struct TaskWatch(WatchState);

@@ -1,8 +1,11 @@
-//! The contract every piece transport implements (TCP today; RDMA next).
+//! The contract of a piece transport that copies with the CPU (TCP).
 //!
 //! A transport moves one piece from a parent into a slice of the child's
 //! mmap'd task file. It does not verify digests: the engine does that for
-//! every transport alike, after the bytes land.
+//! every transport alike, after the bytes land. A transport that writes by
+//! DMA (RDMA) cannot borrow the slice, since the NIC may go on writing after
+//! a dropped future's borrow ends: it takes an owned
+//! [`WritePermit`](weightcast_types::WritePermit) instead.
 
 use std::future::Future;
 use weightcast_types::TaskId;

@@ -5,29 +5,35 @@
 //! where the verified piece lies in the parent's registered memory; then the
 //! child posts RDMA READs of at most `wr_size` bytes, at most `outstanding`
 //! in flight on the QP (shared by every piece on it), and waits until every
-//! one of them completed. Completions are polled from a tokio task woken by
-//! the completion channel's fd (`AsyncFd`): no thread blocks. A failed work
-//! request, a control error or a timeout breaks the connection: its QP goes
-//! to the error state (flushing what is in flight, so no late DMA lands in a
-//! destination that is handed back), and the next piece builds a new one.
+//! one of them completed ([`reads`](crate::reads)). Completions are polled
+//! from a tokio task woken by the completion channel's fd (`AsyncFd`): no
+//! thread blocks. A failed work request, a control error or a timeout breaks
+//! the connection: its QP goes to the error state (flushing what is in
+//! flight, so no late DMA lands in a destination that is handed back), and
+//! the next piece builds a new one.
+//!
+//! The destination is an owned [`WritePermit`]: a file and a byte range,
+//! which this crate maps and registers itself. It comes back with the
+//! result, once no DMA can land in it; a fetch dropped mid-read leaves it
+//! with the read until the flushes are in.
 
 use crate::mr::{MemoryRegion, Registered};
 use crate::qp::QueuePair;
-use crate::split::{work_requests, wr_size};
+use crate::reads::{Completion, Reads, Remote};
+use crate::split::wr_size;
 use crate::{ffi, RdmaError, RdmaNode};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::timeout;
 use weightcast_proto::frame::{
     ClientFrame, PieceRequest, RdmaAccept, RdmaGrant, Status, RDMA_ACCEPT_LEN, RDMA_GRANT_LEN,
 };
-use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, TransportError};
-use weightcast_types::TaskId;
+use weightcast_proto::transport::{FetchReport, ParentAddr, TransportError};
+use weightcast_types::{TaskId, WritePermit};
 
 /// Why an RDMA fetch failed: the parent's answer (handled like TCP's), or
 /// RDMA itself (the caller may retry over TCP).
@@ -43,75 +49,43 @@ pub enum RdmaFetchError {
     },
 }
 
-/// One piece read in flight: its work requests still to complete (plus one
-/// held by the poster until it has posted them all) and its first error.
-struct Op {
-    remaining: AtomicUsize,
-    error: Mutex<Option<RdmaError>>,
-    done: Notify,
+/// The reads of one connection's QP.
+type Shared = Reads<QueuePair>;
+
+/// A polled work completion, as the reads see it.
+fn completion(wc: &ffi::ibv_wc) -> Completion {
+    if wc.status == ffi::IBV_WC_SUCCESS {
+        return Completion::Success;
+    }
+    if wc.status == ffi::IBV_WC_WR_FLUSH_ERR {
+        return Completion::Flushed;
+    }
+    let status = match ffi::Verbs::get() {
+        Ok(v) => v.status_str(wc.status),
+        Err(_) => format!("status {}", wc.status),
+    };
+    Completion::Failed(RdmaError::Completion {
+        status,
+        vendor_err: wc.vendor_err,
+    })
 }
 
-impl Op {
-    fn complete(&self, n: usize) {
-        if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
-            self.done.notify_one();
-        }
-    }
+/// Breaks the connection when dropped armed: a control exchange cut in the
+/// middle (its future dropped) would leave the stream out of step, and the
+/// next request would read this one's answer.
+struct CutGuard<'a>(Option<&'a Shared>);
 
-    fn fail(&self, e: RdmaError) {
-        let mut err = self.error.lock().unwrap_or_else(|p| p.into_inner());
-        // The first real error wins over the flushes it causes.
-        if err.is_none() || matches!(*err, Some(RdmaError::Broken)) {
-            *err = Some(e);
-        }
+impl CutGuard<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
     }
 }
 
-struct Shared {
-    qp: QueuePair,
-    ops: Mutex<HashMap<u64, Arc<Op>>>,
-    /// Send-queue slots: one per RDMA READ in flight.
-    slots: Semaphore,
-    broken: AtomicBool,
-}
-
-impl Shared {
-    fn break_qp(&self) {
-        if !self.broken.swap(true, Ordering::AcqRel) {
-            self.qp.set_error();
+impl Drop for CutGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0 {
+            shared.break_qp();
         }
-    }
-
-    fn dispatch(&self, wc: &ffi::ibv_wc) {
-        self.slots.add_permits(1);
-        let op = self
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&wc.wr_id)
-            .cloned();
-        let Some(op) = op else {
-            if wc.status != ffi::IBV_WC_SUCCESS {
-                self.break_qp();
-            }
-            return;
-        };
-        if wc.status != ffi::IBV_WC_SUCCESS {
-            let status = match ffi::Verbs::get() {
-                Ok(v) => v.status_str(wc.status),
-                Err(_) => format!("status {}", wc.status),
-            };
-            if wc.status == ffi::IBV_WC_WR_FLUSH_ERR {
-                op.fail(RdmaError::Broken);
-            } else {
-                op.fail(RdmaError::Completion {
-                    status,
-                    vendor_err: wc.vendor_err,
-                });
-            }
-            self.break_qp();
-        }
-        op.complete(1);
     }
 }
 
@@ -143,15 +117,17 @@ async fn poll_completions(shared: Arc<Shared>, fd: AsyncFd<ChannelFd>) {
     }; 32];
     loop {
         // Arm first, then drain: a completion between the two still fires.
-        if let Err(e) = shared.qp.req_notify() {
+        if let Err(e) = shared.queue.req_notify() {
             tracing::warn!(error = %e, "RDMA completion queue failed");
             shared.break_qp();
             return;
         }
         loop {
-            match shared.qp.poll(&mut wcs) {
+            match shared.queue.poll(&mut wcs) {
                 Ok(0) => break,
-                Ok(n) => wcs[..n].iter().for_each(|wc| shared.dispatch(wc)),
+                Ok(n) => wcs[..n]
+                    .iter()
+                    .for_each(|wc| shared.dispatch(wc.wr_id, completion(wc))),
                 Err(e) => {
                     tracing::warn!(error = %e, "RDMA completion queue failed");
                     shared.break_qp();
@@ -163,7 +139,7 @@ async fn poll_completions(shared: Arc<Shared>, fd: AsyncFd<ChannelFd>) {
             let Ok(mut guard) = fd.readable().await else {
                 return;
             };
-            match shared.qp.take_event() {
+            match shared.queue.take_event() {
                 Ok(true) => break,
                 Ok(false) => guard.clear_ready(),
                 Err(e) => {
@@ -197,7 +173,6 @@ type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
 pub struct RdmaTransport {
     node: Arc<RdmaNode>,
     conns: Mutex<HashMap<ParentAddr, ConnSlot>>,
-    next_op: AtomicU64,
     /// QPs built so far (a rebuilt one counts again).
     pub connects: AtomicU64,
 }
@@ -207,7 +182,6 @@ impl RdmaTransport {
         Self {
             node,
             conns: Mutex::new(HashMap::new()),
-            next_op: AtomicU64::new(1),
             connects: AtomicU64::new(0),
         }
     }
@@ -247,12 +221,7 @@ impl RdmaTransport {
         qp.connect(&accept.endpoint, 0)?;
         let in_flight = accept.endpoint.max_rd_atomic.clamp(1, outstanding as u8) as usize;
         let fd = qp.channel_fd().ok_or(RdmaError::Broken)?;
-        let shared = Arc::new(Shared {
-            qp,
-            ops: Mutex::new(HashMap::new()),
-            slots: Semaphore::new(in_flight),
-            broken: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(qp, in_flight));
         // SAFETY: the fd belongs to the channel that `ChannelFd` keeps alive
         // (through `shared`) for as long as the AsyncFd exists.
         let afd = unsafe {
@@ -264,7 +233,7 @@ impl RdmaTransport {
         .map_err(|e| RdmaError::Control(e.into_parts().1))?;
         let poller = tokio::spawn(poll_completions(shared.clone(), afd));
         self.connects.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(parent = %addr.0, qpn = shared.qp.local.qp_num, remote_qpn = accept.endpoint.qp_num, in_flight, "RDMA queue pair connected");
+        tracing::debug!(parent = %addr.0, qpn = shared.queue.local.qp_num, remote_qpn = accept.endpoint.qp_num, in_flight, "RDMA queue pair connected");
         Ok(Conn {
             shared,
             control: tokio::sync::Mutex::new(s),
@@ -284,7 +253,7 @@ impl RdmaTransport {
             .clone();
         let mut slot = slot.lock().await;
         if let Some(c) = slot.as_ref() {
-            if !c.shared.broken.load(Ordering::Acquire) {
+            if !c.shared.is_broken() {
                 return Ok(c.clone());
             }
         }
@@ -294,66 +263,69 @@ impl RdmaTransport {
         Ok(c)
     }
 
-    /// Fetches piece `piece` of `task` from `parent` into `dst`, which lies
-    /// inside `local` (the task's registered region).
-    pub async fn fetch(
+    /// Fetches piece `piece` of `task` from `parent` into the permit's range
+    /// of its file (registering the file on first use). The permit comes
+    /// back with the result, once no read can land in it any more; if this
+    /// future is dropped mid-read, the read keeps it until then.
+    pub async fn fetch<W: WritePermit>(
         &self,
         parent: &ParentAddr,
         task: TaskId,
         piece: u32,
-        dst: &mut [u8],
-        local: &Registered<MemoryRegion>,
-    ) -> Result<FetchReport, RdmaFetchError> {
+        permit: W,
+    ) -> (Result<FetchReport, RdmaFetchError>, W) {
         let rdma = |source| RdmaFetchError::Rdma {
             addr: parent.0.clone(),
             source,
         };
-        let Some(_) = local.offset_of(dst.as_ptr(), dst.len()) else {
-            return Err(rdma(RdmaError::NotRegistered));
+        let local = match self.node.region_off_runtime(task, permit.file()).await {
+            Ok(r) => r,
+            Err(e) => return (Err(rdma(e)), permit),
         };
-        let conn = self.conn(parent).await.map_err(rdma)?;
+        let range = permit.range();
+        let want = range.end - range.start;
+        if local.addr_of(&range).is_none() {
+            return (Err(rdma(RdmaError::NotRegistered)), permit);
+        }
+        let conn = match self.conn(parent).await {
+            Ok(c) => c,
+            Err(e) => return (Err(rdma(e)), permit),
+        };
         let req = PieceRequest { task, piece };
         let grant = match self.ask(&conn, req).await {
             Ok(g) => g,
             Err(e) => {
                 conn.shared.break_qp();
-                return Err(rdma(e));
+                return (Err(rdma(e)), permit);
             }
         };
-        match grant.status {
-            Status::Ok => {}
-            Status::NotFound => {
-                return Err(RdmaFetchError::Parent(TransportError::NotFound(
-                    parent.0.clone(),
-                )))
-            }
-            Status::Busy => {
-                return Err(RdmaFetchError::Parent(TransportError::Busy(
-                    parent.0.clone(),
-                )))
-            }
-            Status::Failed => {
-                return Err(RdmaFetchError::Parent(TransportError::ParentFailed(
-                    parent.0.clone(),
-                )))
-            }
-            Status::Unsupported => return Err(rdma(RdmaError::Refused)),
+        let refused = |e| (Err(RdmaFetchError::Parent(e)), ());
+        let answer = match grant.status {
+            Status::Ok => None,
+            Status::NotFound => Some(refused(TransportError::NotFound(parent.0.clone()))),
+            Status::Busy => Some(refused(TransportError::Busy(parent.0.clone()))),
+            Status::Failed => Some(refused(TransportError::ParentFailed(parent.0.clone()))),
+            Status::Unsupported => Some((Err(rdma(RdmaError::Refused)), ())),
+        };
+        if let Some((e, ())) = answer {
+            return (e, permit);
         }
-        if grant.length != dst.len() as u64 {
+        if grant.length != want {
             self.done(&conn, req, false).await;
-            return Err(RdmaFetchError::Parent(TransportError::LengthMismatch {
+            let e = TransportError::LengthMismatch {
                 addr: parent.0.clone(),
                 got: grant.length,
-                want: dst.len() as u64,
-            }));
+                want,
+            };
+            return (Err(RdmaFetchError::Parent(e)), permit);
         }
-        let r = self.read(&conn, dst, local, &grant).await;
+        let (r, permit) = self.read(&conn, local, permit, &grant).await;
         self.done(&conn, req, r.is_ok()).await;
-        r.map_err(rdma)?;
-        Ok(FetchReport {
+        let report = FetchReport {
             bytes: grant.length,
             parent_load: grant.active_uploads,
-        })
+        };
+        (r.map(|()| report).map_err(rdma), permit)
     }
 
     async fn ask(&self, conn: &Conn, req: PieceRequest) -> Result<RdmaGrant, RdmaError> {
@@ -361,12 +333,14 @@ impl RdmaTransport {
         let mut frame = Vec::with_capacity(48);
         ClientFrame::RdmaPiece(req).encode(&mut frame);
         let mut c = conn.control.lock().await;
+        let cut = CutGuard(Some(&conn.shared));
         c.write_all(&frame).await.map_err(RdmaError::Control)?;
         let mut b = [0u8; RDMA_GRANT_LEN];
         timeout(t, c.read_exact(&mut b))
             .await
             .map_err(|_| RdmaError::Control(std::io::ErrorKind::TimedOut.into()))?
             .map_err(RdmaError::Control)?;
+        cut.disarm();
         Ok(RdmaGrant::decode(&b)?)
     }
 
@@ -375,129 +349,36 @@ impl RdmaTransport {
         let mut frame = Vec::with_capacity(48);
         ClientFrame::RdmaDone { req, ok }.encode(&mut frame);
         let mut c = conn.control.lock().await;
-        if c.write_all(&frame).await.is_err() {
-            conn.shared.break_qp();
+        let cut = CutGuard(Some(&conn.shared));
+        if c.write_all(&frame).await.is_ok() {
+            cut.disarm();
         }
     }
 
-    /// Posts the piece's reads and waits until every one has completed:
-    /// only then may `dst` be handed back, whatever happened.
-    async fn read(
+    /// The piece's reads on the connection's QP, over when every work
+    /// request is.
+    async fn read<W: WritePermit>(
         &self,
         conn: &Conn,
-        dst: &mut [u8],
-        local: &Registered<MemoryRegion>,
+        local: Arc<Registered<MemoryRegion>>,
+        permit: W,
         grant: &RdmaGrant,
-    ) -> Result<(), RdmaError> {
-        let shared = &conn.shared;
+    ) -> (Result<(), RdmaError>, W) {
         let step = wr_size(self.node.config.wr_size, self.node.device.limits.max_msg_sz);
-        let wrs: Vec<(u64, u32)> = work_requests(dst.len() as u64, step).collect();
-        let id = self.next_op.fetch_add(1, Ordering::Relaxed);
-        let op = Arc::new(Op {
-            remaining: AtomicUsize::new(wrs.len() + 1),
-            error: Mutex::new(None),
-            done: Notify::new(),
-        });
-        shared
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, op.clone());
-        let base = dst.as_mut_ptr() as u64;
-        let mut posted = 0;
-        for (off, len) in &wrs {
-            if shared.broken.load(Ordering::Acquire) {
-                op.fail(RdmaError::Broken);
-                break;
-            }
-            let Ok(permit) = shared.slots.acquire().await else {
-                op.fail(RdmaError::Broken);
-                break;
-            };
-            // Returned by the poller when this WR's completion arrives.
-            permit.forget();
-            // SAFETY: `dst` is exclusively ours and inside `local`, and this
-            // function does not return before every posted WR completed.
-            let r = unsafe {
-                shared.qp.post_read(
-                    id,
-                    base + off,
-                    local.region.lkey,
-                    *len,
-                    grant.addr + off,
-                    grant.rkey,
-                )
-            };
-            if let Err(e) = r {
-                shared.slots.add_permits(1);
-                op.fail(e);
-                shared.break_qp();
-                break;
-            }
-            posted += 1;
-        }
-        // Release the poster's hold and the WRs never posted.
-        op.complete(wrs.len() - posted + 1);
-        let limit = self.node.config.read_timeout;
-        let mut timed_out = false;
-        while op.remaining.load(Ordering::Acquire) > 0 {
-            match timeout(limit, op.done.notified()).await {
-                Ok(()) => {}
-                Err(_) if !timed_out => {
-                    // Flush everything in flight; the flushes complete the op.
-                    timed_out = true;
-                    op.fail(RdmaError::Timeout {
-                        bytes: dst.len() as u64,
-                        secs: limit.as_secs(),
-                    });
-                    shared.break_qp();
-                }
-                Err(_) => {
-                    tracing::error!(
-                        remaining = op.remaining.load(Ordering::Acquire),
-                        "RDMA work requests not flushed after the QP went to error; still waiting"
-                    );
-                }
-            }
-        }
-        shared
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let err = op.error.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The transport contract: the destination must lie in the task's region,
-/// registered beforehand with [`RdmaNode::region`]. RDMA failures come back
-/// as I/O errors; callers that want to fall back to TCP use
-/// [`RdmaTransport::fetch`], which tells them apart.
-impl PieceTransport for RdmaTransport {
-    async fn fetch_piece<'a>(
-        &'a self,
-        parent: &'a ParentAddr,
-        task: TaskId,
-        piece: u32,
-        dst: &'a mut [u8],
-    ) -> Result<FetchReport, TransportError> {
-        let Some(local) = self.node.registered(&task) else {
-            return Err(TransportError::Io {
-                addr: parent.0.clone(),
-                source: std::io::Error::other(RdmaError::NotRegistered),
-            });
+        let lkey = local.region.lkey;
+        let remote = Remote {
+            addr: grant.addr,
+            rkey: grant.rkey,
         };
-        match self.fetch(parent, task, piece, dst, &local).await {
-            Ok(r) => Ok(r),
-            Err(RdmaFetchError::Parent(e)) => Err(e),
-            Err(RdmaFetchError::Rdma { addr, source }) => Err(TransportError::Io {
-                addr,
-                source: std::io::Error::other(source),
-            }),
-        }
+        conn.shared
+            .read(
+                local,
+                lkey,
+                permit,
+                remote,
+                step,
+                self.node.config.read_timeout,
+            )
+            .await
     }
 }

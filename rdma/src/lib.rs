@@ -7,23 +7,28 @@
 //! - [`ffi`]: libibverbs, loaded at run time (`dlopen`), so one binary runs
 //!   everywhere: without the library or a device, `--transport auto` is TCP.
 //! - [`device`]: device, port and GID discovery; the protection domain.
-//! - [`mr`]: one memory region per task file, registered lazily, dropped on
-//!   eviction.
+//! - [`mr`]: one memory region per task file, which this crate maps itself
+//!   from the file it is given (no address crosses into it), registered
+//!   lazily, dropped on eviction.
 //! - [`qp`]: RC queue pairs, one per parent connection, reused across pieces
 //!   and tasks.
 //! - [`split`]: a piece read cut into work requests within the device limits.
+//! - `reads`: the reads in flight on one QP, each owning its destination's
+//!   [`WritePermit`](weightcast_types::WritePermit) until its last work
+//!   request is over, also when its future is dropped (cancellation-safe).
 //! - [`client`]: the child side ([`RdmaTransport`]): QP setup over the piece
 //!   connection, outstanding reads, completions polled through tokio.
 //! - [`select`]: which transport a piece takes, and what a failure means.
 //!
-//! The parent side is [`RdmaNode::accept`] and [`RdmaNode::region`]; the
-//! TCP piece server calls them (through the engine) when a child asks.
+//! The parent side is [`RdmaNode::accept`] and [`RdmaNode::piece_location`];
+//! the TCP piece server calls them (through the engine) when a child asks.
 
 pub mod client;
 pub mod device;
 pub mod ffi;
 pub mod mr;
 pub mod qp;
+mod reads;
 pub mod select;
 pub mod split;
 
@@ -31,8 +36,9 @@ pub use client::{RdmaFetchError, RdmaTransport};
 pub use device::Device;
 pub use select::TransportMode;
 
-use mr::{MemoryRegion, RegionTable, Registered};
-use std::any::Any;
+use mr::{FileId, MemoryRegion, RegionTable, Registered};
+use std::fs::File;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use weightcast_proto::frame::QpEndpoint;
@@ -76,6 +82,8 @@ pub enum RdmaError {
     Timeout { bytes: u64, secs: u64 },
     #[error("the destination is not inside a registered region")]
     NotRegistered,
+    #[error("cannot map the task file for RDMA: {0}")]
+    File(#[source] std::io::Error),
     #[error("the queue pair broke during the read")]
     Broken,
 }
@@ -130,6 +138,16 @@ pub struct RdmaNode {
     regions: RegionTable<MemoryRegion>,
 }
 
+/// Where a parent's piece lies for a child's RDMA READ: an address in the
+/// parent's registered mapping (meaningful to the NIC only), its rkey and
+/// its length, as the grant frame carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemotePiece {
+    pub addr: u64,
+    pub rkey: u32,
+    pub length: u64,
+}
+
 /// A parent-side QP, connected to one child; dropped with its connection.
 pub struct ServerQp(#[allow(dead_code)] qp::QueuePair);
 
@@ -144,27 +162,58 @@ impl RdmaNode {
         }))
     }
 
-    /// The region of `task`, whose file is mapped at `base..base+len`;
-    /// registered on first use. `keep` keeps that mapping alive.
+    /// The region of `task` over `file`, which this crate maps (shared)
+    /// and registers on first use; blocks for as long as registration takes.
     pub fn region(
         &self,
         task: TaskId,
-        base: *mut u8,
-        len: usize,
-        keep: Arc<dyn Any + Send + Sync>,
+        file: &File,
     ) -> Result<Arc<Registered<MemoryRegion>>, RdmaError> {
-        self.regions.get_or_register(task, base, len, keep, || {
+        let id = FileId::of(file)?;
+        self.regions.get_or_register(task, id, || {
             let t0 = std::time::Instant::now();
-            let r = MemoryRegion::register(&self.device, base, len);
-            if r.is_ok() {
-                tracing::debug!(%task, bytes = len, ms = t0.elapsed().as_millis() as u64, "registered task file for RDMA");
-            }
-            r
+            let mr = MemoryRegion::register_file(&self.device, file, id.len)?;
+            tracing::debug!(%task, bytes = id.len, ms = t0.elapsed().as_millis() as u64, "registered task file for RDMA");
+            let base = mr.base();
+            Ok(Registered::new(mr, id, base, id.len))
         })
     }
 
-    pub fn registered(&self, task: &TaskId) -> Option<Arc<Registered<MemoryRegion>>> {
-        self.regions.get(task)
+    /// [`RdmaNode::region`] from async code: registering pins the whole
+    /// file, which takes time in proportion to its size, so the first time
+    /// it runs on the blocking pool, not on an async worker.
+    pub async fn region_off_runtime(
+        self: &Arc<Self>,
+        task: TaskId,
+        file: &File,
+    ) -> Result<Arc<Registered<MemoryRegion>>, RdmaError> {
+        let id = FileId::of(file)?;
+        if let Some(r) = self.regions.get(&task, &id) {
+            return Ok(r);
+        }
+        let file = file.try_clone().map_err(RdmaError::File)?;
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.region(task, &file))
+            .await
+            .unwrap_or(Err(RdmaError::Broken))
+    }
+
+    /// Where bytes `range` of `task`'s `file` lie for a child's RDMA READ
+    /// (registering the file on first use). The caller hands out only
+    /// ranges of verified pieces.
+    pub fn piece_location(
+        &self,
+        task: TaskId,
+        file: &File,
+        range: Range<u64>,
+    ) -> Result<RemotePiece, RdmaError> {
+        let region = self.region(task, file)?;
+        let addr = region.addr_of(&range).ok_or(RdmaError::NotRegistered)?;
+        Ok(RemotePiece {
+            addr,
+            rkey: region.region.rkey,
+            length: range.end - range.start,
+        })
     }
 
     /// Deregisters the task's region (once no read uses it any more).

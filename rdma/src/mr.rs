@@ -1,6 +1,11 @@
-//! Memory regions: each task's mmap'd cache file is registered once per
-//! process (lazily, on its first RDMA use, as child or as parent) and
-//! deregistered when the task is evicted.
+//! Memory regions: each task's cache file is registered once per process
+//! (lazily, on its first RDMA use, as child or as parent) and deregistered
+//! when the task is evicted.
+//!
+//! This crate maps the file itself, shared (`MAP_SHARED`, so the very pages
+//! of the page cache that the store's own mapping shows), and registers that
+//! mapping: the store hands over a file, never an address, and every address
+//! a work request uses is computed here, inside a mapping this crate owns.
 //!
 //! Registration pins the whole file and costs time in proportion to its size
 //! (the kernel walks and pins every page), so it must not happen per piece.
@@ -9,36 +14,73 @@
 
 use crate::device::Device;
 use crate::RdmaError;
-use std::any::Any;
+use memmap2::{MmapOptions, MmapRaw};
 use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use weightcast_types::TaskId;
 
-/// One registered memory region.
+/// Which file a region maps. A task file recreated (another length, or
+/// discarded and fetched again) is another inode: the old one lives on,
+/// unlinked, for as long as a mapping of it exists, so its number is not
+/// reused meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+}
+
+impl FileId {
+    pub fn of(file: &File) -> Result<Self, RdmaError> {
+        let m = file.metadata().map_err(RdmaError::File)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+        })
+    }
+}
+
+/// One registered memory region over this crate's own mapping of a file.
 pub struct MemoryRegion {
     device: Arc<Device>,
     mr: *mut crate::ffi::ibv_mr,
     pub lkey: u32,
     pub rkey: u32,
+    /// Unmapped after deregistration: fields drop after `Drop::drop`.
+    map: MmapRaw,
 }
 
 // SAFETY: an ibv_mr is immutable after registration; deregistration happens
-// once, in Drop.
+// once, in Drop; the mapping is only addressed by work requests.
 unsafe impl Send for MemoryRegion {}
 // SAFETY: as for Send: shared use goes through thread-safe verbs calls.
 unsafe impl Sync for MemoryRegion {}
 
 impl MemoryRegion {
-    /// Registers `len` bytes at `base` for local writes and remote reads.
-    pub fn register(device: &Arc<Device>, base: *mut u8, len: usize) -> Result<Self, RdmaError> {
+    /// Maps the first `len` bytes of `file` (shared, read-write) and
+    /// registers them for local writes and remote reads.
+    pub fn register_file(device: &Arc<Device>, file: &File, len: u64) -> Result<Self, RdmaError> {
+        let bytes = usize::try_from(len).map_err(|_| RdmaError::NotRegistered)?;
+        if bytes == 0 {
+            return Err(RdmaError::NotRegistered);
+        }
+        let map = MmapOptions::new()
+            .len(bytes)
+            .map_raw(file)
+            .map_err(RdmaError::File)?;
         let access = crate::ffi::IBV_ACCESS_LOCAL_WRITE | crate::ffi::IBV_ACCESS_REMOTE_READ;
-        // SAFETY: the caller keeps `base..base+len` mapped for as long as
-        // the region lives (see `Registered::keep`).
-        let mr = unsafe { (device.verbs.reg_mr)(device.pd, base.cast(), len, access) };
+        // SAFETY: `map` is a live mapping of `bytes` bytes that this value
+        // owns and unmaps only after deregistering the region.
+        let mr =
+            unsafe { (device.verbs.reg_mr)(device.pd, map.as_mut_ptr().cast(), bytes, access) };
         if mr.is_null() {
             let e = std::io::Error::last_os_error();
             return Err(RdmaError::Register {
-                bytes: len as u64,
+                bytes: len,
                 source: e,
             });
         }
@@ -49,38 +91,55 @@ impl MemoryRegion {
             mr,
             lkey,
             rkey,
+            map,
         })
+    }
+
+    /// Where the mapping starts in this process, for work requests.
+    pub(crate) fn base(&self) -> u64 {
+        self.map.as_ptr() as u64
     }
 }
 
 impl Drop for MemoryRegion {
     fn drop(&mut self) {
-        // SAFETY: registered in `register`, deregistered once.
+        // SAFETY: registered in `register_file`, deregistered once, before
+        // the mapping it covers is unmapped.
         unsafe { (self.device.verbs.dereg_mr)(self.mr) };
     }
 }
 
-/// A task's region with the mapping it covers. `keep` holds the mapping
-/// (the task file) alive for as long as anyone uses the region: an in-flight
-/// read that outlives an eviction still targets mapped memory.
+/// A task's region with the file it maps.
 pub struct Registered<R> {
     pub region: R,
-    pub base: usize,
-    pub len: usize,
-    keep: Arc<dyn Any + Send + Sync>,
+    pub file: FileId,
+    /// The mapping's address in this process, and its length.
+    base: u64,
+    len: u64,
 }
 
 impl<R> Registered<R> {
-    /// Offset of `ptr..ptr+len` inside the region, if it lies wholly inside.
-    pub fn offset_of(&self, ptr: *const u8, len: usize) -> Option<usize> {
-        let p = ptr as usize;
-        let off = p.checked_sub(self.base)?;
-        (off.checked_add(len)? <= self.len).then_some(off)
+    pub(crate) fn new(region: R, file: FileId, base: u64, len: u64) -> Self {
+        Self {
+            region,
+            file,
+            base,
+            len,
+        }
     }
 
-    /// The value that keeps the mapping alive.
-    pub fn keep(&self) -> &Arc<dyn Any + Send + Sync> {
-        &self.keep
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address of the file's bytes `range` in the mapping, if they lie
+    /// wholly inside it: what a local SGE or a remote READ names.
+    pub(crate) fn addr_of(&self, range: &Range<u64>) -> Option<u64> {
+        (range.start <= range.end && range.end <= self.len).then(|| self.base + range.start)
     }
 }
 
@@ -99,40 +158,34 @@ impl<R> Default for RegionTable<R> {
 }
 
 impl<R> RegionTable<R> {
-    /// The task's region over `base..base+len`, registered by `register`
-    /// the first time, or again when the task's mapping changed (a task file
-    /// recreated with another length).
+    /// The task's region over `file`, registered by `register` the first
+    /// time, or again when the task's file changed (recreated).
     pub fn get_or_register<E>(
         &self,
         task: TaskId,
-        base: *mut u8,
-        len: usize,
-        keep: Arc<dyn Any + Send + Sync>,
-        register: impl FnOnce() -> Result<R, E>,
+        file: FileId,
+        register: impl FnOnce() -> Result<Registered<R>, E>,
     ) -> Result<Arc<Registered<R>>, E> {
         // Registration happens under the lock: two first uses of one task at
         // once must not pin the file twice.
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = entries.get(&task) {
-            if r.base == base as usize && r.len == len {
+            if r.file == file {
                 return Ok(r.clone());
             }
         }
-        let r = Arc::new(Registered {
-            region: register()?,
-            base: base as usize,
-            len,
-            keep,
-        });
+        let r = Arc::new(register()?);
         entries.insert(task, r.clone());
         Ok(r)
     }
 
-    pub fn get(&self, task: &TaskId) -> Option<Arc<Registered<R>>> {
+    /// The task's region, if it maps `file`.
+    pub fn get(&self, task: &TaskId, file: &FileId) -> Option<Arc<Registered<R>>> {
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(task)
+            .filter(|r| r.file == *file)
             .cloned()
     }
 
@@ -168,38 +221,44 @@ mod tests {
         }
     }
 
+    fn id(ino: u64, len: u64) -> FileId {
+        FileId { dev: 1, ino, len }
+    }
+
     #[test]
     fn a_task_is_registered_once_and_deregistered_after_eviction() {
         let live = Arc::new(AtomicUsize::new(0));
         let regs = AtomicUsize::new(0);
         let table = RegionTable::<Fake>::default();
-        let mut buf = vec![0u8; 4096];
-        let base = buf.as_mut_ptr();
-        let keep: Arc<dyn Any + Send + Sync> = Arc::new(());
-        let reg = || {
+        let reg = |f: FileId| {
             regs.fetch_add(1, Ordering::SeqCst);
             live.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Fake(live.clone()))
+            Ok::<_, ()>(Registered::new(Fake(live.clone()), f, 0x1000, f.len))
         };
         let a = table
-            .get_or_register(TaskId([1; 32]), base, 4096, keep.clone(), reg)
+            .get_or_register(TaskId([1; 32]), id(5, 4096), || reg(id(5, 4096)))
             .unwrap();
         let b = table
-            .get_or_register(TaskId([1; 32]), base, 4096, keep.clone(), reg)
+            .get_or_register(TaskId([1; 32]), id(5, 4096), || reg(id(5, 4096)))
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(regs.load(Ordering::SeqCst), 1, "registered once");
+        assert!(table.get(&TaskId([1; 32]), &id(5, 4096)).is_some());
+        assert!(
+            table.get(&TaskId([1; 32]), &id(6, 4096)).is_none(),
+            "another file"
+        );
         // Another task is another region.
         table
-            .get_or_register(TaskId([2; 32]), base, 100, keep.clone(), reg)
+            .get_or_register(TaskId([2; 32]), id(7, 100), || reg(id(7, 100)))
             .unwrap();
         assert_eq!(table.len(), 2);
-        // The same task over a new mapping is registered again.
+        // The same task over a recreated file is registered again.
         let c = table
-            .get_or_register(TaskId([1; 32]), base, 2048, keep.clone(), reg)
+            .get_or_register(TaskId([1; 32]), id(8, 2048), || reg(id(8, 2048)))
             .unwrap();
         assert_eq!(regs.load(Ordering::SeqCst), 3);
-        assert_eq!(c.len, 2048);
+        assert_eq!(c.len(), 2048);
         drop((a, b));
         assert_eq!(
             live.load(Ordering::SeqCst),
@@ -212,26 +271,41 @@ mod tests {
         assert_eq!(live.load(Ordering::SeqCst), 2, "still used by `c`");
         drop(c);
         assert_eq!(live.load(Ordering::SeqCst), 1);
-        assert!(table.get(&TaskId([1; 32])).is_none());
+        assert!(table.get(&TaskId([1; 32]), &id(8, 2048)).is_none());
         // A failed registration leaves nothing behind.
-        let failed = table.get_or_register(TaskId([3; 32]), base, 1, keep, || Err::<Fake, _>("no"));
+        let failed = table.get_or_register(TaskId([3; 32]), id(9, 1), || {
+            Err::<Registered<Fake>, _>("no")
+        });
         assert!(failed.is_err());
         assert_eq!(table.len(), 1);
-        drop(buf);
     }
 
     #[test]
-    fn only_slices_inside_the_region_have_an_offset() {
-        let r = Registered {
-            region: (),
-            base: 0x1000,
-            len: 0x100,
-            keep: Arc::new(()),
-        };
-        assert_eq!(r.offset_of(0x1000 as *const u8, 0x100), Some(0));
-        assert_eq!(r.offset_of(0x1080 as *const u8, 0x80), Some(0x80));
-        assert_eq!(r.offset_of(0x1080 as *const u8, 0x81), None);
-        assert_eq!(r.offset_of(0x0fff as *const u8, 1), None);
-        assert_eq!(r.offset_of(usize::MAX as *const u8, 2), None);
+    fn only_ranges_inside_the_region_have_an_address() {
+        let r = Registered::new((), id(1, 0x100), 0x1000, 0x100);
+        assert_eq!(r.addr_of(&(0..0x100)), Some(0x1000));
+        assert_eq!(r.addr_of(&(0x80..0x100)), Some(0x1080));
+        assert_eq!(r.addr_of(&(0x80..0x101)), None);
+        assert_eq!(
+            r.addr_of(&(0x100..0x100)),
+            Some(0x1100),
+            "empty, at the end"
+        );
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 0x20..0x10;
+        assert_eq!(r.addr_of(&backwards), None);
+        assert_eq!(r.addr_of(&(u64::MAX - 1..u64::MAX)), None);
+    }
+
+    #[test]
+    fn a_file_is_known_by_its_inode_and_length() {
+        let d = tempfile::tempdir().unwrap();
+        let a = File::create(d.path().join("a")).unwrap();
+        a.set_len(10).unwrap();
+        let b = File::create(d.path().join("b")).unwrap();
+        let ia = FileId::of(&a).unwrap();
+        assert_eq!(ia.len, 10);
+        assert_ne!(ia, FileId::of(&b).unwrap());
+        assert_eq!(ia, FileId::of(&a.try_clone().unwrap()).unwrap());
     }
 }

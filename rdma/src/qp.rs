@@ -221,7 +221,7 @@ impl QueuePair {
     /// # Safety
     /// `local_addr..+len` must stay valid, registered under `lkey`, and not
     /// be touched by anyone else until this work request's completion has
-    /// been polled.
+    /// been polled or the QP is destroyed.
     pub unsafe fn post_read(
         &self,
         wr_id: u64,
@@ -346,5 +346,28 @@ impl Drop for QueuePair {
                 (v.destroy_comp_channel)(self.channel);
             }
         }
+    }
+}
+
+impl crate::reads::ReadQueue for QueuePair {
+    unsafe fn post_read(&self, wr: &crate::reads::WorkRequest) -> Result<(), RdmaError> {
+        // SAFETY: the trait's contract is `QueuePair::post_read`'s: the
+        // local bytes stay mapped, registered and untouched until the
+        // completion is dispatched or the QP is destroyed.
+        unsafe {
+            QueuePair::post_read(
+                self,
+                wr.wr_id,
+                wr.local_addr,
+                wr.lkey,
+                wr.len,
+                wr.remote_addr,
+                wr.rkey,
+            )
+        }
+    }
+
+    fn set_error(&self) {
+        QueuePair::set_error(self)
     }
 }

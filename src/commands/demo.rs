@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weightcast_engine::file_server;
-use weightcast_engine::store::sha256_file;
 use weightcast_engine::{Engine, EngineConfig, GetRequest, Validation};
 use weightcast_modelpack::safetensors_gen;
+use weightcast_store::sha256_file;
 use weightcast_types::byte_size;
 
 #[derive(Args, Debug)]

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use crate::origin::{Faults, TestOrigin};
-pub use weightcast_engine::store::sha256_file;
+pub use weightcast_store::sha256_file;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 

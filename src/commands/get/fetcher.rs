@@ -6,7 +6,8 @@ use crate::commands::engine_args::default_data_dir;
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::sync::Arc;
-use weightcast_engine::{local_api, output, Engine, GetRequest, GetSummary};
+use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
+use weightcast_store::export;
 
 /// Where downloads run: the node's daemon, or an engine in this process.
 pub enum Fetcher {
@@ -60,7 +61,7 @@ impl Fetcher {
                         cache.display()
                     );
                 }
-                s.placement = Some(output::expose(&cache, &req.output)?);
+                s.placement = Some(export::place(&cache, &req.output)?);
                 Ok(s)
             }
             Fetcher::InProcess(engine) => {

@@ -1,0 +1,271 @@
+//! The store: opens task files on demand (resuming what is on disk when it
+//! fits, else creating and preallocating), keeps the open ones shared, and
+//! deletes a task whose content turned out wrong.
+
+use crate::error::{io_err, StoreError};
+use crate::layout::{StoreLayout, TaskMeta};
+use crate::task_file::TaskFile;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use weightcast_types::piece::PieceLayout;
+use weightcast_types::TaskId;
+
+pub struct Store {
+    layout: StoreLayout,
+    open: Mutex<HashMap<TaskId, Arc<TaskFile>>>,
+}
+
+impl Store {
+    pub fn new(data_dir: &Path) -> Result<Self, StoreError> {
+        let layout = StoreLayout::new(data_dir);
+        std::fs::create_dir_all(layout.tasks_dir()).map_err(io_err(layout.tasks_dir()))?;
+        Ok(Self {
+            layout,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The open tasks; a panic while the map was held left it whole.
+    fn open_tasks(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<TaskFile>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An open task, if this process has it open.
+    /// Flushes every open task's piece table (at shutdown).
+    pub fn sync(&self) {
+        let open: Vec<Arc<TaskFile>> = self
+            .open
+            .lock()
+            .map(|o| o.values().cloned().collect())
+            .unwrap_or_default();
+        for t in open {
+            t.sync();
+        }
+    }
+
+    pub fn get(&self, id: &TaskId) -> Option<Arc<TaskFile>> {
+        self.open_tasks().get(id).cloned()
+    }
+
+    /// Opens the task's file, resuming what is on disk when its metadata
+    /// matches, else creating and preallocating it.
+    pub fn open_or_create(
+        &self,
+        id: TaskId,
+        url: &str,
+        content_length: u64,
+    ) -> Result<Arc<TaskFile>, StoreError> {
+        if let Some(t) = self.get(&id) {
+            if t.layout.content_length == content_length {
+                return Ok(t);
+            }
+        }
+        let dir = self.layout.task(&id);
+        let meta = TaskMeta {
+            url: url.to_string(),
+            content_length,
+            piece_size: PieceLayout::for_length(content_length).piece_size,
+        };
+        let file = match dir.read_meta() {
+            Some(on_disk) if on_disk.resumable_as(&meta) => TaskFile::resume(id, dir, &meta)?,
+            _ => TaskFile::create(id, dir, &meta)?,
+        };
+        let mut open = self.open_tasks();
+        // Someone opened the same task meanwhile: one TaskFile per task, so
+        // that one claim table guards its pieces.
+        if let Some(t) = open.get(&id) {
+            if t.layout.content_length == content_length {
+                return Ok(t.clone());
+            }
+        }
+        open.insert(id, file.clone());
+        Ok(file)
+    }
+
+    /// The metadata of a task on disk, without opening it.
+    pub fn peek_meta(&self, id: &TaskId) -> Option<TaskMeta> {
+        self.layout.task(id).read_meta()
+    }
+
+    /// A task on disk that is complete, opened (for cache hits).
+    pub fn open_complete(&self, id: TaskId) -> Option<Arc<TaskFile>> {
+        if let Some(t) = self.get(&id) {
+            return t.is_complete().then_some(t);
+        }
+        let meta = self.peek_meta(&id)?;
+        let t = self
+            .open_or_create(id, &meta.url, meta.content_length)
+            .ok()?;
+        t.is_complete().then_some(t)
+    }
+
+    /// Deletes a task whose content turned out wrong, so a retry starts
+    /// clean. Files still open (an upload in progress) keep their bytes
+    /// until they are dropped.
+    pub fn discard(&self, id: &TaskId) {
+        let mut open = self.open_tasks();
+        open.remove(id);
+        // Under the lock: nobody resumes the directory while it goes.
+        self.layout.task(id).remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreError;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::FileExt;
+    use weightcast_types::piece::MIN_PIECE_SIZE;
+    use weightcast_types::WritePermit;
+
+    #[test]
+    fn pieces_are_written_once_verified_and_persisted_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId::from_url("u");
+        let len = MIN_PIECE_SIZE * 2 + 5;
+        {
+            let store = Store::new(dir.path()).unwrap();
+            let t = store.open_or_create(id, "u", len).unwrap();
+            let mut w = t.begin_write(0).unwrap();
+            assert!(t.begin_write(0).is_none(), "one writer per piece");
+            assert!(
+                t.verified_piece(0).is_none(),
+                "no reader while it is written"
+            );
+            w.buf().fill(1);
+            w.commit(None).unwrap();
+            assert!(
+                t.begin_write(0).is_none(),
+                "verified pieces are never rewritten"
+            );
+            let mut w = t.begin_write(2).unwrap();
+            assert_eq!(
+                w.range(),
+                2 * MIN_PIECE_SIZE..len,
+                "the permit names the piece"
+            );
+            w.buf().fill(2);
+            let wrong = [0u8; 32];
+            assert!(matches!(
+                w.commit(Some(wrong)),
+                Err(StoreError::DigestMismatch { .. })
+            ));
+            assert!(t.verified(2).is_none());
+            assert!(
+                t.begin_write(2).is_some(),
+                "a failed piece can be fetched again"
+            );
+            assert!(t.begin_write(3).is_none(), "no such piece");
+            let v = t.verified_piece(0).unwrap();
+            assert_eq!(v.as_ref().len() as u64, MIN_PIECE_SIZE);
+            assert_eq!(v.range(), 0..MIN_PIECE_SIZE);
+            assert!(t.verified_piece(1).is_none());
+            assert_eq!(t.missing_pieces(), vec![1, 2]);
+        }
+        // A new process: the table resumes piece 0 only.
+        let store = Store::new(dir.path()).unwrap();
+        let t = store.open_or_create(id, "u", len).unwrap();
+        assert_eq!(t.verified_pieces().len(), 1);
+        assert!(t.verified(0).is_some());
+        assert_eq!(t.verified_bytes(), MIN_PIECE_SIZE);
+        assert!(t.begin_write(1).is_some(), "resume leaves no claim behind");
+    }
+
+    #[test]
+    fn a_piece_corrupted_on_disk_is_dropped_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId::from_url("u");
+        let data = {
+            let store = Store::new(dir.path()).unwrap();
+            let t = store.open_or_create(id, "u", 100).unwrap();
+            let mut w = t.begin_write(0).unwrap();
+            w.buf().fill(7);
+            w.commit(None).unwrap();
+            assert!(t.is_complete());
+            t.data_path()
+        };
+        let f = OpenOptions::new().write(true).open(&data).unwrap();
+        f.write_at(b"X", 50).unwrap();
+        let store = Store::new(dir.path()).unwrap();
+        let t = store.open_or_create(id, "u", 100).unwrap();
+        assert!(!t.is_complete());
+        assert!(store.open_complete(id).is_none());
+        drop((t, store));
+        // The table no longer claims it either.
+        let store = Store::new(dir.path()).unwrap();
+        assert!(store
+            .open_or_create(id, "u", 100)
+            .unwrap()
+            .verified_pieces()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_truncated_data_file_starts_over_instead_of_faulting() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId::from_url("u");
+        let len = MIN_PIECE_SIZE + 10;
+        let data = {
+            let store = Store::new(dir.path()).unwrap();
+            let t = store.open_or_create(id, "u", len).unwrap();
+            for n in 0..2 {
+                t.begin_write(n).unwrap().commit(None).unwrap();
+            }
+            assert!(t.is_complete());
+            t.data_path()
+        };
+        OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let store = Store::new(dir.path()).unwrap();
+        let t = store.open_or_create(id, "u", len).unwrap();
+        assert!(t.verified_pieces().is_empty());
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().len(),
+            len,
+            "preallocated again"
+        );
+        assert!(t.begin_write(1).is_some());
+    }
+
+    #[test]
+    fn a_different_length_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId::from_url("u");
+        let store = Store::new(dir.path()).unwrap();
+        let t = store.open_or_create(id, "u", 10).unwrap();
+        t.begin_write(0).unwrap().commit(None).unwrap();
+        drop(t);
+        let store = Store::new(dir.path()).unwrap();
+        let t = store.open_or_create(id, "u", 20).unwrap();
+        assert!(t.verified_pieces().is_empty());
+        let empty = store.open_or_create(TaskId::from_url("e"), "e", 0).unwrap();
+        assert!(empty.is_complete(), "an empty file has no pieces to fetch");
+        assert!(empty.begin_write(0).is_none());
+    }
+
+    #[test]
+    fn a_discarded_task_is_gone_from_disk_but_open_readers_keep_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = TaskId::from_url("u");
+        let store = Store::new(dir.path()).unwrap();
+        let t = store.open_or_create(id, "u", 100).unwrap();
+        let mut w = t.begin_write(0).unwrap();
+        w.buf().fill(9);
+        w.commit(None).unwrap();
+        let piece = t.verified_piece(0).unwrap();
+        store.discard(&id);
+        assert!(store.get(&id).is_none());
+        assert!(store.peek_meta(&id).is_none());
+        assert!(!t.data_path().exists());
+        assert!(piece.as_ref().iter().all(|b| *b == 9));
+        let again = store.open_or_create(id, "u", 100).unwrap();
+        assert!(!Arc::ptr_eq(&again, &t));
+        assert!(again.verified_pieces().is_empty());
+    }
+}
