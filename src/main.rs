@@ -51,7 +51,7 @@ fn main() -> std::process::ExitCode {
     // The config file feeds the environment, so parse twice: once to find
     // the file, once with its settings in place.
     if let Err(e) = commands::config_file::load(Cli::parse().config) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         return std::process::ExitCode::FAILURE;
     }
     let cli = Cli::parse();
@@ -82,9 +82,42 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line. A cause that the message above it
+/// already quotes (many errors put their source in their own text) is not
+/// repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let text = io.to_string();
+        let e = anyhow::Error::new(io)
+            .context(format!("cannot listen on 0.0.0.0:7430 (--listen): {text}"))
+            .context("cannot start the engine");
+        assert_eq!(
+            super::one_line(&e),
+            format!("cannot start the engine: cannot listen on 0.0.0.0:7430 (--listen): {text}")
+        );
     }
 }

@@ -15,7 +15,7 @@ use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, Trans
 use weightcast_rdma::select::{self, FailureLog, Route};
 use weightcast_rdma::{RdmaFetchError, RdmaNode, RdmaTransport, TransportMode};
 use weightcast_store::{PieceWrite, Store};
-use weightcast_tcp::{RdmaPieceLocation, RdmaResponder, TcpTransport};
+use weightcast_tcp::{RdmaPieceLocation, RdmaResponder, RdmaSetupError, TcpTransport};
 use weightcast_types::TaskId;
 
 /// Which transport carried a piece.
@@ -142,12 +142,12 @@ impl RdmaResponder for StoreRdma {
     fn accept(
         &self,
         child: &QpEndpoint,
-    ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), String> {
-        let (ep, qp) = self.node.accept(child).map_err(|e| e.to_string())?;
+    ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), RdmaSetupError> {
+        let (ep, qp) = self.node.accept(child)?;
         Ok((ep, Box::new(qp)))
     }
 
-    fn expose(&self, task: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, String> {
+    fn expose(&self, task: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, RdmaSetupError> {
         let Some(file) = self.store.get(task) else {
             return Ok(None);
         };
@@ -157,8 +157,7 @@ impl RdmaResponder for StoreRdma {
         };
         let loc = self
             .node
-            .piece_location(*task, piece.file(), piece.range())
-            .map_err(|e| e.to_string())?;
+            .piece_location(*task, piece.file(), piece.range())?;
         Ok(Some(RdmaPieceLocation {
             addr: loc.addr,
             rkey: loc.rkey,

@@ -14,4 +14,6 @@ mod client;
 mod server;
 
 pub use client::TcpTransport;
-pub use server::{PieceServer, PieceSource, RdmaPieceLocation, RdmaResponder, UploadStats};
+pub use server::{
+    PieceServer, PieceSource, RdmaPieceLocation, RdmaResponder, RdmaSetupError, UploadStats,
+};

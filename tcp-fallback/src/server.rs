@@ -24,6 +24,10 @@ pub struct RdmaPieceLocation {
     pub length: u64,
 }
 
+/// Why the RDMA half of a parent could not do what a child asked: the verbs
+/// error itself, kept whole (this crate does not know verbs types).
+pub type RdmaSetupError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The RDMA half of a parent, provided by the engine (which owns the device
 /// and the task files). Without one, RDMA frames are answered `Unsupported`
 /// and children use TCP.
@@ -34,11 +38,11 @@ pub trait RdmaResponder: Send + Sync + 'static {
     fn accept(
         &self,
         child: &QpEndpoint,
-    ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), String>;
+    ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), RdmaSetupError>;
     /// Where verified piece `num` of `task` lies in registered memory
     /// (registering the task file on first use). `Ok(None)`: not verified
     /// here; a piece that is not verified is never exposed.
-    fn expose(&self, task: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, String>;
+    fn expose(&self, task: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, RdmaSetupError>;
 }
 
 /// Where the server finds verified pieces (the engine's task store).
@@ -185,7 +189,7 @@ impl<S: PieceSource> PieceServer<S> {
                             let exposed =
                                 tokio::task::spawn_blocking(move || r.expose(&req.task, req.piece))
                                     .await
-                                    .unwrap_or_else(|e| Err(e.to_string()));
+                                    .unwrap_or_else(|e| Err(Box::new(e)));
                             match exposed {
                                 Ok(Some(loc)) => {
                                     granted.insert((req.task, req.piece), (slot, loc.length));
@@ -278,7 +282,7 @@ mod tests {
         fn accept(
             &self,
             child: &QpEndpoint,
-        ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), String> {
+        ) -> Result<(QpEndpoint, Box<dyn std::any::Any + Send>), RdmaSetupError> {
             Ok((
                 QpEndpoint {
                     qp_num: child.qp_num + 1,
@@ -287,7 +291,11 @@ mod tests {
                 Box::new(()),
             ))
         }
-        fn expose(&self, _: &TaskId, num: u32) -> Result<Option<RdmaPieceLocation>, String> {
+        fn expose(
+            &self,
+            _: &TaskId,
+            num: u32,
+        ) -> Result<Option<RdmaPieceLocation>, RdmaSetupError> {
             Ok((num == 0).then_some(RdmaPieceLocation {
                 addr: 0x1000,
                 rkey: 7,
