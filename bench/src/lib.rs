@@ -11,8 +11,10 @@
 //!
 //! - [`netns`]: hosts as network namespaces on a bridge, with tbf caps.
 //! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
-//! - [`report`]: markdown tables, JSON and SVG CDFs of the runs.
+//! - [`report`]: markdown tables, JSON and SVG CDFs of the runs; [`stats`]:
+//!   medians.
 
 pub mod netns;
 pub mod report;
 pub mod scenarios;
+pub mod stats;
