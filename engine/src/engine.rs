@@ -223,6 +223,24 @@ impl Engine {
         self.deps.store.sync();
     }
 
+    /// The Prometheus page: the counters, and the origin budget shares the
+    /// scheduler set.
+    fn render_metrics(&self) -> String {
+        let mut page = self.metrics().render();
+        let mut budgets = weightcast_proto::metrics_text::MetricsText::default();
+        for (origin, bytes_per_second) in self.deps.origin.budgets() {
+            budgets.sample(
+                "weightcast_origin_budget_bytes_per_second",
+                "gauge",
+                "This peer's share of the cluster's byte-rate budget towards an origin, set by the scheduler (--origin-rate-limit of the scheduler).",
+                &[("origin", &origin)],
+                bytes_per_second as f64,
+            );
+        }
+        page.push_str(&budgets.finish());
+        page
+    }
+
     /// Serves `/metrics` (Prometheus) and `/healthz` until the engine shuts down.
     pub async fn serve_metrics(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let stop = self.cancel.clone();
@@ -231,7 +249,7 @@ impl Engine {
                 "/metrics",
                 axum::routing::get(move || {
                     let e = self.clone();
-                    async move { e.metrics().render() }
+                    async move { e.render_metrics() }
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok\n" }));

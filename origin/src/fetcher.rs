@@ -119,6 +119,11 @@ impl OriginFetcher {
         Ok(())
     }
 
+    /// The budget shares the scheduler set, by origin.
+    pub fn budgets(&self) -> Vec<(String, u64)> {
+        self.limits.budgets()
+    }
+
     pub fn stats(&self) -> &Arc<OriginStats> {
         &self.stats
     }

@@ -29,6 +29,18 @@ impl OriginLimits {
         }
     }
 
+    /// Every origin's budget share in force now (`scheme://host:port`,
+    /// bytes per second).
+    pub fn budgets(&self) -> Vec<(String, u64)> {
+        let all = self.by_origin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<(String, u64)> = all
+            .iter()
+            .filter_map(|(k, l)| Some((k.as_str().to_string(), l.budget()?)))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn of(&self, origin: &OriginKey) -> Arc<OriginLimit> {
         let mut all = self.by_origin.lock().unwrap_or_else(|p| p.into_inner());
         all.entry(origin.clone())

@@ -235,7 +235,8 @@ impl Core {
             // A reconnect with the same id: start from a clean slate.
             out = self.disconnect(&id, now);
         }
-        if info.seed {
+        let seed = info.seed;
+        if seed {
             self.seeds.add(&id);
         }
         self.hosts.insert(
@@ -246,6 +247,30 @@ impl Core {
                 tasks: BTreeSet::new(),
             },
         );
+        if seed {
+            out.extend(self.adopt_orphans());
+        }
+        out
+    }
+
+    /// Tasks whose peers wait without a source (it left, and no seed or
+    /// budget could replace it): a seed that connects now takes them.
+    fn adopt_orphans(&mut self) -> Vec<Outbound> {
+        let orphans: Vec<(TaskId, PeerId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                !t.someone_complete()
+                    && t.source
+                        .as_ref()
+                        .is_none_or(|s| !self.hosts.contains_key(s))
+            })
+            .filter_map(|(id, t)| Some((*id, t.order.first()?.clone())))
+            .collect();
+        let mut out = Vec::new();
+        for (id, waiting) in orphans {
+            out.extend(self.choose_source(id, &waiting, SourceReason::NoSeed));
+        }
         out
     }
 
@@ -367,10 +392,11 @@ impl Core {
     fn choose_source(&mut self, id: TaskId, fallback: &str, why: SourceReason) -> Vec<Outbound> {
         let hosts = &self.hosts;
         let seed = self.seeds.pick(&id, |s| !hosts.contains_key(s)).cloned();
+        let over_budget = self.origin_fetchers(&id) >= self.config.max_back_to_source;
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
-        let mut out = match seed {
+        let mut out: Vec<Outbound> = match seed {
             Some(seed) if seed != fallback => {
                 task.source = Some(seed.clone());
                 if !task.peers.contains_key(&seed) {
@@ -384,6 +410,13 @@ impl Core {
                 self.stats.seeds_triggered += 1;
                 let url = task.url.clone();
                 vec![msg(&seed, id, ToPeer::SeedTask { url })]
+            }
+            None if over_budget => {
+                // No seed, and the task's back-to-source budget is spent:
+                // nobody goes; a seed that connects later takes the task.
+                self.stats.source_refusals += 1;
+                task.source = None;
+                return Vec::new();
             }
             seed => {
                 task.source = Some(fallback.to_string());
@@ -399,8 +432,11 @@ impl Core {
                 vec![msg(fallback, id, ToPeer::BackToSource { reason })]
             }
         };
-        out.extend(self.rebalance_origin(id));
-        out
+        // The budget share goes first, so the new fetcher is paced from its
+        // first byte.
+        let mut first = self.rebalance_origin(id);
+        first.append(&mut out);
+        first
     }
 
     /// A stalled peer asks to fetch from the origin: other parents if phase
@@ -435,14 +471,14 @@ impl Core {
         task.make_eligible(child);
         self.stats.source_grants += 1;
         self.stats.back_to_source += 1;
-        let mut out = vec![msg(
+        let mut out = self.rebalance_origin(id);
+        out.push(msg(
             child,
             id,
             ToPeer::BackToSource {
                 reason: SourceReason::Granted,
             },
-        )];
-        out.extend(self.rebalance_origin(id));
+        ));
         out
     }
 

@@ -343,9 +343,20 @@ impl Cluster {
         self.scheduler_at(&Place::loopback())
     }
 
+    /// [`Cluster::scheduler`] with extra flags.
+    pub fn scheduler_with(&mut self, extra: &[&str]) -> Result<(String, String)> {
+        self.scheduler_at_with(&Place::loopback(), extra)
+    }
+
     pub fn scheduler_at(&mut self, place: &Place) -> Result<(String, String)> {
+        self.scheduler_at_with(place, &[])
+    }
+
+    /// A scheduler at `place` with extra flags.
+    pub fn scheduler_at_with(&mut self, place: &Place, extra: &[&str]) -> Result<(String, String)> {
         let ready = self.path("scheduler.ready");
-        let args = vec![
+        let _ = std::fs::remove_file(&ready);
+        let mut args: Vec<String> = vec![
             "scheduler".into(),
             "--listen".into(),
             format!("{}:0", place.ip),
@@ -354,6 +365,7 @@ impl Cluster {
             "--ready-file".into(),
             ready.display().to_string(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let bin = self.bin.clone();
         let i = self.spawn_at(place, &bin, "scheduler", &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;

@@ -370,6 +370,29 @@ fn when_the_seed_dies_at_most_the_budget_goes_to_the_origin() {
 }
 
 #[test]
+fn with_the_budget_spent_nobody_goes_and_a_seed_that_connects_takes_the_task() {
+    let mut core = Core::new(Config {
+        max_back_to_source: 0,
+        ..Config::default()
+    });
+    hello(&mut core, host("a", false, 8));
+    let out = register(&mut core, "a");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o.msg, ToPeer::BackToSource { .. })),
+        "no budget: not even the first peer goes: {out:?}"
+    );
+    assert!(!granted(&source_request(&mut core, "a", t0()), "a"));
+    assert_eq!(core.origin_fetchers(&task()), 0);
+    let out = hello(&mut core, host("seed", true, 8));
+    assert!(
+        out.iter()
+            .any(|o| o.to == "seed" && matches!(o.msg, ToPeer::SeedTask { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn with_the_seed_gone_complete_peers_serve_a_newcomer() {
     let mut core = Core::default();
     hello(&mut core, host("seed", true, 8));
