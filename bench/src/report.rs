@@ -155,6 +155,7 @@ mod tests {
             system: System::Weightcast,
             variant: crate::scenarios::Variant::default(),
             seed_host_upload: Some(120),
+            timeline: Vec::new(),
             peers: secs.len(),
             size: 100,
             bandwidth_bits: 800,

@@ -107,6 +107,8 @@ pub struct Setup {
     pub bandwidth: u64,
     /// Where the generated model file is kept across runs.
     pub work: PathBuf,
+    /// Extra flags for every weightcast daemon (tuning experiments).
+    pub daemon_args: Vec<String>,
 }
 
 impl Setup {
@@ -155,6 +157,49 @@ pub struct RunResult {
     pub cross_zone: Option<u64>,
     /// weightcast: pieces the seed uploaded, and requests it refused as busy.
     pub seed_uploads: Option<[u64; 2]>,
+    /// Link byte counters about once a second: where the time went.
+    pub timeline: Vec<Sample>,
+}
+
+/// Cumulative link bytes at one moment of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    pub secs: f64,
+    /// The machine's (busy, total) CPU ticks from `/proc/stat`.
+    pub cpu_busy_ticks: (u64, u64),
+    /// The seed's host (the origin host for systems without a seed).
+    pub seed_host_up: u64,
+    /// Every peer host's download, summed.
+    pub peers_down: u64,
+    /// Every peer host's upload, summed.
+    pub peers_up: u64,
+}
+
+impl RunResult {
+    /// The timeline as rates, each a fraction of one link's capacity:
+    /// (seconds, seed host upload, mean peer download, mean peer upload,
+    /// the machine's CPU busy fraction).
+    pub fn utilisation(&self) -> Vec<(f64, f64, f64, f64, f64)> {
+        let link = self.bandwidth_bits as f64 / 8.0;
+        let n = self.peers.max(1) as f64;
+        self.timeline
+            .windows(2)
+            .map(|w| {
+                let dt = (w[1].secs - w[0].secs).max(1e-3);
+                let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / dt / link;
+                let (b0, t0) = w[0].cpu_busy_ticks;
+                let (b1, t1) = w[1].cpu_busy_ticks;
+                let cpu = b1.saturating_sub(b0) as f64 / (t1.saturating_sub(t0)).max(1) as f64;
+                (
+                    w[1].secs,
+                    rate(w[0].seed_host_up, w[1].seed_host_up),
+                    rate(w[0].peers_down, w[1].peers_down) / n,
+                    rate(w[0].peers_up, w[1].peers_up) / n,
+                    cpu,
+                )
+            })
+            .collect()
+    }
 }
 
 impl RunResult {
@@ -226,7 +271,15 @@ pub fn run(
         };
         peers.push(net.add_host(&format!("p{i:02}"), i % zones, caps)?);
     }
-    let mut c = Cluster::new(&setup.bin)?;
+    // Every emulated host writes its cache and output to one machine's
+    // disk, which real hosts do not share: on tmpfs (where there is room
+    // for two copies per peer), that shared disk does not time the run.
+    let shm = Path::new("/dev/shm");
+    let room = 2 * setup.size * (setup.peers as u64 + 2) + (1 << 30);
+    let mut c = match free_bytes(shm) {
+        Some(free) if free > room => Cluster::new_in(&setup.bin, shm)?,
+        _ => Cluster::new(&setup.bin)?,
+    };
     let at = |h: &NetHost| Place::in_ns(&h.ns, &h.ip);
     let hf = matches!(system, System::HfDirect | System::HfWeightcast);
     // The Hugging Face systems get their bytes from a test Hub's CDN on the
@@ -245,7 +298,8 @@ pub fn run(
             let zone = |h: &NetHost| format!("zone-{}", h.zone);
             let seed_args =
                 ["--zone", &zone(&seed_at), "--hostname", &hostname(&seed_at)].map(String::from);
-            let seed_args: Vec<&str> = seed_args.iter().map(String::as_str).collect();
+            let mut seed_args: Vec<&str> = seed_args.iter().map(String::as_str).collect();
+            seed_args.extend(setup.daemon_args.iter().map(String::as_str));
             seed_daemon = Some(c.daemon_at(
                 &at(&seed_at),
                 "seed",
@@ -257,14 +311,9 @@ pub fn run(
             let mut daemons = Vec::new();
             for h in &peers {
                 let (z, n) = (zone(h), hostname(h));
-                let d = c.daemon_at(
-                    &at(h),
-                    &h.name,
-                    &c.path(&h.name),
-                    &endpoint,
-                    false,
-                    &["--zone", &z, "--hostname", &n],
-                )?;
+                let mut args = vec!["--zone", &z, "--hostname", &n];
+                args.extend(setup.daemon_args.iter().map(String::as_str));
+                let d = c.daemon_at(&at(h), &h.name, &c.path(&h.name), &endpoint, false, &args)?;
                 daemons.push(d);
             }
             let mut runs = Vec::new();
@@ -344,7 +393,21 @@ pub fn run(
     let t0 = Instant::now();
     let timeout = Duration::from_secs_f64(setup.bound_secs() * (setup.peers as f64 + 4.0) + 120.0);
     let mut churned = scenario != Scenario::Churn;
+    let mut timeline = Vec::new();
+    let mut last_sample = t0;
     loop {
+        if last_sample.elapsed() >= Duration::from_secs(1) || timeline.is_empty() {
+            last_sample = Instant::now();
+            let links = net.link_bytes();
+            let of = |h: &NetHost| links.get(&h.name).copied().unwrap_or_default();
+            timeline.push(Sample {
+                cpu_busy_ticks: cpu_ticks(),
+                secs: t0.elapsed().as_secs_f64(),
+                seed_host_up: of(&seed_at).0,
+                peers_down: peers.iter().map(|h| of(h).1).sum(),
+                peers_up: peers.iter().map(|h| of(h).0).sum(),
+            });
+        }
         let mut pending = 0;
         for r in runs.iter_mut().filter(|r| r.secs.is_none() && !r.killed) {
             if r.is_done()? {
@@ -413,6 +476,7 @@ pub fn run(
     });
     let seed_host_upload = weightcast.then(|| net.uploaded(&seed_at));
     let result = RunResult {
+        timeline,
         seed_uploads,
         seed_host_upload,
         scenario,
@@ -429,9 +493,59 @@ pub fn run(
         cross_zone: (zones == 2).then(|| net.cross_zone()),
     };
     drop(runs);
+    if let Some(keep) = std::env::var_os("WEIGHTCAST_BENCH_KEEP") {
+        // For a look at the processes' logs after the run.
+        let to =
+            PathBuf::from(keep).join(format!("{scenario:?}-{system:?}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&to);
+        for e in std::fs::read_dir(c.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+            }
+        }
+        eprintln!("   logs kept in {}", to.display());
+    }
     drop(c);
     drop(net);
     Ok(result)
+}
+
+/// The machine's (busy, total) CPU ticks so far, from `/proc/stat`.
+fn cpu_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(cpu) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Free bytes on the filesystem holding `dir` (from `df`), if it says.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A test Hub serving `files` as repo `bench/model` at `place` (hub on port

@@ -9,11 +9,17 @@
 //!    parents first (ties broken by a per-child pseudo-random order), each from
 //!    the non-seed holder expected to finish first: (bytes in flight there +
 //!    the piece, inflated by the parent's reported load) / measured throughput.
-//! 2. Only pieces no near peer parent holds come from an *expensive* parent
-//!    (a seed, or a peer in another zone), in the child's own pseudo-random
-//!    order (so siblings ask for different pieces), and at most
+//! 2. Pieces no near peer parent holds come from an *expensive* parent (a
+//!    seed, or a peer in another zone), in the child's own pseudo-random
+//!    order (so siblings ask for different pieces), at most
 //!    [`SEED_PIECES_IN_FLIGHT`] at a time. Each piece should leave the seed,
 //!    and cross between zones, about once, then spread from peer to peer.
+//! 3. A near seed is the only source of pieces nobody else has yet, so its
+//!    upload must never idle: a child keeps its seed budget in use even
+//!    while near peers offer other pieces (the seed answers `Busy` to the
+//!    excess, and `Elsewhere` for a piece another child is getting, which
+//!    keeps the copies at one). Another zone is different: its link is the
+//!    scarce one, so a child crosses it only for what no near peer holds.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -190,9 +196,17 @@ impl ParentChoice {
                 }
             }
         }
-        from_peers
+        let near_seed = from_expensive
+            .as_ref()
+            .is_some_and(|((tier, _), _, _)| *tier == 1);
+        let (first, second) = match near_seed {
+            true => (from_expensive, None),
+            false => (None, from_expensive),
+        };
+        first
             .map(|(_, n, id)| (n, id.clone()))
-            .or_else(|| from_expensive.map(|(_, n, id)| (n, id.clone())))
+            .or_else(|| from_peers.map(|(_, n, id)| (n, id.clone())))
+            .or_else(|| second.map(|(_, n, id)| (n, id.clone())))
     }
 
     /// When the earliest of the parents' `Busy` or `Elsewhere` waits ends:
@@ -254,23 +268,26 @@ mod tests {
     }
 
     #[test]
-    fn peers_come_before_the_seed_and_rare_pieces_first() {
-        let c = choice(&[
+    fn the_seed_is_kept_busy_with_what_only_it_holds_and_peers_serve_the_rest_rarest_first() {
+        let mut c = choice(&[
             ("seed", true, &[0, 1, 2, 3]),
             ("a", false, &[0, 1]),
             ("b", false, &[1]),
         ]);
         let now = Instant::now();
-        // Piece 0 (one peer holder) is rarer among peers than 1 (two), and
-        // peers beat the seed: 0 from a.
+        // Pieces 2 and 3 only the seed holds: its budget is used first.
+        let (n, p) = c.pick([0, 1, 2, 3], |_| 4 << 20, now).unwrap();
+        assert!(n == 2 || n == 3, "{n}");
+        assert_eq!(p, "seed");
+        for _ in 0..SEED_PIECES_IN_FLIGHT {
+            c.started("seed", 4 << 20);
+        }
+        // With the seed budget in use, peers: piece 0 (one peer holder) is
+        // rarer among peers than 1 (two): 0 from a.
         assert_eq!(
             c.pick([0, 1, 2, 3], |_| 4 << 20, now),
             Some((0, "a".into()))
         );
-        // Only seed-held pieces left: one of them, from the seed.
-        let (n, p) = c.pick([2, 3], |_| 4 << 20, now).unwrap();
-        assert!(n == 2 || n == 3);
-        assert_eq!(p, "seed");
     }
 
     #[test]

@@ -150,6 +150,12 @@ pub struct EngineArgs {
     /// let pieces complete, and be forwarded, sooner.
     #[arg(long, env = "WEIGHTCAST_UPLOAD_CONCURRENCY", default_value_t = 4)]
     pub upload_concurrency: u32,
+    /// Pieces of one task fetched at once.
+    #[arg(long, env = "WEIGHTCAST_PIECES_IN_FLIGHT", default_value_t = 8)]
+    pub pieces_in_flight: usize,
+    /// Pieces of one task fetched from one parent at once.
+    #[arg(long, env = "WEIGHTCAST_PIECES_PER_PARENT", default_value_t = 4)]
+    pub pieces_per_parent: u32,
     /// Requests in flight to one origin at once (this process).
     #[arg(long, env = "WEIGHTCAST_ORIGIN_CONCURRENCY", default_value_t = 8)]
     pub origin_concurrency: usize,
@@ -202,6 +208,8 @@ impl EngineArgs {
         });
         c.upload_slots = self.upload_slots;
         c.upload_concurrency = self.upload_concurrency.max(1);
+        c.pieces_in_flight = self.pieces_in_flight.max(1);
+        c.pieces_per_parent = self.pieces_per_parent.max(1);
         c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));
         c.transport = self.transport;
         c.rdma_device = self.rdma_device.clone();

@@ -75,17 +75,39 @@ pub struct UploadStats {
 pub struct PieceServer<S> {
     source: Arc<S>,
     max_uploads: u32,
+    /// Upload slots: `max_uploads` permits.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// TCP piece requests waiting for an upload slot now.
+    waiting: AtomicU32,
     pub stats: Arc<UploadStats>,
     rdma: Option<Arc<dyn RdmaResponder>>,
     send_once: Option<Arc<SendOnce>>,
 }
 
-/// Counts one upload in flight for as long as it lives.
-struct UploadSlot(Arc<UploadStats>);
+/// Requests queued per upload slot before a request is answered `Busy`.
+const QUEUE_PER_SLOT: u32 = 2;
+/// The longest a queued request waits for a slot.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One upload slot, counted in the stats for as long as it lives.
+struct UploadSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    stats: Arc<UploadStats>,
+}
+
+impl UploadSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, stats: Arc<UploadStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::AcqRel);
+        Self {
+            _permit: permit,
+            stats,
+        }
+    }
+}
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.stats.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -96,6 +118,8 @@ impl<S: PieceSource> PieceServer<S> {
         Self {
             source,
             max_uploads: max_uploads.max(1),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_uploads.max(1) as usize)),
+            waiting: AtomicU32::new(0),
             stats,
             rdma: None,
             send_once: None,
@@ -107,6 +131,41 @@ impl<S: PieceSource> PieceServer<S> {
     pub fn with_send_once(mut self, hold: std::time::Duration) -> Self {
         self.send_once = Some(SendOnce::new(hold));
         self
+    }
+
+    /// Uploads in flight plus requests waiting for one: the load a child
+    /// weighs this parent by.
+    fn load(&self) -> u32 {
+        self.stats.active.load(Ordering::Acquire) + self.waiting.load(Ordering::Acquire)
+    }
+
+    /// An upload slot, if one is free now.
+    fn try_slot(&self) -> Option<UploadSlot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(UploadSlot::new(permit, self.stats.clone()))
+    }
+
+    /// An upload slot for a TCP piece, waiting in a short queue when all are
+    /// taken: a request that waits is served the moment a slot frees, where
+    /// a `Busy` would leave the slot idle until the child asks again. `None`
+    /// when the queue is full too, or the wait ran out. (RDMA requests never
+    /// wait: their connection carries the frames that free slots.)
+    async fn upload_slot(&self) -> Option<UploadSlot> {
+        if let Some(s) = self.try_slot() {
+            return Some(s);
+        }
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let slot = if queued < self.max_uploads * QUEUE_PER_SLOT {
+            tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|permit| UploadSlot::new(permit, self.stats.clone()))
+        } else {
+            None
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        slot
     }
 
     /// A ticket to send the piece, or the `Elsewhere` wait in milliseconds.
@@ -205,7 +264,7 @@ impl<S: PieceSource> PieceServer<S> {
                         Err(wait_ms) => {
                             let g = RdmaGrant {
                                 status: Status::Elsewhere,
-                                active_uploads: self.stats.active.load(Ordering::Acquire),
+                                active_uploads: self.load(),
                                 addr: 0,
                                 rkey: 0,
                                 length: wait_ms,
@@ -214,8 +273,8 @@ impl<S: PieceSource> PieceServer<S> {
                             continue;
                         }
                     };
-                    let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
-                    let slot = UploadSlot(self.stats.clone());
+                    let slot = self.try_slot();
+                    let active = self.load();
                     let grant = |status, loc: Option<RdmaPieceLocation>| RdmaGrant {
                         status,
                         active_uploads: active,
@@ -223,8 +282,9 @@ impl<S: PieceSource> PieceServer<S> {
                         rkey: loc.map_or(0, |l| l.rkey),
                         length: loc.map_or(0, |l| l.length),
                     };
-                    let g = match (&self.rdma, &qp) {
-                        (Some(r), Some(_)) if active <= self.max_uploads => {
+                    let connected = qp.is_some();
+                    let g = match (&self.rdma, connected, slot) {
+                        (Some(r), true, Some(slot)) => {
                             // The first exposure of a task registers (pins) its
                             // whole file: not on an async worker.
                             let r = r.clone();
@@ -245,7 +305,7 @@ impl<S: PieceSource> PieceServer<S> {
                                 }
                             }
                         }
-                        (Some(_), Some(_)) => {
+                        (Some(_), true, None) => {
                             self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
                             grant(Status::Busy, None)
                         }
@@ -281,23 +341,27 @@ impl<S: PieceSource> PieceServer<S> {
             Err(wait_ms) => {
                 let h = ResponseHeader {
                     status: Status::Elsewhere,
-                    active_uploads: self.stats.active.load(Ordering::Acquire),
+                    active_uploads: self.load(),
                     length: wait_ms,
                 };
                 return stream.write_all(&h.encode()).await;
             }
         };
-        let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
-        let _slot = UploadSlot(self.stats.clone());
+        let Some(_slot) = self.upload_slot().await else {
+            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            let h = ResponseHeader {
+                status: Status::Busy,
+                active_uploads: self.load(),
+                length: 0,
+            };
+            return stream.write_all(&h.encode()).await;
+        };
+        let active = self.load();
         let header = |status, length| ResponseHeader {
             status,
             active_uploads: active,
             length,
         };
-        if active > self.max_uploads {
-            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-            return stream.write_all(&header(Status::Busy, 0).encode()).await;
-        }
         match self.source.verified_piece(&req.task, req.piece) {
             None => {
                 stream

@@ -185,11 +185,18 @@ pub fn must_metric(page: &str, name: &str, labels: &str) -> f64 {
 impl Cluster {
     /// `bin`: the `weightcast` binary under test.
     pub fn new(bin: impl Into<PathBuf>) -> Result<Self> {
+        Self::new_in(bin, &std::env::temp_dir())
+    }
+
+    /// A cluster whose processes keep their files under `parent` (the
+    /// emulator puts them on tmpfs: its hosts share one disk, where real
+    /// ones each have their own).
+    pub fn new_in(bin: impl Into<PathBuf>, parent: &Path) -> Result<Self> {
         Ok(Self {
             bin: bin.into(),
             dir: tempfile::Builder::new()
                 .prefix("weightcast-cluster-")
-                .tempdir()?,
+                .tempdir_in(parent)?,
             procs: Vec::new(),
             origins: Vec::new(),
         })

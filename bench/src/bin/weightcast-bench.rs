@@ -157,6 +157,13 @@ struct ClusterArgs {
     /// namespaces of one machine).
     #[arg(long)]
     shared_hostname: bool,
+    /// Print each run's link utilisation, second by second.
+    #[arg(long)]
+    timeline: bool,
+    /// Extra flags for every weightcast daemon, space-separated (tuning
+    /// experiments), e.g. "--pieces-per-parent 2".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    daemon_args: String,
     /// BitTorrent piece sizes to try; each is a row of its own, so the
     /// table shows BitTorrent at its best.
     #[arg(long, value_delimiter = ',', default_value = "4MiB", value_parser = byte_size::parse)]
@@ -231,6 +238,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
         size: a.size,
         bandwidth: a.bandwidth,
         work,
+        daemon_args: a.daemon_args.split_whitespace().map(String::from).collect(),
     };
     eprintln!(
         "{} peers x {}, every host capped at {} Mbit/s: S/B = {:.1} s",
@@ -292,6 +300,14 @@ fn cluster(a: ClusterArgs) -> Result<()> {
                 );
                 if let Some([pieces, busy]) = r.seed_uploads {
                     eprintln!("   seed uploaded {pieces} pieces; refused {busy} requests as busy");
+                }
+                if a.timeline {
+                    eprintln!(
+                        "   t(s)  seed-up  peer-down  peer-up  cpu   (links; cpu of the machine)"
+                    );
+                    for (t, s, d, u, cpu) in r.utilisation() {
+                        eprintln!("   {t:5.1}  {s:7.2}  {d:9.2}  {u:7.2}  {cpu:4.2}");
+                    }
                 }
                 results.push(r);
             }
