@@ -28,7 +28,7 @@ use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
 use weightcast_store::export;
 use weightcast_store::{Store, TaskFile};
 use weightcast_tcp::PieceServer;
-use weightcast_types::TaskId;
+use weightcast_types::{TaskId, TaskKey};
 
 pub struct Engine {
     config: EngineConfig,
@@ -64,11 +64,23 @@ fn open_rdma(config: &EngineConfig) -> Result<Option<Arc<RdmaNode>>, StartError>
     }
 }
 
-/// Normalizes a URL for task ids: the same file under cosmetic URL variants is one task.
+/// Checks a URL and drops its fragment: the URL a download fetches (its
+/// task id comes from [`task_id`], which also drops signing parameters).
 pub fn normalize_url(url: &str) -> Result<String, OriginError> {
     let mut u = OriginFetcher::check_url(url)?;
     u.set_fragment(None);
     Ok(u.to_string())
+}
+
+/// The task id of `url` (keyed by `digest` when known): the one rule of
+/// [`weightcast_types::task_key`], shared with the endpoints and preheat.
+pub fn task_id(url: &str, digest: Option<&[u8; 32]>) -> Result<TaskId, OriginError> {
+    TaskKey::of(url, digest)
+        .task_id()
+        .map_err(|e| OriginError::BadUrl {
+            url: e.url,
+            why: e.why,
+        })
 }
 
 /// `sha256:<hex>` (or bare hex) to bytes.
@@ -280,10 +292,7 @@ impl Engine {
             return Err(GetError::ShuttingDown);
         }
         let url = normalize_url(url)?;
-        let id = match &digest {
-            Some(d) => TaskId::from_sha256(d),
-            None => TaskId::from_url(&url),
-        };
+        let id = task_id(&url, digest.as_ref())?;
         let store = self.deps.store.clone();
         // Opening a cached task re-hashes it: not on an async worker.
         let cached = tokio::task::spawn_blocking(move || store.open_complete(id))

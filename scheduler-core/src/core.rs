@@ -115,6 +115,8 @@ pub struct Core {
     graph: Graph,
     seeds: SeedRing,
     budgets: OriginBudgets,
+    /// Preheats and evictions in progress (see `cache_jobs`).
+    jobs: cache_jobs::CacheJobs,
     pub stats: Stats,
 }
 
@@ -264,7 +266,8 @@ impl Core {
         }
         self.hosts.remove(peer);
         self.budgets.forget(peer);
-        out
+        self.jobs_peer_gone(peer);
+        self.jobs_rewrite(out)
     }
 
     /// Anything a connected peer says after `hello`.
@@ -272,7 +275,8 @@ impl Core {
         if !self.hosts.contains_key(from) {
             return Vec::new();
         }
-        match event {
+        let seen = cache_jobs::Seen::of(&event);
+        let out = match event {
             PeerEvent::Register {
                 task,
                 url,
@@ -298,7 +302,10 @@ impl Core {
                 }
                 Vec::new()
             }
-        }
+            // Only cache jobs listen to these.
+            PeerEvent::TaskFailed { .. } | PeerEvent::CacheDeleted { .. } => Vec::new(),
+        };
+        self.jobs_after(from, seen, out)
     }
 
     fn register(
@@ -758,5 +765,6 @@ impl Core {
     }
 }
 
+mod cache_jobs;
 #[cfg(test)]
 mod tests;
