@@ -139,9 +139,15 @@ impl Engine {
         });
         let peer_id = format!("{}-{:08x}", config.hostname, rand::random::<u32>());
         let (link_tx, link_rx) = mpsc::channel(scheduler_link::INBOUND_QUEUE);
-        let link = config.scheduler.clone().map(|endpoint| {
+        let endpoints: Vec<String> = config
+            .scheduler
+            .iter()
+            .chain(config.more_schedulers.iter())
+            .cloned()
+            .collect();
+        let link = config.scheduler.is_some().then(|| {
             SchedulerLink::start(
-                endpoint,
+                endpoints,
                 pb::HostInfo {
                     peer_id: peer_id.clone(),
                     hostname: config.hostname.clone(),
@@ -247,6 +253,19 @@ impl Engine {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
+    }
+
+    /// Replaces the list of schedulers (from the manager): the tasks of a
+    /// scheduler that left move to the others.
+    pub fn set_schedulers(&self, endpoints: Vec<String>) {
+        if let Some(l) = &self.deps.link {
+            l.set_endpoints(endpoints);
+        }
+    }
+
+    /// The schedulers this engine is linked to.
+    pub fn schedulers(&self) -> Vec<String> {
+        self.deps.link.as_ref().map(|l| l.endpoints()).unwrap_or_default()
     }
 
     /// Waits for the scheduler link; `false` when there is none or it is down.

@@ -192,3 +192,42 @@ mod tests {
         assert!(TaskKey::Url("not a url").task_id().is_err());
     }
 }
+
+/// Which of `schedulers` owns `task` when a cluster has several:
+/// rendezvous hashing over their endpoints, so every daemon and the manager
+/// agree from the same list, and when one goes only its tasks move.
+pub fn owner<'a, S: AsRef<str>>(task: &TaskId, schedulers: &'a [S]) -> Option<&'a S> {
+    use sha2::{Digest, Sha256};
+    schedulers.iter().max_by_key(|s| {
+        let mut h = Sha256::new();
+        h.update(s.as_ref().as_bytes());
+        h.update(task.as_bytes());
+        let d = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d[..8]);
+        (u64::from_be_bytes(first), s.as_ref().to_string())
+    })
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_tasks_of_a_gone_scheduler_move() {
+        let all = ["http://a:7400", "http://b:7400", "http://c:7400"];
+        let tasks: Vec<TaskId> = (0..300).map(|i| TaskId::from_url(&format!("u{i}"))).collect();
+        let before: Vec<&str> = tasks.iter().map(|t| *owner(t, &all).unwrap()).collect();
+        for s in all {
+            assert!(before.iter().filter(|b| **b == s).count() > 60, "spread over {s}");
+        }
+        let left = ["http://a:7400", "http://c:7400"];
+        for (t, b) in tasks.iter().zip(&before) {
+            let now = *owner(t, &left).unwrap();
+            if *b != "http://b:7400" {
+                assert_eq!(now, *b);
+            }
+        }
+        assert!(owner::<&str>(&tasks[0], &[]).is_none());
+    }
+}
