@@ -9,7 +9,8 @@
 //! files and its RDMA region (as a discarded download does) and answers
 //! whether the task was here.
 
-use crate::download::{DownloadSpec, Mode};
+use crate::download::{DownloadSpec, Mode, TaskEvent};
+use weightcast_download_core::SchedulerEvent;
 use crate::engine::normalize_url;
 use crate::runs::Runs;
 use std::sync::Arc;
@@ -18,8 +19,23 @@ use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
 use weightcast_types::piece::digest_from_slice;
 use weightcast_types::TaskId;
 
+/// Tells a running download of `id` that it is the task's source now (a
+/// seed order for a task this peer already fetches from peers: without
+/// this it would wait for parents that wait for it). `false`: no run.
+pub(crate) async fn become_source(runs: &Arc<Runs>, id: &TaskId) -> bool {
+    let Some(run) = runs.get(id) else {
+        return false;
+    };
+    let reason = "the scheduler made this peer the task's source".to_string();
+    let _ = run
+        .events
+        .send(TaskEvent::Scheduler(SchedulerEvent::BackToSource { reason }))
+        .await;
+    true
+}
+
 /// Starts (or joins) the download a preheat orders.
-pub(crate) fn preheat(runs: &Arc<Runs>, order: pb::PreheatTask) {
+pub(crate) async fn preheat(runs: &Arc<Runs>, order: pb::PreheatTask) {
     let Ok(id) = order.task_id.parse::<TaskId>() else {
         tracing::debug!(task = %order.task_id, "ignoring a preheat order with a malformed task id");
         return;
@@ -35,6 +51,9 @@ pub(crate) fn preheat(runs: &Arc<Runs>, order: pb::PreheatTask) {
         .then(|| OriginAuth::new(&url, order.authorization.clone()).ok())
         .flatten();
     tracing::info!(task = %id, %url, from_origin = order.from_origin, "preheating task into the cache");
+    if order.from_origin && become_source(runs, &id).await {
+        return;
+    }
     let run = runs.ensure(DownloadSpec {
         id,
         url,

@@ -37,6 +37,11 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                     continue;
                 };
                 tracing::info!(task = %id, url = %s.url, "seeding task from its origin");
+                // Already downloading it from peers (a get, a preheat): that
+                // download becomes the source instead of waiting for one.
+                if cache_orders::become_source(&runs, &id).await {
+                    continue;
+                }
                 runs.ensure(DownloadSpec {
                     id,
                     url: s.url,
@@ -57,7 +62,7 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                     }
                 }
             }
-            LinkEvent::Message(SchedMsg::Preheat(p)) => cache_orders::preheat(&runs, p),
+            LinkEvent::Message(SchedMsg::Preheat(p)) => cache_orders::preheat(&runs, p).await,
             LinkEvent::Message(SchedMsg::DeleteCache(d)) => cache_orders::delete(&runs, d).await,
             LinkEvent::Message(m) => {
                 let Some((id, ev)) = decode(m, peers) else {

@@ -176,7 +176,7 @@ impl Worker {
 
     /// The clusters a job goes to, each with the scheduler that serves it
     /// (or none active).
-    async fn targets(&self, ids: &[i64]) -> Result<Vec<(i64, Option<Instance>)>, String> {
+    async fn targets(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<Instance>)>, String> {
         let clusters = self.db.clusters().await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for (id, _) in clusters.iter().filter(|(id, _)| ids.is_empty() || ids.contains(id)) {
@@ -188,7 +188,7 @@ impl Worker {
             if ids.is_empty() && active.is_empty() {
                 continue;
             }
-            out.push((*id, active.into_iter().next()));
+            out.push((*id, active));
         }
         if out.is_empty() {
             return Err("candidate schedulers not found".into());
@@ -281,14 +281,15 @@ impl Worker {
                         }
                     }
                 };
-                let Some(sched) = sched else {
+                if sched.is_empty() {
                     set("FAILURE", "candidate schedulers not found".into(), None);
                     return;
-                };
-                let r = run_on(&sched.addr, *cluster, plan, &|p: Value| set("STARTED", String::new(), Some(p))).await;
+                }
+                let addrs: Vec<String> = sched.iter().map(|i| i.addr.clone()).collect();
+                let r = run_on(&addrs, *cluster, plan, &|p: Value| set("STARTED", String::new(), Some(p))).await;
                 match r {
                     Ok((ok, result)) => set(if ok { "SUCCESS" } else { "FAILURE" }, String::new(), Some(result)),
-                    Err(e) => set("FAILURE", format!("scheduler {}: {e}", sched.addr), None),
+                    Err(e) => set("FAILURE", e, None),
                 }
             }
         }));
@@ -342,6 +343,24 @@ impl Worker {
     }
 }
 
+/// The job states of several schedulers as one.
+fn merged(parts: &[Option<pb::JobProgress>]) -> pb::JobProgress {
+    let mut out = pb::JobProgress {
+        finished: true,
+        ..Default::default()
+    };
+    for p in parts {
+        match p {
+            Some(p) => {
+                out.tasks.extend(p.tasks.iter().cloned());
+                out.finished &= p.finished;
+            }
+            None => out.finished = false,
+        }
+    }
+    out
+}
+
 enum Plan {
     Preheat(pb::PreheatRequest),
     Stat(TaskId),
@@ -349,35 +368,66 @@ enum Plan {
     Delete(TaskId, u64),
 }
 
-/// Runs the plan on one scheduler; `(all succeeded, results[0])`.
+async fn connect(endpoint: &str) -> Result<SchedulerClient<tonic::transport::Channel>, String> {
+    SchedulerClient::connect(endpoint.to_string())
+        .await
+        .map_err(|e| format!("scheduler {endpoint}: cannot connect: {e}"))
+}
+
+/// Runs the plan on a cluster's active schedulers: a preheat's tasks each
+/// to the scheduler that owns them (as daemons route them), a lookup to the
+/// task's owner, an eviction through one (it reaches every peer).
+/// Answers `(all succeeded, results[0])`.
 async fn run_on(
-    endpoint: &str,
+    schedulers: &[String],
     cluster: i64,
     plan: &Plan,
     progress: &(dyn Fn(Value) + Sync),
 ) -> Result<(bool, Value), String> {
-    let mut client = SchedulerClient::connect(endpoint.to_string())
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let owner_of = |t: &TaskId| {
+        weightcast_types::task_key::owner(t, schedulers)
+            .cloned()
+            .unwrap_or_default()
+    };
     match plan {
         Plan::Preheat(req) => {
-            let mut stream = client
-                .preheat(req.clone())
-                .await
-                .map_err(|s| s.message().to_string())?
-                .into_inner();
-            let mut last = None;
-            while let Some(p) = stream.next().await {
-                let p = p.map_err(|s| s.message().to_string())?;
-                progress(preheat_result(&p, cluster));
-                last = Some(p);
+            let mut by_owner: std::collections::BTreeMap<String, Vec<pb::WarmTask>> =
+                Default::default();
+            for t in &req.tasks {
+                let id: TaskId = t.task_id.parse().map_err(|e| format!("{e}"))?;
+                by_owner.entry(owner_of(&id)).or_default().push(t.clone());
             }
-            let last = last.ok_or("the scheduler sent no job state")?;
+            let mut streams = Vec::new();
+            for (endpoint, tasks) in by_owner {
+                let mut client = connect(&endpoint).await?;
+                let s = client
+                    .preheat(pb::PreheatRequest {
+                        tasks,
+                        ..req.clone()
+                    })
+                    .await
+                    .map_err(|s| format!("scheduler {endpoint}: {}", s.message()))?
+                    .into_inner();
+                let i = streams.len();
+                streams.push(s.map(move |p| (i, endpoint.clone(), p)));
+            }
+            let mut latest: Vec<Option<pb::JobProgress>> = vec![None; streams.len()];
+            let mut all = futures::stream::select_all(streams);
+            while let Some((i, endpoint, p)) = all.next().await {
+                let p = p.map_err(|s| format!("scheduler {endpoint}: {}", s.message()))?;
+                latest[i] = Some(p);
+                progress(preheat_result(&merged(&latest), cluster));
+            }
+            let last = merged(&latest);
+            if latest.iter().any(Option::is_none) {
+                return Err("a scheduler sent no job state".into());
+            }
             let ok = last.finished
                 && last.tasks.iter().all(|t| t.peers.iter().all(|r| state_name(r) == "SUCCESS"));
             Ok((ok, preheat_result(&last, cluster)))
         }
         Plan::Delete(task, timeout_ms) => {
+            let mut client = connect(&owner_of(task)).await?;
             let mut stream = client
                 .delete_tasks(pb::DeleteTasksRequest {
                     task_ids: vec![task.to_hex()],
@@ -395,6 +445,7 @@ async fn run_on(
             Ok((ok, delete_result(&last, cluster)))
         }
         Plan::Stat(task) => {
+            let mut client = connect(&owner_of(task)).await?;
             let reply = client
                 .stat_task(pb::StatTaskRequest {
                     task_id: task.to_hex(),

@@ -344,8 +344,18 @@ impl Cluster {
     }
 
     pub fn scheduler_at(&mut self, place: &Place) -> Result<(String, String)> {
-        let ready = self.path("scheduler.ready");
-        let args = vec![
+        self.scheduler_named(place, "scheduler", &[])
+    }
+
+    /// A scheduler named `name` with `extra` flags (`--manager`, ...).
+    pub fn scheduler_named(
+        &mut self,
+        place: &Place,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<(String, String)> {
+        let ready = self.path(&format!("{name}.ready"));
+        let mut args: Vec<String> = vec![
             "scheduler".into(),
             "--listen".into(),
             format!("{}:0", place.ip),
@@ -354,8 +364,9 @@ impl Cluster {
             "--ready-file".into(),
             ready.display().to_string(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let bin = self.bin.clone();
-        let i = self.spawn_at(place, &bin, "scheduler", &args)?;
+        let i = self.spawn_at(place, &bin, name, &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;
         Ok((
             format!("http://{}", r.addr),
@@ -363,7 +374,29 @@ impl Cluster {
         ))
     }
 
-    /// Starts a daemon named `name` with its own data dir and hostname.
+    /// Starts a manager named `name` on loopback with its data under the
+    /// cluster dir (SQLite) unless `extra` names `--database`; returns its
+    /// base URL.
+    pub fn manager(&mut self, name: &str, extra: &[&str]) -> Result<String> {
+        let ready = self.path(&format!("{name}.ready"));
+        let mut args: Vec<String> = vec![
+            "manager".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.path(name).display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = self.bin.clone();
+        let i = self.spawn_at(&Place::loopback(), &bin, name, &args)?;
+        let r: ServerReady = self.wait_ready(i, &ready)?;
+        Ok(format!("http://{}", r.addr))
+    }
+
+    /// Starts a daemon named `name` with its own data dir and hostname
+    /// (`scheduler` empty: none given, e.g. with `--manager` in `extra`).
     pub fn daemon(
         &mut self,
         name: &str,
@@ -404,8 +437,6 @@ impl Cluster {
             "daemon".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-            "--scheduler".into(),
-            scheduler.into(),
             "--listen".into(),
             format!("{}:0", place.ip),
             "--metrics-listen".into(),
@@ -413,6 +444,9 @@ impl Cluster {
             "--hostname".into(),
             name.into(),
         ];
+        if !scheduler.is_empty() {
+            args.extend(["--scheduler".into(), scheduler.into()]);
+        }
         if seed {
             args.push("--seed".into());
         }
