@@ -10,10 +10,10 @@
 //! whether the task was here.
 
 use crate::download::{DownloadSpec, Mode, TaskEvent};
-use weightcast_download_core::SchedulerEvent;
 use crate::engine::normalize_url;
 use crate::runs::Runs;
 use std::sync::Arc;
+use weightcast_download_core::SchedulerEvent;
 use weightcast_origin::OriginAuth;
 use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
 use weightcast_types::piece::digest_from_slice;
@@ -29,7 +29,9 @@ pub(crate) async fn become_source(runs: &Arc<Runs>, id: &TaskId) -> bool {
     let reason = "the scheduler made this peer the task's source".to_string();
     let _ = run
         .events
-        .send(TaskEvent::Scheduler(SchedulerEvent::BackToSource { reason }))
+        .send(TaskEvent::Scheduler(SchedulerEvent::BackToSource {
+            reason,
+        }))
         .await;
     true
 }

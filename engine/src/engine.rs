@@ -265,7 +265,11 @@ impl Engine {
 
     /// The schedulers this engine is linked to.
     pub fn schedulers(&self) -> Vec<String> {
-        self.deps.link.as_ref().map(|l| l.endpoints()).unwrap_or_default()
+        self.deps
+            .link
+            .as_ref()
+            .map(|l| l.endpoints())
+            .unwrap_or_default()
     }
 
     /// Waits for the scheduler link; `false` when there is none or it is down.

@@ -50,7 +50,11 @@ fn message(status: StatusCode, text: &str) -> Response {
 }
 
 fn unprocessable(text: &str) -> Response {
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"errors": text}))).into_response()
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"errors": text})),
+    )
+        .into_response()
 }
 
 fn internal(e: DbError) -> Response {
@@ -206,7 +210,8 @@ async fn list_jobs(
     let clusters = s.db.clusters().await.unwrap_or_default();
     let body: Vec<Value> = rows.iter().map(|r| jobs::render(r, &clusters)).collect();
     let last = ((total + per_page - 1) / per_page).max(1);
-    let link = |p: i64, rel: &str| format!("<{}?page={p}&per_page={per_page}>; rel={rel}", uri.path());
+    let link =
+        |p: i64, rel: &str| format!("<{}?page={p}&per_page={per_page}>; rel={rel}", uri.path());
     let mut links = vec![link(1, "first")];
     if page > 1 {
         links.push(link(page - 1, "prev"));
@@ -260,11 +265,18 @@ pub struct KeepAlive {
 }
 
 async fn keep_alive(State(s): State<Arc<Shared>>, Json(k): Json<KeepAlive>) -> Response {
-    if !matches!(k.kind.as_str(), "scheduler" | "seed_peer") || k.cluster.is_empty() || k.addr.is_empty() {
+    if !matches!(k.kind.as_str(), "scheduler" | "seed_peer")
+        || k.cluster.is_empty()
+        || k.addr.is_empty()
+    {
         return unprocessable("kind (scheduler or seed_peer), cluster and addr are required");
     }
     s.metrics.keepalives.fetch_add(1, Ordering::Relaxed);
-    match s.db.keep_alive(&k.kind, &k.cluster, &k.hostname, &k.addr).await {
+    match s
+        .db
+        .keep_alive(&k.kind, &k.cluster, &k.hostname, &k.addr)
+        .await
+    {
         Ok(()) => Json(json!({"ttl_ms": s.ttl.as_millis() as u64})).into_response(),
         Err(e) => internal(e),
     }
@@ -277,7 +289,10 @@ async fn cluster_schedulers(State(s): State<Arc<Shared>>, Path(name): Path<Strin
         Err(e) => return internal(e),
     };
     match s.db.active("scheduler", id, s.ttl).await {
-        Ok(list) => Json(json!({"schedulers": list.iter().map(|i| i.addr.clone()).collect::<Vec<_>>()})).into_response(),
+        Ok(list) => {
+            Json(json!({"schedulers": list.iter().map(|i| i.addr.clone()).collect::<Vec<_>>()}))
+                .into_response()
+        }
         Err(e) => internal(e),
     }
 }
@@ -286,13 +301,40 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let mut m = weightcast_proto::metrics_text::MetricsText::default();
     let instances = s.db.instances().await.unwrap_or_default();
     let count = |kind: &str, state: &str| {
-        instances.iter().filter(|i| i.kind == kind && i.state == state).count() as u64
+        instances
+            .iter()
+            .filter(|i| i.kind == kind && i.state == state)
+            .count() as u64
     };
-    m.counter("weightcast_manager_jobs_created_total", "Jobs created through the open API.", s.metrics.jobs_created.load(Ordering::Relaxed))
-        .counter("weightcast_manager_keepalives_total", "Keepalives from schedulers and seed peers.", s.metrics.keepalives.load(Ordering::Relaxed))
-        .counter("weightcast_manager_marked_inactive_total", "Schedulers and seed peers marked inactive for missing keepalives.", s.metrics.marked_inactive.load(Ordering::Relaxed))
-        .counter("weightcast_manager_denied_total", "Open API requests refused (401, 403).", s.metrics.denied.load(Ordering::Relaxed))
-        .gauge("weightcast_manager_active_schedulers", "Schedulers marked active.", count("scheduler", "active"))
-        .gauge("weightcast_manager_active_seed_peers", "Seed peers marked active.", count("seed_peer", "active"));
+    m.counter(
+        "weightcast_manager_jobs_created_total",
+        "Jobs created through the open API.",
+        s.metrics.jobs_created.load(Ordering::Relaxed),
+    )
+    .counter(
+        "weightcast_manager_keepalives_total",
+        "Keepalives from schedulers and seed peers.",
+        s.metrics.keepalives.load(Ordering::Relaxed),
+    )
+    .counter(
+        "weightcast_manager_marked_inactive_total",
+        "Schedulers and seed peers marked inactive for missing keepalives.",
+        s.metrics.marked_inactive.load(Ordering::Relaxed),
+    )
+    .counter(
+        "weightcast_manager_denied_total",
+        "Open API requests refused (401, 403).",
+        s.metrics.denied.load(Ordering::Relaxed),
+    )
+    .gauge(
+        "weightcast_manager_active_schedulers",
+        "Schedulers marked active.",
+        count("scheduler", "active"),
+    )
+    .gauge(
+        "weightcast_manager_active_seed_peers",
+        "Seed peers marked active.",
+        count("seed_peer", "active"),
+    );
     m.finish().into_response()
 }

@@ -55,7 +55,12 @@ async fn json(url: String, r: reqwest::RequestBuilder) -> Result<Value, ClientEr
 
 /// Keeps `who` registered with the manager until `cancel`: one keepalive
 /// every `every`; failures are logged and retried.
-pub async fn keep_alive(manager: String, who: KeepAlive, every: Duration, cancel: CancellationToken) {
+pub async fn keep_alive(
+    manager: String,
+    who: KeepAlive,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let url = format!("{}/api/v1/keepalive", base(&manager));
     let client = http();
     let mut warned = false;
@@ -113,7 +118,11 @@ impl OpenApi {
 
     pub async fn create_job(&self, body: &Value) -> Result<Value, ClientError> {
         let url = format!("{}/oapi/v1/jobs", self.base);
-        json(url.clone(), self.http.post(&url).bearer_auth(&self.token).json(body)).await
+        json(
+            url.clone(),
+            self.http.post(&url).bearer_auth(&self.token).json(body),
+        )
+        .await
     }
 
     pub async fn job(&self, id: i64) -> Result<Value, ClientError> {

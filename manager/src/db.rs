@@ -164,17 +164,20 @@ impl Db {
             .execute(&self.pool)
             .await?;
         for (version, sql) in MIGRATIONS {
-            let applied = sqlx::query("SELECT version FROM weightcast_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some();
+            let applied =
+                sqlx::query("SELECT version FROM weightcast_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .is_some();
             if applied {
                 continue;
             }
             let sql = match self.backend {
                 Backend::Postgres => sql.to_string(),
-                Backend::Sqlite => sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+                Backend::Sqlite => {
+                    sql.replace("BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
+                }
             };
             let mut tx = self.pool.begin().await?;
             for stmt in statements(&sql) {
@@ -187,10 +190,11 @@ impl Db {
                 .await?;
             if let Err(e) = tx.commit().await {
                 // Another replica applied it at the same moment.
-                let now = sqlx::query("SELECT version FROM weightcast_migrations WHERE version = $1")
-                    .bind(*version)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let now =
+                    sqlx::query("SELECT version FROM weightcast_migrations WHERE version = $1")
+                        .bind(*version)
+                        .fetch_optional(&self.pool)
+                        .await?;
                 if now.is_none() {
                     return Err(e.into());
                 }
@@ -204,11 +208,13 @@ impl Db {
 
     /// The id of cluster `name`, created on first use.
     pub async fn cluster_id(&self, name: &str) -> Result<i64, DbError> {
-        sqlx::query("INSERT INTO clusters (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO clusters (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         let row = sqlx::query("SELECT id FROM clusters WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)
@@ -254,7 +260,9 @@ impl Db {
     /// those it changed.
     pub async fn mark_stale(&self, ttl: Duration) -> Result<Vec<Instance>, DbError> {
         let cutoff = now_ms() - ttl.as_millis() as i64;
-        let stale = self.instances_where("i.state = 'active' AND i.last_keep_alive_at < $1", cutoff).await?;
+        let stale = self
+            .instances_where("i.state = 'active' AND i.last_keep_alive_at < $1", cutoff)
+            .await?;
         if !stale.is_empty() {
             sqlx::query("UPDATE instances SET state = 'inactive' WHERE state = 'active' AND last_keep_alive_at < $1")
                 .bind(cutoff)
@@ -279,7 +287,12 @@ impl Db {
     }
 
     /// Active instances of `kind` in cluster `cluster_id` heard from within `ttl`.
-    pub async fn active(&self, kind: &str, cluster_id: i64, ttl: Duration) -> Result<Vec<Instance>, DbError> {
+    pub async fn active(
+        &self,
+        kind: &str,
+        cluster_id: i64,
+        ttl: Duration,
+    ) -> Result<Vec<Instance>, DbError> {
         let cutoff = now_ms() - ttl.as_millis() as i64;
         Ok(self
             .instances_where("i.state = 'active' AND i.last_keep_alive_at >= $1", cutoff)
@@ -331,7 +344,11 @@ impl Db {
         Ok(Some(TokenRow {
             id: r.try_get("id")?,
             name: r.try_get("name")?,
-            scopes: scopes.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            scopes: scopes
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
             state: r.try_get("state")?,
             expires_at: r.try_get("expires_at")?,
         }))
@@ -377,7 +394,10 @@ impl Db {
 
     pub async fn job(&self, id: i64) -> Result<Option<JobRow>, DbError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(job_row).transpose()?)
     }
 
@@ -409,7 +429,10 @@ impl Db {
     }
 
     pub async fn delete_job(&self, id: i64) -> Result<bool, DbError> {
-        let r = sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -467,7 +490,10 @@ impl Db {
 fn statements(sql: &str) -> Vec<&str> {
     sql.split(';')
         .map(|s| s.trim())
-        .filter(|s| !s.lines().all(|l| l.trim().is_empty() || l.trim().starts_with("--")))
+        .filter(|s| {
+            !s.lines()
+                .all(|l| l.trim().is_empty() || l.trim().starts_with("--"))
+        })
         .collect()
 }
 
@@ -477,7 +503,9 @@ mod tests {
 
     #[test]
     fn migration_files_split_into_statements() {
-        let s = statements("-- a comment\nCREATE TABLE a (x INT);\n\nCREATE INDEX i ON a (x);\n-- end\n");
+        let s = statements(
+            "-- a comment\nCREATE TABLE a (x INT);\n\nCREATE INDEX i ON a (x);\n-- end\n",
+        );
         assert_eq!(s.len(), 2);
         assert!(s[0].ends_with("CREATE TABLE a (x INT)"));
     }

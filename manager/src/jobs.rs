@@ -156,7 +156,13 @@ pub struct ClusterState {
 }
 
 /// The `result` of a job (Dragonfly's `GroupJobState`).
-pub fn group_result(group_uuid: &str, state: &str, created: i64, updated: i64, parts: &[ClusterState]) -> Value {
+pub fn group_result(
+    group_uuid: &str,
+    state: &str,
+    created: i64,
+    updated: i64,
+    parts: &[ClusterState],
+) -> Value {
     json!({
         "group_uuid": group_uuid,
         "state": state,

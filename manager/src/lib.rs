@@ -106,13 +106,22 @@ impl Manager {
         });
         let worker = worker::Worker {
             db,
-            owner: format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>()),
+            owner: format!(
+                "{}-{}-{:08x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
             ttl,
             hf_endpoint: config.hf_endpoint.clone(),
             hf_token: config.hf_token.clone(),
         };
         tasks.spawn(worker.run(cancel.clone()));
-        Ok(Manager { addr, cancel, tasks })
+        Ok(Manager {
+            addr,
+            cancel,
+            tasks,
+        })
     }
 
     /// Stops serving and waits for the manager's tasks.

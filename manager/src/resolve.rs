@@ -102,7 +102,11 @@ pub fn parse_manifest_url(url: &str) -> Result<(bool, OciRef), ResolveError> {
     };
     let (registry, path) = rest.split_once("/v2/").ok_or_else(bad)?;
     let (repo, reference) = path.rsplit_once("/manifests/").ok_or_else(bad)?;
-    let sep = if reference.starts_with("sha256:") { "@" } else { ":" };
+    let sep = if reference.starts_with("sha256:") {
+        "@"
+    } else {
+        ":"
+    };
     let r = OciRef::parse(&format!("oci://{registry}/{repo}{sep}{reference}"))
         .map_err(|e| ResolveError::Bad(e.to_string()))?;
     Ok((plain_http, r))
@@ -234,7 +238,12 @@ impl Source {
         };
         let client = RegistryClient::new(self.plain_http);
         let resolved = client
-            .resolve(&r, &creds, self.platform.as_deref(), &LayerFilter::default())
+            .resolve(
+                &r,
+                &creds,
+                self.platform.as_deref(),
+                &LayerFilter::default(),
+            )
             .await?;
         let authorization = resolved
             .blob_auth()
@@ -248,7 +257,9 @@ impl Source {
             .map(|c| (c.digest, c.size))
             .chain(resolved.layers.iter().map(|l| (l.digest.clone(), l.size)));
         for (digest, size) in descriptors {
-            let Some(id) = sha_task(&digest) else { continue };
+            let Some(id) = sha_task(&digest) else {
+                continue;
+            };
             let blob_url = resolved.blob_url(&digest);
             out.push(Blob {
                 task: pb::WarmTask {
@@ -280,13 +291,22 @@ impl Source {
                 continue; // git-stored: never a swarm task
             };
             let meta = hub
-                .file_meta(&resolved.repo, &resolved.commit, file.path.as_str(), auth.as_deref())
+                .file_meta(
+                    &resolved.repo,
+                    &resolved.commit,
+                    file.path.as_str(),
+                    auth.as_deref(),
+                )
                 .await?;
             let mut digest = [0u8; 32];
             if hex::decode_to_slice(sha, &mut digest).is_err() {
                 continue;
             }
-            let hub_url = hub.url(&resolved.repo.resolve_path(&resolved.commit, file.path.as_str()));
+            let hub_url = hub.url(
+                &resolved
+                    .repo
+                    .resolve_path(&resolved.commit, file.path.as_str()),
+            );
             // The CDN's signed URL needs no token; the Hub itself does.
             let (origin, authorization) = match meta.location {
                 Some(cdn) => (cdn, String::new()),
@@ -314,7 +334,8 @@ mod tests {
     #[test]
     fn harbor_manifest_urls_parse_into_references() {
         let (plain, r) =
-            parse_manifest_url("http://127.0.0.1:5000/v2/library/models/fake/manifests/v1").unwrap();
+            parse_manifest_url("http://127.0.0.1:5000/v2/library/models/fake/manifests/v1")
+                .unwrap();
         assert!(plain);
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "library/models/fake");
@@ -340,6 +361,9 @@ mod tests {
             b.task.task_id,
             TaskId::from_url("https://bucket.s3.amazonaws.com/m.bin").to_hex()
         );
-        assert!(b.task.url.contains("X-Amz-Signature=1"), "the fetch URL keeps its signature");
+        assert!(
+            b.task.url.contains("X-Amz-Signature=1"),
+            "the fetch URL keeps its signature"
+        );
     }
 }

@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn the_token_comes_from_the_query_first_then_a_two_field_bearer() {
-        assert_eq!(token_of(Some("a=1&access_token=q"), Some("Bearer h")), Some("q"));
+        assert_eq!(
+            token_of(Some("a=1&access_token=q"), Some("Bearer h")),
+            Some("q")
+        );
         assert_eq!(token_of(None, Some("bearer h")), Some("h"));
         assert_eq!(token_of(None, Some("Bearer h extra")), None);
         assert_eq!(token_of(None, Some("Basic dXNlcjpwdw==")), None);

@@ -179,7 +179,10 @@ impl Worker {
     async fn targets(&self, ids: &[i64]) -> Result<Vec<(i64, Vec<Instance>)>, String> {
         let clusters = self.db.clusters().await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
-        for (id, _) in clusters.iter().filter(|(id, _)| ids.is_empty() || ids.contains(id)) {
+        for (id, _) in clusters
+            .iter()
+            .filter(|(id, _)| ids.is_empty() || ids.contains(id))
+        {
             let active = self
                 .db
                 .active("scheduler", *id, self.ttl)
@@ -241,7 +244,13 @@ impl Worker {
                 let args: TaskArgs = serde_json::from_str(&job.args).unwrap_or_default();
                 match task_of(&args) {
                     Ok(t) if job.kind == jobs::GET_TASK => Plan::Stat(t),
-                    Ok(t) => Plan::Delete(t, args.timeout.filter(|n| *n > 0).map(|n| n as u64 / 1_000_000).unwrap_or(0)),
+                    Ok(t) => Plan::Delete(
+                        t,
+                        args.timeout
+                            .filter(|n| *n > 0)
+                            .map(|n| n as u64 / 1_000_000)
+                            .unwrap_or(0),
+                    ),
                     Err(e) => {
                         write("FAILURE", &[fail_all(e)]).await;
                         return;
@@ -249,7 +258,11 @@ impl Worker {
                 }
             }
             other => {
-                write("FAILURE", &[fail_all(format!("unknown job type {other:?}"))]).await;
+                write(
+                    "FAILURE",
+                    &[fail_all(format!("unknown job type {other:?}"))],
+                )
+                .await;
                 return;
             }
         };
@@ -266,33 +279,41 @@ impl Worker {
                 });
             }
         }
-        let all = futures::future::join_all(targets.iter().enumerate().map(|(i, (cluster, sched))| {
-            let parts = parts.clone();
-            let plan = &plan;
-            async move {
-                let set = |state: &str, error: String, result: Option<Value>| {
-                    let mut p = parts.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(c) = p.get_mut(i) {
-                        c.state = state.to_string();
-                        c.error = error;
-                        c.updated_at = now_ms();
-                        if let Some(r) = result {
-                            c.result = r;
+        let all =
+            futures::future::join_all(targets.iter().enumerate().map(|(i, (cluster, sched))| {
+                let parts = parts.clone();
+                let plan = &plan;
+                async move {
+                    let set = |state: &str, error: String, result: Option<Value>| {
+                        let mut p = parts.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(c) = p.get_mut(i) {
+                            c.state = state.to_string();
+                            c.error = error;
+                            c.updated_at = now_ms();
+                            if let Some(r) = result {
+                                c.result = r;
+                            }
                         }
+                    };
+                    if sched.is_empty() {
+                        set("FAILURE", "candidate schedulers not found".into(), None);
+                        return;
                     }
-                };
-                if sched.is_empty() {
-                    set("FAILURE", "candidate schedulers not found".into(), None);
-                    return;
+                    let addrs: Vec<String> = sched.iter().map(|i| i.addr.clone()).collect();
+                    let r = run_on(&addrs, *cluster, plan, &|p: Value| {
+                        set("STARTED", String::new(), Some(p))
+                    })
+                    .await;
+                    match r {
+                        Ok((ok, result)) => set(
+                            if ok { "SUCCESS" } else { "FAILURE" },
+                            String::new(),
+                            Some(result),
+                        ),
+                        Err(e) => set("FAILURE", e, None),
+                    }
                 }
-                let addrs: Vec<String> = sched.iter().map(|i| i.addr.clone()).collect();
-                let r = run_on(&addrs, *cluster, plan, &|p: Value| set("STARTED", String::new(), Some(p))).await;
-                match r {
-                    Ok((ok, result)) => set(if ok { "SUCCESS" } else { "FAILURE" }, String::new(), Some(result)),
-                    Err(e) => set("FAILURE", e, None),
-                }
-            }
-        }));
+            }));
         tokio::pin!(all);
         let mut tick = tokio::time::interval(WRITE_EVERY);
         loop {
@@ -326,7 +347,10 @@ impl Worker {
             password: a.password.clone(),
             platform: a.platform.clone().filter(|p| !p.is_empty()),
             filtered_query_params: a.filtered_query_params.clone().unwrap_or_default(),
-            hf_endpoint: a.hf_endpoint.clone().unwrap_or_else(|| self.hf_endpoint.clone()),
+            hf_endpoint: a
+                .hf_endpoint
+                .clone()
+                .unwrap_or_else(|| self.hf_endpoint.clone()),
             hf_token: a.hf_token.clone().or_else(|| self.hf_token.clone()),
             plain_http: a.plain_http.unwrap_or(false),
         };
@@ -423,7 +447,10 @@ async fn run_on(
                 return Err("a scheduler sent no job state".into());
             }
             let ok = last.finished
-                && last.tasks.iter().all(|t| t.peers.iter().all(|r| state_name(r) == "SUCCESS"));
+                && last
+                    .tasks
+                    .iter()
+                    .all(|t| t.peers.iter().all(|r| state_name(r) == "SUCCESS"));
             Ok((ok, preheat_result(&last, cluster)))
         }
         Plan::Delete(task, timeout_ms) => {
@@ -441,7 +468,10 @@ async fn run_on(
                 last = Some(p.map_err(|s| s.message().to_string())?);
             }
             let last = last.ok_or("the scheduler sent no job state")?;
-            let ok = last.tasks.iter().all(|t| t.peers.iter().all(|r| state_name(r) == "SUCCESS"));
+            let ok = last
+                .tasks
+                .iter()
+                .all(|t| t.peers.iter().all(|r| state_name(r) == "SUCCESS"));
             Ok((ok, delete_result(&last, cluster)))
         }
         Plan::Stat(task) => {
@@ -470,7 +500,10 @@ async fn run_on(
                     })
                 })
                 .collect();
-            Ok((true, json!({"peers": peers, "scheduler_cluster_id": cluster, "task_id": task.to_hex()})))
+            Ok((
+                true,
+                json!({"peers": peers, "scheduler_cluster_id": cluster, "task_id": task.to_hex()}),
+            ))
         }
     }
 }

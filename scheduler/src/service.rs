@@ -133,7 +133,11 @@ impl Actor {
             Event::Job { job, reply } => {
                 let started = match job {
                     JobRequest::Preheat(j) => {
-                        tracing::info!(tasks = j.tasks.len(), scope = j.scope.as_str(), "preheat requested");
+                        tracing::info!(
+                            tasks = j.tasks.len(),
+                            scope = j.scope.as_str(),
+                            "preheat requested"
+                        );
                         self.core.preheat(j, now)
                     }
                     JobRequest::Delete(tasks, timeout) => {
@@ -193,14 +197,13 @@ impl Actor {
             });
             if finished {
                 over.push(*id);
-                let (ok, failed) = progress
-                    .tasks
-                    .iter()
-                    .flat_map(|t| t.peers.iter())
-                    .fold((0, 0), |(ok, failed), p| match p.state() {
+                let (ok, failed) = progress.tasks.iter().flat_map(|t| t.peers.iter()).fold(
+                    (0, 0),
+                    |(ok, failed), p| match p.state() {
                         pb::peer_result::State::Success => (ok + 1, failed),
                         _ => (ok, failed + 1),
-                    });
+                    },
+                );
                 tracing::info!(job = id, ok, failed, "cache job over");
                 self.metrics.update(|s| {
                     s.job_peer_successes += ok;

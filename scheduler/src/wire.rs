@@ -8,10 +8,10 @@
 //! wire format is the one `proto/proto/scheduler.proto` defines; this module
 //! only translates, it never changes what peers see.
 
+use std::time::Duration;
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
-use std::time::Duration;
 use weightcast_scheduler_core::{
     HostInfo, JobStatus, Outbound, ParentEntry, PeerEvent, PeerFilter, PeerResult, PreheatJob,
     ResultState, Scope, ToPeer, WarmTask,
@@ -58,7 +58,12 @@ pub fn preheat_job(r: pb::PreheatRequest) -> Result<PreheatJob, Rejected> {
             let digest = match t.digest.len() {
                 0 => None,
                 32 => digest_from_slice(&t.digest),
-                len => return Err(Rejected::TaskDigest { task: t.task_id, len }),
+                len => {
+                    return Err(Rejected::TaskDigest {
+                        task: t.task_id,
+                        len,
+                    })
+                }
             };
             Ok(WarmTask {
                 task: task_id(&t.task_id)?,

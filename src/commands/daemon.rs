@@ -190,7 +190,11 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
                 Ok(())
             });
         }
-        let (e, cluster, manager) = (engine.clone(), a.cluster.clone(), a.manager.clone().unwrap_or_default());
+        let (e, cluster, manager) = (
+            engine.clone(),
+            a.cluster.clone(),
+            a.manager.clone().unwrap_or_default(),
+        );
         let stop = engine.shutting_down();
         servers.spawn(async move {
             loop {

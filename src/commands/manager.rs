@@ -15,14 +15,28 @@ pub struct ManagerArgs {
     #[command(subcommand)]
     pub command: Option<ManagerCommand>,
     /// Where the embedded SQLite database lives (manager.db).
-    #[arg(long, env = "WEIGHTCAST_MANAGER_DATA_DIR", global = true, default_value = "/var/lib/weightcast-manager")]
+    #[arg(
+        long,
+        env = "WEIGHTCAST_MANAGER_DATA_DIR",
+        global = true,
+        default_value = "/var/lib/weightcast-manager"
+    )]
     pub data_dir: PathBuf,
     /// A PostgreSQL database instead (postgres://user@host/db), shared by
     /// several manager replicas.
-    #[arg(long, env = "WEIGHTCAST_MANAGER_DATABASE", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WEIGHTCAST_MANAGER_DATABASE",
+        global = true,
+        hide_env_values = true
+    )]
     pub database: Option<String>,
     /// HTTP address of the open API and the cluster registry.
-    #[arg(long, env = "WEIGHTCAST_MANAGER_LISTEN", default_value = "0.0.0.0:7500")]
+    #[arg(
+        long,
+        env = "WEIGHTCAST_MANAGER_LISTEN",
+        default_value = "0.0.0.0:7500"
+    )]
     pub listen: SocketAddr,
     /// Seconds without a keepalive before a scheduler or seed peer is
     /// marked inactive.
@@ -69,15 +83,25 @@ pub enum TokenCommand {
 
 pub async fn run(a: ManagerArgs) -> anyhow::Result<()> {
     match a.command {
-        Some(ManagerCommand::Token { command }) => token(&a.data_dir, a.database.as_deref(), command).await,
+        Some(ManagerCommand::Token { command }) => {
+            token(&a.data_dir, a.database.as_deref(), command).await
+        }
         None => serve(a).await,
     }
 }
 
-async fn token(data_dir: &std::path::Path, database: Option<&str>, c: TokenCommand) -> anyhow::Result<()> {
+async fn token(
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+    c: TokenCommand,
+) -> anyhow::Result<()> {
     let db = Db::open(database, data_dir).await?;
     match c {
-        TokenCommand::Create { name, scopes, expires } => {
+        TokenCommand::Create {
+            name,
+            scopes,
+            expires,
+        } => {
             let scopes = if scopes.is_empty() {
                 tokens::SCOPES.iter().map(|s| s.to_string()).collect()
             } else {
@@ -93,7 +117,10 @@ async fn token(data_dir: &std::path::Path, database: Option<&str>, c: TokenComma
             let (token, hash) = tokens::generate();
             db.create_token(&name, &hash, &scopes, expires_at).await?;
             println!("{token}");
-            eprintln!("token {name:?} created with scopes {}; it is shown only now", scopes.join(","));
+            eprintln!(
+                "token {name:?} created with scopes {}; it is shown only now",
+                scopes.join(",")
+            );
         }
         TokenCommand::Revoke { name } => {
             if !db.set_token_state(&name, "inactive").await? {

@@ -22,7 +22,12 @@ use weightcast_types::task_key::owner;
 #[derive(Args, Debug, Clone)]
 pub struct ViaArgs {
     /// The cluster's scheduler(s), comma-separated (no manager needed).
-    #[arg(long, env = "WEIGHTCAST_SCHEDULER", value_delimiter = ',', conflicts_with = "manager")]
+    #[arg(
+        long,
+        env = "WEIGHTCAST_SCHEDULER",
+        value_delimiter = ',',
+        conflicts_with = "manager"
+    )]
     pub scheduler: Vec<String>,
     /// The manager's open API instead, e.g. http://mgr:7500.
     #[arg(long, env = "WEIGHTCAST_MANAGER", requires = "token")]
@@ -49,9 +54,9 @@ impl ViaArgs {
     pub fn via(&self) -> anyhow::Result<Via> {
         match (&self.manager, &self.token) {
             (Some(m), Some(t)) => Ok(Via::Manager(OpenApi::new(m, t))),
-            _ if !self.scheduler.is_empty() => {
-                Ok(Via::Scheduler(self.scheduler.iter().map(|s| endpoint(s)).collect()))
-            }
+            _ if !self.scheduler.is_empty() => Ok(Via::Scheduler(
+                self.scheduler.iter().map(|s| endpoint(s)).collect(),
+            )),
             _ => bail!("give --scheduler URL, or --manager URL with --token"),
         }
     }
@@ -151,8 +156,10 @@ impl Bars {
             bar: multi.map(|m| {
                 let b = m.add(ProgressBar::new(total.max(1)));
                 b.set_style(
-                    ProgressStyle::with_template("{prefix:40!} {wide_bar} {bytes}/{total_bytes} {msg}")
-                        .expect("valid template"),
+                    ProgressStyle::with_template(
+                        "{prefix:40!} {wide_bar} {bytes}/{total_bytes} {msg}",
+                    )
+                    .expect("valid template"),
                 );
                 b.set_prefix(name.to_string());
                 b
@@ -201,7 +208,12 @@ pub async fn run(a: PreheatArgs) -> anyhow::Result<()> {
         println!("{}", json!({"seconds": secs, "tasks": tasks}));
     } else {
         for o in outcomes.values() {
-            println!("{}  {} peer(s) warm, {} failed", o.url, o.ok, o.failed.len());
+            println!(
+                "{}  {} peer(s) warm, {} failed",
+                o.url,
+                o.ok,
+                o.failed.len()
+            );
             for (h, d) in &o.failed {
                 println!("    {h}: {d}");
             }
@@ -242,7 +254,11 @@ async fn via_scheduler(
     // Each task to the scheduler that owns it, as daemons route it.
     let mut by_owner: BTreeMap<String, Vec<pb::WarmTask>> = BTreeMap::new();
     for b in blobs {
-        let id = b.task.task_id.parse().context("resolved an invalid task id")?;
+        let id = b
+            .task
+            .task_id
+            .parse()
+            .context("resolved an invalid task id")?;
         let to = owner(&id, endpoints).cloned().unwrap_or_default();
         by_owner.entry(to).or_default().push(b.task);
     }
@@ -263,7 +279,12 @@ async fn via_scheduler(
         let s = client
             .preheat(req)
             .await
-            .map_err(|s| anyhow::anyhow!("the scheduler at {endpoint} refused the preheat: {}", s.message()))?
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "the scheduler at {endpoint} refused the preheat: {}",
+                    s.message()
+                )
+            })?
             .into_inner();
         streams.push(s.map(move |r| (endpoint.clone(), r)));
     }
@@ -272,11 +293,24 @@ async fn via_scheduler(
     while let Some((endpoint, p)) = all.next().await {
         let p = p.map_err(|s| anyhow::anyhow!("{endpoint}: {}", s.message()))?;
         for t in &p.tasks {
-            let name = names.get(&t.task_id).cloned().unwrap_or_else(|| t.url.clone());
+            let name = names
+                .get(&t.task_id)
+                .cloned()
+                .unwrap_or_else(|| t.url.clone());
             let done: u64 = t.peers.iter().map(|r| r.bytes).sum();
             let total = t.content_length * t.peers.len() as u64;
-            let ok = t.peers.iter().filter(|r| r.state() == pb::peer_result::State::Success).count();
-            bars.set(&t.task_id, &name, done, total, format!("{ok}/{} peers", t.peers.len()));
+            let ok = t
+                .peers
+                .iter()
+                .filter(|r| r.state() == pb::peer_result::State::Success)
+                .count();
+            bars.set(
+                &t.task_id,
+                &name,
+                done,
+                total,
+                format!("{ok}/{} peers", t.peers.len()),
+            );
             outcomes.insert(
                 t.task_id.clone(),
                 Outcome {
@@ -320,8 +354,12 @@ async fn via_manager(
         args["username"] = json!(u);
         args["password"] = json!(p);
     }
-    let job = api.create_job(&json!({"type": "preheat", "args": args})).await?;
-    let id = job["id"].as_i64().context("the manager's answer has no job id")?;
+    let job = api
+        .create_job(&json!({"type": "preheat", "args": args}))
+        .await?;
+    let id = job["id"]
+        .as_i64()
+        .context("the manager's answer has no job id")?;
     tracing::info!(job = id, "preheat job created");
     let job = wait_job(api, id, |job| {
         for r in results(job) {
@@ -372,7 +410,11 @@ fn results(job: &Value) -> Vec<&Value> {
 }
 
 /// Polls a job until it is no longer PENDING.
-pub async fn wait_job(api: &OpenApi, id: i64, mut on_update: impl FnMut(&Value)) -> anyhow::Result<Value> {
+pub async fn wait_job(
+    api: &OpenApi,
+    id: i64,
+    mut on_update: impl FnMut(&Value),
+) -> anyhow::Result<Value> {
     loop {
         let job = api.job(id).await?;
         on_update(&job);

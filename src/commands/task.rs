@@ -71,7 +71,11 @@ pub async fn run(a: TaskArgsCli) -> anyhow::Result<()> {
                         last = Some(p.map_err(|s| anyhow::anyhow!("{endpoint}: {}", s.message()))?);
                     }
                     let mut failed = 0;
-                    for r in last.iter().flat_map(|p| p.tasks.iter()).flat_map(|t| t.peers.iter()) {
+                    for r in last
+                        .iter()
+                        .flat_map(|p| p.tasks.iter())
+                        .flat_map(|t| t.peers.iter())
+                    {
                         let what = match r.state() {
                             pb::peer_result::State::Success if r.held => "evicted",
                             pb::peer_result::State::Success => "not cached",
@@ -87,14 +91,19 @@ pub async fn run(a: TaskArgsCli) -> anyhow::Result<()> {
                     }
                 } else {
                     let reply = client
-                        .stat_task(pb::StatTaskRequest { task_id: id.to_hex() })
+                        .stat_task(pb::StatTaskRequest {
+                            task_id: id.to_hex(),
+                        })
                         .await
                         .map_err(|s| anyhow::anyhow!("{endpoint}: {}", s.message()))?
                         .into_inner();
                     for p in reply.peers {
                         let state = if p.held { "complete" } else { "partial" };
                         let kind = if p.seed { "seed" } else { "peer" };
-                        println!("{}\t{}\t{kind}\t{state}\t{} bytes", p.hostname, p.addr, p.bytes);
+                        println!(
+                            "{}\t{}\t{kind}\t{state}\t{} bytes",
+                            p.hostname, p.addr, p.bytes
+                        );
                     }
                 }
             }
@@ -102,9 +111,11 @@ pub async fn run(a: TaskArgsCli) -> anyhow::Result<()> {
         }
         Via::Manager(api) => {
             let kind = if remove { "delete_task" } else { "get_task" };
-            let body = serde_json::json!({"type": kind, "args": serde_json::to_value(&targs_json(&targs))?});
+            let body = serde_json::json!({"type": kind, "args": targs_json(&targs)});
             let job = api.create_job(&body).await?;
-            let id = job["id"].as_i64().context("the manager's answer has no job id")?;
+            let id = job["id"]
+                .as_i64()
+                .context("the manager's answer has no job id")?;
             let job = super::preheat::wait_job(&api, id, |_| {}).await?;
             println!("{}", serde_json::to_string_pretty(&job["result"])?);
             if job["state"] != "SUCCESS" {

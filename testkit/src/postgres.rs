@@ -57,7 +57,10 @@ impl Postgres {
             }
             None => Command::new(program),
         };
-        let out = c.args(args).output().with_context(|| format!("run {}", program.display()))?;
+        let out = c
+            .args(args)
+            .output()
+            .with_context(|| format!("run {}", program.display()))?;
         if !out.status.success() {
             bail!(
                 "{} {:?} failed:\n{}{}",
@@ -73,7 +76,9 @@ impl Postgres {
     /// Initializes a cluster in a temporary directory and starts it.
     pub fn start() -> Result<Self> {
         let bin = bin_dir()?;
-        let root = tempfile::Builder::new().prefix("weightcast-pg-").tempdir()?;
+        let root = tempfile::Builder::new()
+            .prefix("weightcast-pg-")
+            .tempdir()?;
         let dir = root.path().to_path_buf();
         let data = dir.join("pgdata");
         let as_user = is_root().then(|| "postgres".to_string());
@@ -86,7 +91,9 @@ impl Postgres {
                 bail!("chown {} to postgres failed", dir.display());
             }
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let pg = Postgres {
             url: format!("postgres://wc@127.0.0.1:{port}/weightcast"),
             dir: data.clone(),
@@ -94,16 +101,40 @@ impl Postgres {
             _root: root,
         };
         let data_s = data.display().to_string();
-        pg.run(&bin.join("initdb"), &["-D", &data_s, "-A", "trust", "-U", "wc", "--no-sync", "-E", "UTF8"])?;
+        pg.run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &data_s,
+                "-A",
+                "trust",
+                "-U",
+                "wc",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        )?;
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             dir.display()
         );
         let log = dir.join("postgres.log").display().to_string();
-        pg.run(&bin.join("pg_ctl"), &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"])?;
+        pg.run(
+            &bin.join("pg_ctl"),
+            &["-D", &data_s, "-o", &opts, "-l", &log, "-w", "start"],
+        )?;
         pg.run(
             &bin.join("createdb"),
-            &["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "wc", "weightcast"],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "wc",
+                "weightcast",
+            ],
         )?;
         Ok(pg)
     }
@@ -113,7 +144,10 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if let Ok(bin) = bin_dir() {
             let data = self.dir.display().to_string();
-            let _ = self.run(&bin.join("pg_ctl"), &["-D", &data, "-m", "immediate", "stop"]);
+            let _ = self.run(
+                &bin.join("pg_ctl"),
+                &["-D", &data, "-m", "immediate", "stop"],
+            );
         }
     }
 }

@@ -155,8 +155,12 @@ mod tests {
         let a = "https://bucket.s3.amazonaws.com/m/model.safetensors?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F1&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=abc";
         let b = "https://BUCKET.s3.amazonaws.com:443/m/model.safetensors?X-Amz-Signature=def&X-Amz-Date=20260102T000000Z#frag";
         assert_eq!(id(a), id(b));
-        assert_eq!(id(a), id("https://bucket.s3.amazonaws.com/m/model.safetensors"));
-        let gcs = "https://storage.googleapis.com/b/o?X-Goog-Signature=1&X-Goog-Date=2&x-goog-expires=3";
+        assert_eq!(
+            id(a),
+            id("https://bucket.s3.amazonaws.com/m/model.safetensors")
+        );
+        let gcs =
+            "https://storage.googleapis.com/b/o?X-Goog-Signature=1&X-Goog-Date=2&x-goog-expires=3";
         assert_eq!(id(gcs), id("https://storage.googleapis.com/b/o"));
     }
 
@@ -188,7 +192,10 @@ mod tests {
             TaskKey::of("https://a/x", Some(&d)).task_id().unwrap(),
             TaskKey::of("https://b/y?z=1", Some(&d)).task_id().unwrap()
         );
-        assert_eq!(TaskKey::Sha256(&d).task_id().unwrap(), TaskId::from_sha256(&d));
+        assert_eq!(
+            TaskKey::Sha256(&d).task_id().unwrap(),
+            TaskId::from_sha256(&d)
+        );
         assert!(TaskKey::Url("not a url").task_id().is_err());
     }
 }
@@ -216,10 +223,15 @@ mod owner_tests {
     #[test]
     fn only_the_tasks_of_a_gone_scheduler_move() {
         let all = ["http://a:7400", "http://b:7400", "http://c:7400"];
-        let tasks: Vec<TaskId> = (0..300).map(|i| TaskId::from_url(&format!("u{i}"))).collect();
+        let tasks: Vec<TaskId> = (0..300)
+            .map(|i| TaskId::from_url(&format!("u{i}")))
+            .collect();
         let before: Vec<&str> = tasks.iter().map(|t| *owner(t, &all).unwrap()).collect();
         for s in all {
-            assert!(before.iter().filter(|b| **b == s).count() > 60, "spread over {s}");
+            assert!(
+                before.iter().filter(|b| **b == s).count() > 60,
+                "spread over {s}"
+            );
         }
         let left = ["http://a:7400", "http://c:7400"];
         for (t, b) in tasks.iter().zip(&before) {

@@ -315,7 +315,13 @@ impl Core {
                 Some(e) => (t, Kind::Delete, ResultState::Failure, e, held),
                 None => {
                     let what = if held { "evicted" } else { "not cached" };
-                    (t, Kind::Delete, ResultState::Success, what.to_string(), held)
+                    (
+                        t,
+                        Kind::Delete,
+                        ResultState::Success,
+                        what.to_string(),
+                        held,
+                    )
                 }
             },
         };
@@ -520,7 +526,10 @@ mod tests {
         HostInfo {
             peer_id: id.into(),
             hostname: format!("host-{id}"),
-            piece_addr: format!("10.0.0.{}:7430", id.len() + id.bytes().last().unwrap_or(0) as usize % 200),
+            piece_addr: format!(
+                "10.0.0.{}:7430",
+                id.len() + id.bytes().last().unwrap_or(0) as usize % 200
+            ),
             zone: String::new(),
             rack: String::new(),
             seed,
@@ -581,7 +590,9 @@ mod tests {
     fn single_seed_peer_warms_the_seed_every_later_download_drafts() {
         let mut c = core(&[("s1", true), ("s2", true), ("p", false)]);
         let w = warm(1);
-        let (id, out) = c.preheat(job(vec![w.clone()], Scope::SingleSeedPeer), t0()).unwrap();
+        let (id, out) = c
+            .preheat(job(vec![w.clone()], Scope::SingleSeedPeer), t0())
+            .unwrap();
         let o = orders(&out);
         assert_eq!(o.len(), 1);
         let seed = o[0].0.clone();
@@ -593,7 +604,9 @@ mod tests {
             content_length: None,
         };
         let out = c.handle(&seed, reg.clone(), t0());
-        assert!(out.iter().any(|o| o.to == seed && matches!(o.msg, ToPeer::BackToSource { .. })));
+        assert!(out
+            .iter()
+            .any(|o| o.to == seed && matches!(o.msg, ToPeer::BackToSource { .. })));
         assert!(!c.job_status(id).unwrap().finished);
         c.handle(&seed, PeerEvent::TaskDone { task: w.task }, t0());
         assert_eq!(state(&c, id, &seed).0, ResultState::Success);
@@ -601,7 +614,10 @@ mod tests {
         // A later download of the same task gets the seed as a parent, and
         // nobody is sent to the origin.
         let out = c.handle("p", reg, t0());
-        assert!(out.iter().all(|o| !matches!(o.msg, ToPeer::BackToSource { .. } | ToPeer::SeedTask { .. } | ToPeer::Preheat { .. })));
+        assert!(out.iter().all(|o| !matches!(
+            o.msg,
+            ToPeer::BackToSource { .. } | ToPeer::SeedTask { .. } | ToPeer::Preheat { .. }
+        )));
         assert_eq!(c.parents_of(&w.task, "p"), vec![seed]);
     }
 
@@ -640,18 +656,46 @@ mod tests {
         );
         // A failure's reason replaces the generic one of its TaskLeft.
         c.handle("a", PeerEvent::TaskLeft { task: w.task }, t0());
-        assert_eq!(state(&c, id, "a"), (ResultState::Failure, "the peer dropped the task".into()));
-        c.handle("a", PeerEvent::TaskFailed { task: w.task, reason: "401 from the registry".into() }, t0());
-        assert_eq!(state(&c, id, "a"), (ResultState::Failure, "401 from the registry".into()));
+        assert_eq!(
+            state(&c, id, "a"),
+            (ResultState::Failure, "the peer dropped the task".into())
+        );
+        c.handle(
+            "a",
+            PeerEvent::TaskFailed {
+                task: w.task,
+                reason: "401 from the registry".into(),
+            },
+            t0(),
+        );
+        assert_eq!(
+            state(&c, id, "a"),
+            (ResultState::Failure, "401 from the registry".into())
+        );
         assert!(c.job_status(id).unwrap().finished);
         // With the job over, seed orders are plain again.
-        let out = c.handle("b", PeerEvent::Register { task: warm(3).task, url: "https://o/x".into(), have: vec![], content_length: None }, t0());
+        let out = c.handle(
+            "b",
+            PeerEvent::Register {
+                task: warm(3).task,
+                url: "https://o/x".into(),
+                have: vec![],
+                content_length: None,
+            },
+            t0(),
+        );
         assert!(out.iter().any(|o| matches!(o.msg, ToPeer::SeedTask { .. })));
     }
 
     #[test]
     fn all_peers_respects_count_and_concurrency_and_fails_what_leaves_or_times_out() {
-        let mut c = core(&[("s", true), ("a", false), ("b", false), ("d", false), ("e", false)]);
+        let mut c = core(&[
+            ("s", true),
+            ("a", false),
+            ("b", false),
+            ("d", false),
+            ("e", false),
+        ]);
         let w = warm(4);
         let mut j = job(vec![w.clone()], Scope::AllPeers);
         j.filter.count = Some(3);
@@ -659,14 +703,21 @@ mod tests {
         let (id, out) = c.preheat(j, t0()).unwrap();
         let first: Vec<String> = orders(&out).into_iter().map(|(p, _)| p).collect();
         assert_eq!(first.len(), 2, "two orders at once: {first:?}");
-        let chosen: Vec<String> = c.job_status(id).unwrap().tasks[0].peers.iter().map(|r| r.peer_id.clone()).collect();
+        let chosen: Vec<String> = c.job_status(id).unwrap().tasks[0]
+            .peers
+            .iter()
+            .map(|r| r.peer_id.clone())
+            .collect();
         assert_eq!(chosen.len(), 3);
         let out = c.handle(&first[0], PeerEvent::TaskDone { task: w.task }, t0());
         let next: Vec<String> = orders(&out).into_iter().map(|(p, _)| p).collect();
         assert_eq!(next.len(), 1);
         assert!(!first.contains(&next[0]));
         c.disconnect(&first[1], t0());
-        assert_eq!(state(&c, id, &first[1]), (ResultState::Failure, "the peer disconnected".into()));
+        assert_eq!(
+            state(&c, id, &first[1]),
+            (ResultState::Failure, "the peer disconnected".into())
+        );
         assert!(c.expire_jobs(t0() + Duration::from_secs(30)).is_empty());
         assert_eq!(c.expire_jobs(t0() + Duration::from_secs(61)), vec![id]);
         assert_eq!(state(&c, id, &next[0]).0, ResultState::Failure);
@@ -679,14 +730,28 @@ mod tests {
     fn percentage_rounds_down_with_at_least_one_and_peers_holding_it_count_at_once() {
         let mut c = core(&[("a", false), ("b", false), ("d", false)]);
         let w = warm(5);
-        c.handle("a", PeerEvent::Register { task: w.task, url: w.url.clone(), have: vec![], content_length: Some(10) }, t0());
+        c.handle(
+            "a",
+            PeerEvent::Register {
+                task: w.task,
+                url: w.url.clone(),
+                have: vec![],
+                content_length: Some(10),
+            },
+            t0(),
+        );
         c.handle("a", PeerEvent::TaskDone { task: w.task }, t0());
         let mut j = job(vec![w.clone()], Scope::AllPeers);
         j.filter.percentage = Some(10);
         let (id, _) = c.preheat(j, t0()).unwrap();
         assert_eq!(c.job_status(id).unwrap().tasks[0].peers.len(), 1);
-        let (id, out) = c.preheat(job(vec![w.clone()], Scope::AllPeers), t0()).unwrap();
-        assert!(orders(&out).iter().all(|(p, _)| p != "a"), "a holds it: no order");
+        let (id, out) = c
+            .preheat(job(vec![w.clone()], Scope::AllPeers), t0())
+            .unwrap();
+        assert!(
+            orders(&out).iter().all(|(p, _)| p != "a"),
+            "a holds it: no order"
+        );
         assert_eq!(state(&c, id, "a").0, ResultState::Success);
         assert_eq!(c.task_holders(&w.task).len(), 1);
         assert_eq!(c.task_holders(&w.task)[0].bytes, 10);
@@ -695,9 +760,20 @@ mod tests {
     #[test]
     fn without_seeds_or_peers_a_job_is_refused() {
         let mut c = core(&[("a", false)]);
-        assert_eq!(c.preheat(job(vec![warm(1)], Scope::SingleSeedPeer), t0()).unwrap_err(), JobRefused::NoSeed);
-        assert_eq!(c.preheat(job(vec![warm(1)], Scope::AllSeedPeers), t0()).unwrap_err(), JobRefused::NoSeed);
-        assert_eq!(c.preheat(job(vec![], Scope::AllPeers), t0()).unwrap_err(), JobRefused::NoTasks);
+        assert_eq!(
+            c.preheat(job(vec![warm(1)], Scope::SingleSeedPeer), t0())
+                .unwrap_err(),
+            JobRefused::NoSeed
+        );
+        assert_eq!(
+            c.preheat(job(vec![warm(1)], Scope::AllSeedPeers), t0())
+                .unwrap_err(),
+            JobRefused::NoSeed
+        );
+        assert_eq!(
+            c.preheat(job(vec![], Scope::AllPeers), t0()).unwrap_err(),
+            JobRefused::NoTasks
+        );
         let mut j = job(vec![warm(1)], Scope::AllPeers);
         j.filter.ips = vec!["192.0.2.1".into()];
         assert_eq!(c.preheat(j, t0()).unwrap_err(), JobRefused::NoPeers);
@@ -707,15 +783,39 @@ mod tests {
     fn an_eviction_asks_every_peer_and_records_who_held_it() {
         let mut c = core(&[("s", true), ("a", false)]);
         let w = warm(6);
-        let (id, out) = c.delete_tasks(vec![w.task], Duration::from_secs(10), t0()).unwrap();
-        assert_eq!(out.iter().filter(|o| o.msg == ToPeer::DeleteCache).count(), 2);
+        let (id, out) = c
+            .delete_tasks(vec![w.task], Duration::from_secs(10), t0())
+            .unwrap();
+        assert_eq!(
+            out.iter().filter(|o| o.msg == ToPeer::DeleteCache).count(),
+            2
+        );
         // A download's TaskLeft is not an eviction's answer.
         c.handle("a", PeerEvent::TaskLeft { task: w.task }, t0());
         assert_eq!(state(&c, id, "a").0, ResultState::Pending);
-        c.handle("a", PeerEvent::CacheDeleted { task: w.task, held: true, error: None }, t0());
-        c.handle("s", PeerEvent::CacheDeleted { task: w.task, held: false, error: None }, t0());
+        c.handle(
+            "a",
+            PeerEvent::CacheDeleted {
+                task: w.task,
+                held: true,
+                error: None,
+            },
+            t0(),
+        );
+        c.handle(
+            "s",
+            PeerEvent::CacheDeleted {
+                task: w.task,
+                held: false,
+                error: None,
+            },
+            t0(),
+        );
         assert_eq!(state(&c, id, "a"), (ResultState::Success, "evicted".into()));
-        assert_eq!(state(&c, id, "s"), (ResultState::Success, "not cached".into()));
+        assert_eq!(
+            state(&c, id, "s"),
+            (ResultState::Success, "not cached".into())
+        );
         assert!(c.job_status(id).unwrap().finished);
     }
 }
