@@ -43,6 +43,12 @@ enum Command {
     Daemon(commands::daemon::DaemonArgs),
     /// Run the scheduler that plans which peer serves which.
     Scheduler(commands::scheduler::SchedulerArgs),
+    /// Run the manager: clusters, tokens, the Dragonfly-compatible open API (Harbor preheat).
+    Manager(commands::manager::ManagerArgs),
+    /// Warm an hf:// repo, oci:// artifact, image or URLs into peers' caches before the fleet pulls.
+    Preheat(commands::preheat::PreheatArgs),
+    /// Which peers hold a task (ls), or evict it everywhere (rm).
+    Task(commands::task::TaskArgsCli),
     /// Run an origin, a scheduler, a seed and N peers in this process on loopback and compare.
     Demo(commands::demo::DemoArgs),
 }
@@ -56,8 +62,12 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let default_log = match &cli.command {
-        Command::Daemon(_) | Command::Scheduler(_) => "info",
-        Command::Get(_) | Command::Demo(_) | Command::Inspect(_) => "warn",
+        Command::Daemon(_) | Command::Scheduler(_) | Command::Manager(_) => "info",
+        Command::Get(_)
+        | Command::Demo(_)
+        | Command::Inspect(_)
+        | Command::Preheat(_)
+        | Command::Task(_) => "warn",
     };
     commands::logging::init(default_log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +86,9 @@ fn main() -> std::process::ExitCode {
             Command::Inspect(a) => commands::inspect::run(a).await,
             Command::Daemon(a) => commands::daemon::run(a).await,
             Command::Scheduler(a) => commands::scheduler::run(a).await,
+            Command::Manager(a) => commands::manager::run(a).await,
+            Command::Preheat(a) => commands::preheat::run(a).await,
+            Command::Task(a) => commands::task::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
         }
     });

@@ -14,6 +14,7 @@
 //!   table, placing outputs) is the `weightcast-store` crate.
 //! - back-to-source (per-origin limits, retries, the Hub and registry
 //!   clients) is the `weightcast-origin` crate.
+//! - `cache_orders`: a scheduler's cache jobs (preheat a task, evict one).
 //! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
 //!   it told of this peer's upload load.
 //! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
@@ -28,6 +29,7 @@
 //! - [`ttl_cache`]: the endpoints' brief metadata cache.
 
 pub mod address;
+mod cache_orders;
 pub mod config;
 mod dispatch;
 pub mod download;

@@ -57,8 +57,34 @@ pub struct DaemonArgs {
     /// fetches); else ~/.docker/config.json, else anonymous.
     #[command(flatten)]
     pub registry: RegistryLogin,
+    /// Get this cluster's schedulers from the manager (http://mgr:7500)
+    /// instead of --scheduler, and keep the list fresh; a seed also
+    /// registers itself there.
+    #[arg(long, env = "WEIGHTCAST_MANAGER")]
+    pub manager: Option<String>,
+    /// The cluster whose schedulers to use (with --manager).
+    #[arg(long, env = "WEIGHTCAST_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Seconds between refreshes of the scheduler list (and a seed's keepalives).
+    #[arg(long, env = "WEIGHTCAST_MANAGER_REFRESH", default_value_t = 10)]
+    pub manager_refresh: u64,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// The cluster's schedulers from the manager, waiting up to 30 s for one.
+async fn schedulers_from(manager: &str, cluster: &str) -> anyhow::Result<Vec<String>> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match weightcast_manager::client::schedulers(manager, cluster).await {
+            Ok(list) if !list.is_empty() => return Ok(list),
+            Ok(_) if t0.elapsed() > std::time::Duration::from_secs(30) => {
+                anyhow::bail!("the manager at {manager} lists no active scheduler in cluster {cluster:?}: start one with --manager {manager} --cluster {cluster}")
+            }
+            Err(e) if t0.elapsed() > std::time::Duration::from_secs(30) => return Err(e.into()),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
 }
 
 pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
@@ -77,6 +103,13 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let mut config = a.engine.config(data_dir.clone(), a.listen, a.seed, &a.hf)?;
+    if let Some(manager) = &a.manager {
+        let list = schedulers_from(manager, &a.cluster).await?;
+        tracing::info!(%manager, cluster = %a.cluster, schedulers = ?list, "schedulers from the manager");
+        let mut it = list.into_iter();
+        config.scheduler = it.next();
+        config.more_schedulers = it.collect();
+    }
     // A seed fetches the upstream registry's blobs with the daemon's login.
     let upstream = match &a.registry_upstream {
         Some(u) => Some((u.clone(), registry_host(u)?)),
@@ -142,7 +175,50 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if a.engine.scheduler.is_some()
+    if let Some(manager) = a.manager.clone() {
+        let every = std::time::Duration::from_secs(a.manager_refresh.max(1));
+        if a.seed {
+            let who = weightcast_manager::api::KeepAlive {
+                kind: "seed_peer".into(),
+                cluster: a.cluster.clone(),
+                hostname: config_hostname(&a),
+                addr: engine.piece_addr.clone(),
+            };
+            let stop = engine.shutting_down();
+            servers.spawn(async move {
+                weightcast_manager::client::keep_alive(manager.clone(), who, every, stop).await;
+                Ok(())
+            });
+        }
+        let (e, cluster, manager) = (
+            engine.clone(),
+            a.cluster.clone(),
+            a.manager.clone().unwrap_or_default(),
+        );
+        let stop = engine.shutting_down();
+        servers.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match weightcast_manager::client::schedulers(&manager, &cluster).await {
+                    Ok(mut list) if !list.is_empty() => {
+                        list.sort();
+                        let mut now = e.schedulers();
+                        now.sort();
+                        if list != now {
+                            tracing::info!(schedulers = ?list, "the manager's scheduler list changed");
+                            e.set_schedulers(list);
+                        }
+                    }
+                    Ok(_) => tracing::debug!("the manager lists no active scheduler; keeping the current ones"),
+                    Err(error) => tracing::debug!(%error, "cannot refresh the scheduler list"),
+                }
+            }
+        });
+    }
+    if (!a.engine.scheduler.is_empty() || a.manager.is_some())
         && !engine
             .scheduler_connected(std::time::Duration::from_secs(3))
             .await
@@ -189,4 +265,11 @@ fn registry_host(url: &str) -> anyhow::Result<String> {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     })
+}
+
+fn config_hostname(a: &DaemonArgs) -> String {
+    a.engine
+        .hostname
+        .clone()
+        .unwrap_or_else(weightcast_engine::local_hostname)
 }

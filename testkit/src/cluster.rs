@@ -349,12 +349,22 @@ impl Cluster {
     }
 
     pub fn scheduler_at(&mut self, place: &Place) -> Result<(String, String)> {
-        self.scheduler_at_with(place, &[])
+        self.scheduler_named(place, "scheduler", &[])
     }
 
     /// A scheduler at `place` with extra flags.
     pub fn scheduler_at_with(&mut self, place: &Place, extra: &[&str]) -> Result<(String, String)> {
-        let ready = self.path("scheduler.ready");
+        self.scheduler_named(place, "scheduler", extra)
+    }
+
+    /// A scheduler named `name` with `extra` flags (`--manager`, ...).
+    pub fn scheduler_named(
+        &mut self,
+        place: &Place,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<(String, String)> {
+        let ready = self.path(&format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
         let mut args: Vec<String> = vec![
             "scheduler".into(),
@@ -367,7 +377,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let bin = self.bin.clone();
-        let i = self.spawn_at(place, &bin, "scheduler", &args)?;
+        let i = self.spawn_at(place, &bin, name, &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;
         Ok((
             format!("http://{}", r.addr),
@@ -375,7 +385,29 @@ impl Cluster {
         ))
     }
 
-    /// Starts a daemon named `name` with its own data dir and hostname.
+    /// Starts a manager named `name` on loopback with its data under the
+    /// cluster dir (SQLite) unless `extra` names `--database`; returns its
+    /// base URL.
+    pub fn manager(&mut self, name: &str, extra: &[&str]) -> Result<String> {
+        let ready = self.path(&format!("{name}.ready"));
+        let mut args: Vec<String> = vec![
+            "manager".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.path(name).display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = self.bin.clone();
+        let i = self.spawn_at(&Place::loopback(), &bin, name, &args)?;
+        let r: ServerReady = self.wait_ready(i, &ready)?;
+        Ok(format!("http://{}", r.addr))
+    }
+
+    /// Starts a daemon named `name` with its own data dir and hostname
+    /// (`scheduler` empty: none given, e.g. with `--manager` in `extra`).
     pub fn daemon(
         &mut self,
         name: &str,
@@ -416,13 +448,14 @@ impl Cluster {
             "daemon".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-            "--scheduler".into(),
-            scheduler.into(),
             "--listen".into(),
             format!("{}:0", place.ip),
             "--metrics-listen".into(),
             format!("{}:0", place.ip),
         ];
+        if !scheduler.is_empty() {
+            args.extend(["--scheduler".into(), scheduler.into()]);
+        }
         // The daemon's name is its host name unless `extra` gives one.
         if !extra.contains(&"--hostname") {
             args.extend(["--hostname".into(), name.into()]);
