@@ -86,6 +86,9 @@ pub struct DaemonReady {
     /// The registry mirror, when started with `--registry-listen`.
     #[serde(default)]
     pub registry_addr: Option<String>,
+    /// The S3 endpoint, when started with `--s3-listen`.
+    #[serde(default)]
+    pub s3_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
