@@ -306,6 +306,34 @@ impl ObjectUrl {
         Url::parse(&text).expect("an ObjectUrl's canonical form parses: its parts are encoded")
     }
 
+    /// This URL with the store that this process's environment points at
+    /// written into it: for `s3://bucket/key`, the endpoint of
+    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or the AWS profile's
+    /// `endpoint_url`; for `az://`, the account of
+    /// `AZURE_STORAGE_ACCOUNT_NAME`. Another node (a daemon, a seed) then
+    /// reads the same store whatever its own environment says.
+    pub fn store_named(&self) -> Result<Self, OriginError> {
+        self.store_named_by(&|k| std::env::var(k).ok())
+    }
+
+    /// [`ObjectUrl::store_named`] with the environment `env`.
+    pub fn store_named_by(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, OriginError> {
+        let mut o = self.clone();
+        match self.provider {
+            Provider::S3 if o.endpoint.is_none() => {
+                o.endpoint = environment_endpoint(env)?;
+            }
+            Provider::Azure if o.account.is_none() => {
+                o.account = env("AZURE_STORAGE_ACCOUNT_NAME").filter(|a| !a.is_empty());
+            }
+            _ => {}
+        }
+        Ok(o)
+    }
+
     /// The object `key` in the same bucket and store, unpinned.
     pub fn with_key(&self, key: &str) -> Self {
         Self {
@@ -333,6 +361,24 @@ impl fmt::Display for ObjectUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.to_url().as_str())
     }
+}
+
+/// The S3 endpoint the environment names: `AWS_ENDPOINT_URL_S3`, else
+/// `AWS_ENDPOINT_URL`, else the selected AWS profile's `endpoint_url`.
+pub fn environment_endpoint(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Endpoint>, OriginError> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    let named = match var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")) {
+        Some(e) => Some(e),
+        None => aws_profile::load(var)
+            .map_err(|e| ObjectError::Config {
+                provider: Provider::S3,
+                why: e.to_string(),
+            })?
+            .and_then(|p| p.endpoint_url),
+    };
+    named.map(|e| Endpoint::parse(&e)).transpose()
 }
 
 fn with_query(url: &str, param: &str) -> String {
@@ -546,6 +592,34 @@ mod tests {
         assert!(is_object_url("as://a/c/k"));
         assert!(!is_object_url("https://b/k"));
         assert!(!is_object_url("s3:/"));
+    }
+
+    #[test]
+    fn the_environment_names_the_store() {
+        let env = |k: &str| match k {
+            "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:9000".to_string()),
+            "AZURE_STORAGE_ACCOUNT_NAME" => Some("acct".to_string()),
+            "HOME" => Some("/nonexistent".to_string()),
+            _ => None,
+        };
+        let o = p("s3://models/k").store_named_by(&env).unwrap();
+        assert_eq!(o.to_string(), "s3://127.0.0.1:9000/models/k");
+        let kept = p("s3://10.0.0.1:9000/models/k")
+            .store_named_by(&env)
+            .unwrap();
+        assert_eq!(kept.to_string(), "s3://10.0.0.1:9000/models/k");
+        assert_eq!(
+            p("az://c/k").store_named_by(&env).unwrap().to_string(),
+            "as://acct/c/k"
+        );
+        let none = |k: &str| (k == "HOME").then(|| "/nonexistent".to_string());
+        assert_eq!(
+            p("s3://models/k")
+                .store_named_by(&none)
+                .unwrap()
+                .to_string(),
+            "s3://models/k"
+        );
     }
 
     #[test]

@@ -77,13 +77,7 @@ impl S3Env {
             .or_else(|| var("AWS_DEFAULT_REGION"))
             .or_else(|| profile.region.clone())
             .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = match var("AWS_ENDPOINT_URL_S3")
-            .or_else(|| var("AWS_ENDPOINT_URL"))
-            .or_else(|| profile.endpoint_url.clone())
-        {
-            Some(e) => Some(Endpoint::parse(&e).map_err(|e| config(e.to_string()))?),
-            None => None,
-        };
+        let endpoint = super::environment_endpoint(env).map_err(|e| config(e.to_string()))?;
         let signer = Self::signer(&var, &profile, &region).map_err(config)?;
         Ok(Self {
             region,

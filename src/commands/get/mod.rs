@@ -48,7 +48,9 @@ pub async fn run(a: GetArgs) -> anyhow::Result<()> {
         return artifact::report(&a, &summary?);
     }
     if weightcast_origin::object::is_object_url(&a.url) {
-        let url = weightcast_origin::ObjectUrl::parse(&a.url)?;
+        // The store this environment points at is written into every
+        // object's URL: the daemon and the seeds then read that one.
+        let url = weightcast_origin::ObjectUrl::parse(&a.url)?.store_named()?;
         let fetcher = Fetcher::start(&a).await?;
         let summary = object_store::run(&a, &url, &fetcher, &progress).await;
         progress.finish();
