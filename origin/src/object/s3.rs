@@ -341,8 +341,19 @@ impl S3Backend {
             .into();
         }
         let retry_after = crate::http::retry_after(resp.headers());
+        // A bucket in another region answers 301 (a HEAD without a body):
+        // its region is in a header, and that is what to do about it.
+        let region = resp
+            .headers()
+            .get("x-amz-bucket-region")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .filter(|_| status == StatusCode::MOVED_PERMANENTLY);
         let body = read_limited(resp, ERROR_BODY_LIMIT).await;
-        let (code, message) = parse_error_body(&body);
+        let (code, mut message) = parse_error_body(&body);
+        if let Some(r) = region {
+            message = Some(format!("the bucket is in {r}: set AWS_REGION={r}"));
+        }
         if retry_after.is_some() && code.is_none() {
             // A plain 503 with Retry-After: let the fetcher wait as asked.
             return OriginError::Status {
