@@ -18,7 +18,8 @@ write them straight into memory-mapped caches.\n\n\
 Quick start (no cluster needed):   weightcast demo --peers 8 --size 1GiB\n\
 One file through a node's daemon:  weightcast get https://host/model.safetensors -o /models/\n\
 A Hugging Face repo:               weightcast get hf://org/model@main -o /models/model\n\
-A ModelPack artifact:              weightcast get oci://registry/models/llama3:8b -o /models/llama3\n\n\
+A ModelPack artifact:              weightcast get oci://registry/models/llama3:8b -o /models/llama3\n\
+Every object under an S3 prefix:   weightcast get s3://bucket/models/llama3/ -o /models/llama3\n\n\
 Every flag can also be set by an environment variable (shown in each command's --help) \
 or by a WEIGHTCAST_*=value line in the config file (--config, default /etc/weightcast/weightcast.env)."
 )]
@@ -34,8 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download a file (https://), a Hugging Face repo (hf://) or an OCI model
-    /// artifact (oci://) through the local daemon, or in-process when none runs.
+    /// Download a file (https://), a Hugging Face repo (hf://), an OCI model
+    /// artifact (oci://) or objects from object storage (s3://, gs://, az://)
+    /// through the local daemon, or in-process when none runs.
     Get(commands::get::GetArgs),
     /// Show what a `get` of an hf:// or oci:// source would fetch, without fetching.
     Inspect(commands::inspect::InspectArgs),

@@ -9,6 +9,7 @@ use crate::dispatch;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
 use crate::load_report;
 use crate::metrics::EngineMetrics;
+use crate::object_pin::ObjectPins;
 use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::request::{GetError, GetRequest, GetSummary, StartError, Validation};
 use crate::runs::{Runs, TaskRun};
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
-use weightcast_origin::{OriginAuth, OriginError, OriginFetcher};
+use weightcast_origin::{OriginAuth, OriginError, OriginFetcher, Pinned};
 use weightcast_proto::pb;
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
 use weightcast_store::export;
@@ -34,6 +35,7 @@ pub struct Engine {
     config: EngineConfig,
     deps: Arc<DownloadDeps>,
     runs: Arc<Runs>,
+    pins: ObjectPins,
     tracker: TaskTracker,
     cancel: CancellationToken,
     pub peer_id: String,
@@ -205,6 +207,7 @@ impl Engine {
             config,
             deps,
             runs,
+            pins: ObjectPins::new(),
             tracker,
             cancel,
             peer_id,
@@ -335,7 +338,14 @@ impl Engine {
         if self.cancel.is_cancelled() {
             return Err(GetError::ShuttingDown);
         }
-        let url = normalize_url(url)?;
+        // An object that changes in place is named by its version, and its
+        // stat (with this node's credentials) comes first.
+        let named = self
+            .pins
+            .name(&self.deps.origin, url, digest, auth.as_ref())
+            .await?;
+        let digest = named.digest;
+        let url = normalize_url(&named.url)?;
         let id = task_id(&url, digest.as_ref())?;
         let store = self.deps.store.clone();
         // Opening a cached task re-hashes it: not on an async worker.
@@ -359,6 +369,20 @@ impl Engine {
             swarm,
         });
         Ok(Begun::Running(id, run))
+    }
+
+    /// The stat of an object-storage `url` with this node's credentials,
+    /// and the pinned URL its task has; `None` for a URL that names its
+    /// bytes already. Reused for a few seconds, as [`Engine::get`] and
+    /// [`Engine::watch`] reuse it.
+    pub async fn pin(&self, url: &str) -> Result<Option<Pinned>, GetError> {
+        Ok(self.pins.pin(&self.deps.origin, url, None).await?)
+    }
+
+    /// The origin fetcher, with this node's limits and credentials: what an
+    /// endpoint lists a store through.
+    pub fn origin(&self) -> &OriginFetcher {
+        &self.deps.origin
     }
 
     /// Starts (or joins) the download of `url` and hands back a handle to

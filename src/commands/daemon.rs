@@ -7,6 +7,8 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use weightcast_engine::registry_mirror::RegistryMirror;
+use weightcast_engine::s3_endpoint::{S3Endpoint, S3EndpointConfig};
+use weightcast_engine::sigv4::AccessKeys;
 use weightcast_engine::{hf_endpoint, local_api, Engine};
 use weightcast_origin::{docker_config_logins, OriginAuth};
 
@@ -69,6 +71,8 @@ pub struct DaemonArgs {
     #[arg(long, env = "WEIGHTCAST_MANAGER_REFRESH", default_value_t = 10)]
     pub manager_refresh: u64,
     #[command(flatten)]
+    pub s3: S3EndpointArgs,
+    #[command(flatten)]
     pub engine: EngineArgs,
 }
 
@@ -84,6 +88,56 @@ async fn schedulers_from(manager: &str, cluster: &str) -> anyhow::Result<Vec<Str
             Err(e) if t0.elapsed() > std::time::Duration::from_secs(30) => return Err(e.into()),
             _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
         }
+    }
+}
+
+/// The daemon's S3-compatible endpoint.
+#[derive(Args, Debug)]
+pub struct S3EndpointArgs {
+    /// Serve an S3-compatible endpoint (reads: list, head, ranged get) here,
+    /// e.g. 127.0.0.1:7440: `AWS_ENDPOINT_URL=http://127.0.0.1:7440 aws s3
+    /// sync ...`, boto3 and Triton's `s3://127.0.0.1:7440/bucket/path` read
+    /// through the swarm. The daemon reads the store with its own AWS
+    /// credentials (environment, ~/.aws, instance role).
+    #[arg(long, env = "WEIGHTCAST_S3_LISTEN")]
+    pub s3_listen: Option<SocketAddr>,
+    /// The store the endpoint reads, e.g. https://s3.us-east-1.amazonaws.com
+    /// or http://minio.internal:9000. Default: AWS_ENDPOINT_URL, else AWS in
+    /// AWS_REGION.
+    #[arg(long, env = "WEIGHTCAST_S3_UPSTREAM")]
+    pub s3_upstream: Option<String>,
+    /// The region the endpoint's GetBucketLocation answers. Default:
+    /// AWS_REGION, else us-east-1.
+    #[arg(long, env = "WEIGHTCAST_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// An access key that clients of the endpoint sign with (SigV4), as
+    /// ACCESS_KEY_ID:SECRET_ACCESS_KEY; repeat it, or comma-separate in the
+    /// environment. Without one no signature is checked, and the endpoint
+    /// may listen on loopback only.
+    #[arg(
+        long = "s3-access-key",
+        env = "WEIGHTCAST_S3_ACCESS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub s3_access_keys: Vec<String>,
+}
+
+impl S3EndpointArgs {
+    fn config(&self) -> anyhow::Result<S3EndpointConfig> {
+        let keys = AccessKeys::parse(self.s3_access_keys.iter().map(String::as_str))?;
+        let region = self
+            .s3_region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".into());
+        Ok(S3EndpointConfig {
+            upstream: self.s3_upstream.clone(),
+            region,
+            keys,
+        })
     }
 }
 
@@ -158,6 +212,33 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
             Some(bound.to_string())
         }
         _ => None,
+    };
+    let s3_addr = match a.s3.s3_listen {
+        Some(addr) => {
+            let config = a.s3.config()?;
+            if config.keys.is_empty() && !addr.ip().is_loopback() {
+                anyhow::bail!("--s3-listen {addr} is not a loopback address: give the endpoint --s3-access-key ID:SECRET for its clients to sign with, or listen on 127.0.0.1");
+            }
+            let signed = !config.keys.is_empty();
+            let endpoint = S3Endpoint::new(engine.clone(), config)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the S3 endpoint"))?;
+            let bound = listener.local_addr()?;
+            if a.s3
+                .s3_upstream
+                .as_deref()
+                .is_some_and(|u| u.trim_end_matches('/').ends_with(&format!("//{bound}")))
+            {
+                anyhow::bail!(
+                    "--s3-upstream is this daemon's own --s3-listen: point it at the store"
+                );
+            }
+            tracing::info!(addr = %bound, upstream = a.s3.s3_upstream.as_deref().unwrap_or("the AWS environment's"), signed, "S3 endpoint ready");
+            servers.spawn(endpoint.serve(listener));
+            Some(bound.to_string())
+        }
+        None => None,
     };
     let hf_addr = match a.hf_listen {
         Some(addr) => {
@@ -234,6 +315,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
             "socket": socket,
             "hf_addr": hf_addr,
             "registry_addr": registry_addr,
+            "s3_addr": s3_addr,
         }),
     )?;
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), metrics = %metrics_addr, "daemon ready");

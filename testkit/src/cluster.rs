@@ -86,6 +86,9 @@ pub struct DaemonReady {
     /// The registry mirror, when started with `--registry-listen`.
     #[serde(default)]
     pub registry_addr: Option<String>,
+    /// The S3 endpoint, when started with `--s3-listen`.
+    #[serde(default)]
+    pub s3_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,13 +216,32 @@ impl Cluster {
         name: &str,
         args: &[String],
     ) -> Result<usize> {
+        self.spawn_with_env(place, program, name, args, &[])
+    }
+
+    /// [`Cluster::spawn_at`] with environment changes: `(name, Some(v))`
+    /// sets a variable, `(name, None)` removes it.
+    pub fn spawn_with_env(
+        &mut self,
+        place: &Place,
+        program: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<usize> {
         let log = self.path(&format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = place
-            .command(program)
+        let mut command = place.command(program);
+        for (k, v) in env {
+            match v {
+                Some(v) => command.env(k, v),
+                None => command.env_remove(k),
+            };
+        }
+        let child = command
             .args(args)
             .env(
                 "RUST_LOG",
@@ -441,6 +463,22 @@ impl Cluster {
         seed: bool,
         extra: &[&str],
     ) -> Result<Daemon> {
+        self.daemon_with_env(place, name, data_dir, scheduler, seed, extra, &[])
+    }
+
+    /// [`Cluster::daemon_at`] with environment changes (as
+    /// [`Cluster::spawn_with_env`] takes them): a daemon's credentials.
+    #[allow(clippy::too_many_arguments)]
+    pub fn daemon_with_env(
+        &mut self,
+        place: &Place,
+        name: &str,
+        data_dir: &Path,
+        scheduler: &str,
+        seed: bool,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(data_dir)?;
         let ready_file = data_dir.join("daemon.json");
         let _ = std::fs::remove_file(&ready_file);
@@ -465,7 +503,7 @@ impl Cluster {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let bin = self.bin.clone();
-        let i = self.spawn_at(place, &bin, name, &args)?;
+        let i = self.spawn_with_env(place, &bin, name, &args, env)?;
         let ready = self.wait_ready(i, &ready_file)?;
         Ok(Daemon {
             name: name.into(),

@@ -8,6 +8,8 @@
 //! - [`oci_registry`]: a real `docker-registry` process and a pusher of
 //!   ModelPack artifacts.
 //! - [`postgres`]: a real PostgreSQL server in a temporary directory.
+//! - [`s3_store`]: a real S3 server (moto, with IAM and SigV4 enforced)
+//!   behind a proxy that counts the object bytes it served.
 //! - [`cluster`]: real `weightcast` processes (scheduler, seeds, daemons,
 //!   `get`) on loopback or in network namespaces, torn down on drop.
 
@@ -16,3 +18,4 @@ pub mod hf_hub;
 pub mod oci_registry;
 pub mod origin;
 pub mod postgres;
+pub mod s3_store;
