@@ -18,7 +18,8 @@ write them straight into memory-mapped caches.\n\n\
 Quick start (no cluster needed):   weightcast demo --peers 8 --size 1GiB\n\
 One file through a node's daemon:  weightcast get https://host/model.safetensors -o /models/\n\
 A Hugging Face repo:               weightcast get hf://org/model@main -o /models/model\n\
-A ModelPack artifact:              weightcast get oci://registry/models/llama3:8b -o /models/llama3\n\n\
+A ModelPack artifact:              weightcast get oci://registry/models/llama3:8b -o /models/llama3\n\
+Every object under an S3 prefix:   weightcast get s3://bucket/models/llama3/ -o /models/llama3\n\n\
 Every flag can also be set by an environment variable (shown in each command's --help) \
 or by a WEIGHTCAST_*=value line in the config file (--config, default /etc/weightcast/weightcast.env)."
 )]
@@ -34,8 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download a file (https://), a Hugging Face repo (hf://) or an OCI model
-    /// artifact (oci://) through the local daemon, or in-process when none runs.
+    /// Download a file (https://), a Hugging Face repo (hf://), an OCI model
+    /// artifact (oci://) or objects from object storage (s3://, gs://, az://)
+    /// through the local daemon, or in-process when none runs.
     Get(commands::get::GetArgs),
     /// Show what a `get` of an hf:// or oci:// source would fetch, without fetching.
     Inspect(commands::inspect::InspectArgs),
@@ -43,6 +45,12 @@ enum Command {
     Daemon(commands::daemon::DaemonArgs),
     /// Run the scheduler that plans which peer serves which.
     Scheduler(commands::scheduler::SchedulerArgs),
+    /// Run the manager: clusters, tokens, the Dragonfly-compatible open API (Harbor preheat).
+    Manager(commands::manager::ManagerArgs),
+    /// Warm an hf:// repo, oci:// artifact, image or URLs into peers' caches before the fleet pulls.
+    Preheat(commands::preheat::PreheatArgs),
+    /// Which peers hold a task (ls), or evict it everywhere (rm).
+    Task(commands::task::TaskArgsCli),
     /// Run an origin, a scheduler, a seed and N peers in this process on loopback and compare.
     Demo(commands::demo::DemoArgs),
 }
@@ -56,8 +64,12 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let default_log = match &cli.command {
-        Command::Daemon(_) | Command::Scheduler(_) => "info",
-        Command::Get(_) | Command::Demo(_) | Command::Inspect(_) => "warn",
+        Command::Daemon(_) | Command::Scheduler(_) | Command::Manager(_) => "info",
+        Command::Get(_)
+        | Command::Demo(_)
+        | Command::Inspect(_)
+        | Command::Preheat(_)
+        | Command::Task(_) => "warn",
     };
     commands::logging::init(default_log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +88,9 @@ fn main() -> std::process::ExitCode {
             Command::Inspect(a) => commands::inspect::run(a).await,
             Command::Daemon(a) => commands::daemon::run(a).await,
             Command::Scheduler(a) => commands::scheduler::run(a).await,
+            Command::Manager(a) => commands::manager::run(a).await,
+            Command::Preheat(a) => commands::preheat::run(a).await,
+            Command::Task(a) => commands::task::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
         }
     });

@@ -510,3 +510,64 @@ fn hostile_or_broken_repos_and_bad_input_fail_with_one_clear_line() {
         "nothing written through the symlink"
     );
 }
+
+#[test]
+fn an_hf_preheat_with_all_peers_makes_hf_download_cost_the_cdn_nothing() {
+    let mut f = fixture();
+    let (sched, _) = f.c.scheduler().unwrap();
+    let hub = ["--hf-endpoint", f.hub.hub_url.as_str()];
+    f.c.daemon("seed", &sched, true, &hub).unwrap();
+    let daemons: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let mut extra = hub.to_vec();
+            extra.extend(["--hf-listen", "127.0.0.1:0"]);
+            f.c.daemon(&format!("node{i}"), &sched, false, &extra)
+                .unwrap()
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "preheat",
+            "hf://org/model@main",
+            "--scheduler",
+            &sched,
+            "--scope",
+            "all_peers",
+            "--json",
+            "--hf-endpoint",
+        ])
+        .arg(&f.hub.hub_url)
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap();
+    f.ok("weightcast preheat hf:// --scope all_peers", &out);
+    let secs = t0.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks = report["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "the two LFS files: {report}");
+    assert!(
+        tasks.iter().all(|t| t["succeeded"] == 3),
+        "seed + 2 nodes: {report}"
+    );
+    let lfs = f.lfs_bytes("org/model");
+    let during = f.hub.stats.snapshot().cdn_bytes_served;
+    eprintln!("preheat hf:// all_peers (3 peers, {lfs} LFS bytes): {secs:.2} s, the CDN sent {during} bytes ({:.3}x)", during as f64 / lfs as f64);
+    assert!(during as f64 <= lfs as f64 * 1.1);
+    let dl = f
+        .client("v2/bin/hf", &endpoint(&daemons[1]), "home-preheated")
+        .args(["download", "org/model", "--local-dir"])
+        .arg(f.c.path("after-preheat"))
+        .spawn()
+        .unwrap();
+    f.wait("hf download after the preheat", dl);
+    f.assert_same_files("org/model", &f.c.path("after-preheat"), |_| true);
+    let after = f.hub.stats.snapshot().cdn_bytes_served - during;
+    eprintln!("after the preheat: hf download through a daemon cost the CDN {after} bytes");
+    assert_eq!(
+        after,
+        0,
+        "the download after the preheat went to the CDN\n{}",
+        f.c.logs()
+    );
+}

@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub seed: bool,
     /// Scheduler endpoint (`http://host:port`); `None`: no swarm, origin only.
     pub scheduler: Option<String>,
+    /// More schedulers of the same cluster: each task is owned by one of
+    /// them (see `scheduler_link`).
+    pub more_schedulers: Vec<String>,
     /// Children the scheduler may plan onto this peer.
     pub upload_slots: u32,
     /// Pieces sent at once; more requests are answered `Busy`. Few uploads
@@ -63,6 +66,7 @@ impl EngineConfig {
             rack: String::new(),
             seed: false,
             scheduler: None,
+            more_schedulers: Vec::new(),
             upload_slots: 16,
             upload_concurrency: 4,
             seed_send_once: Some(Duration::from_secs(5)),

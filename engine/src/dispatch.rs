@@ -1,8 +1,10 @@
 //! Scheduler messages to the download they concern: decoded from protobuf
 //! at this edge (malformed ids and digests stop here), filtered by what this
 //! peer's transport accepts, and queued on the task's run. A seed order
-//! starts a download of its own.
+//! starts a download of its own; cache jobs (preheat, eviction) go to
+//! [`cache_orders`].
 
+use crate::cache_orders;
 use crate::download::{DownloadSpec, Mode, TaskEvent};
 use crate::peer_transport::PeerTransport;
 use crate::runs::Runs;
@@ -35,6 +37,11 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                     continue;
                 };
                 tracing::info!(task = %id, url = %s.url, "seeding task from its origin");
+                // Already downloading it from peers (a get, a preheat): that
+                // download becomes the source instead of waiting for one.
+                if cache_orders::become_source(&runs, &id).await {
+                    continue;
+                }
                 runs.ensure(DownloadSpec {
                     id,
                     url: s.url,
@@ -55,6 +62,8 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                     }
                 }
             }
+            LinkEvent::Message(SchedMsg::Preheat(p)) => cache_orders::preheat(&runs, p).await,
+            LinkEvent::Message(SchedMsg::DeleteCache(d)) => cache_orders::delete(&runs, d).await,
             LinkEvent::Message(m) => {
                 let Some((id, ev)) = decode(m, peers) else {
                     continue;
@@ -126,7 +135,10 @@ fn decode(m: SchedMsg, peers: &PeerTransport) -> Option<(TaskId, SchedulerEvent)
             },
         ),
         SchedMsg::BackToSource(x) => (x.task_id, SchedulerEvent::BackToSource { reason: x.reason }),
-        SchedMsg::SeedTask(_) | SchedMsg::OriginBudget(_) => return None,
+        SchedMsg::SeedTask(_)
+        | SchedMsg::OriginBudget(_)
+        | SchedMsg::Preheat(_)
+        | SchedMsg::DeleteCache(_) => return None,
     };
     match task.parse::<TaskId>() {
         Ok(id) => Some((id, ev)),

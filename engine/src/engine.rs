@@ -9,6 +9,7 @@ use crate::dispatch;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
 use crate::load_report;
 use crate::metrics::EngineMetrics;
+use crate::object_pin::ObjectPins;
 use crate::peer_transport::{PeerTransport, StoreRdma};
 use crate::request::{GetError, GetRequest, GetSummary, StartError, Validation};
 use crate::runs::{Runs, TaskRun};
@@ -22,18 +23,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
-use weightcast_origin::{OriginAuth, OriginError, OriginFetcher};
+use weightcast_origin::{OriginAuth, OriginError, OriginFetcher, Pinned};
 use weightcast_proto::pb;
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
 use weightcast_store::export;
 use weightcast_store::{Store, TaskFile};
 use weightcast_tcp::PieceServer;
-use weightcast_types::TaskId;
+use weightcast_types::{TaskId, TaskKey};
 
 pub struct Engine {
     config: EngineConfig,
     deps: Arc<DownloadDeps>,
     runs: Arc<Runs>,
+    pins: ObjectPins,
     tracker: TaskTracker,
     cancel: CancellationToken,
     pub peer_id: String,
@@ -64,11 +66,23 @@ fn open_rdma(config: &EngineConfig) -> Result<Option<Arc<RdmaNode>>, StartError>
     }
 }
 
-/// Normalizes a URL for task ids: the same file under cosmetic URL variants is one task.
+/// Checks a URL and drops its fragment: the URL a download fetches (its
+/// task id comes from [`task_id`], which also drops signing parameters).
 pub fn normalize_url(url: &str) -> Result<String, OriginError> {
     let mut u = OriginFetcher::check_url(url)?;
     u.set_fragment(None);
     Ok(u.to_string())
+}
+
+/// The task id of `url` (keyed by `digest` when known): the one rule of
+/// [`weightcast_types::task_key`], shared with the endpoints and preheat.
+pub fn task_id(url: &str, digest: Option<&[u8; 32]>) -> Result<TaskId, OriginError> {
+    TaskKey::of(url, digest)
+        .task_id()
+        .map_err(|e| OriginError::BadUrl {
+            url: e.url,
+            why: e.why,
+        })
 }
 
 /// `sha256:<hex>` (or bare hex) to bytes.
@@ -130,9 +144,15 @@ impl Engine {
         });
         let peer_id = format!("{}-{:08x}", config.hostname, rand::random::<u32>());
         let (link_tx, link_rx) = mpsc::channel(scheduler_link::INBOUND_QUEUE);
-        let link = config.scheduler.clone().map(|endpoint| {
+        let endpoints: Vec<String> = config
+            .scheduler
+            .iter()
+            .chain(config.more_schedulers.iter())
+            .cloned()
+            .collect();
+        let link = config.scheduler.is_some().then(|| {
             SchedulerLink::start(
-                endpoint,
+                endpoints,
                 pb::HostInfo {
                     peer_id: peer_id.clone(),
                     hostname: config.hostname.clone(),
@@ -187,6 +207,7 @@ impl Engine {
             config,
             deps,
             runs,
+            pins: ObjectPins::new(),
             tracker,
             cancel,
             peer_id,
@@ -258,6 +279,23 @@ impl Engine {
             .await
     }
 
+    /// Replaces the list of schedulers (from the manager): the tasks of a
+    /// scheduler that left move to the others.
+    pub fn set_schedulers(&self, endpoints: Vec<String>) {
+        if let Some(l) = &self.deps.link {
+            l.set_endpoints(endpoints);
+        }
+    }
+
+    /// The schedulers this engine is linked to.
+    pub fn schedulers(&self) -> Vec<String> {
+        self.deps
+            .link
+            .as_ref()
+            .map(|l| l.endpoints())
+            .unwrap_or_default()
+    }
+
     /// Waits for the scheduler link; `false` when there is none or it is down.
     pub async fn scheduler_connected(&self, timeout: Duration) -> bool {
         match &self.deps.link {
@@ -300,11 +338,15 @@ impl Engine {
         if self.cancel.is_cancelled() {
             return Err(GetError::ShuttingDown);
         }
-        let url = normalize_url(url)?;
-        let id = match &digest {
-            Some(d) => TaskId::from_sha256(d),
-            None => TaskId::from_url(&url),
-        };
+        // An object that changes in place is named by its version, and its
+        // stat (with this node's credentials) comes first.
+        let named = self
+            .pins
+            .name(&self.deps.origin, url, digest, auth.as_ref())
+            .await?;
+        let digest = named.digest;
+        let url = normalize_url(&named.url)?;
+        let id = task_id(&url, digest.as_ref())?;
         let store = self.deps.store.clone();
         // Opening a cached task re-hashes it: not on an async worker.
         let cached = tokio::task::spawn_blocking(move || store.open_complete(id))
@@ -327,6 +369,20 @@ impl Engine {
             swarm,
         });
         Ok(Begun::Running(id, run))
+    }
+
+    /// The stat of an object-storage `url` with this node's credentials,
+    /// and the pinned URL its task has; `None` for a URL that names its
+    /// bytes already. Reused for a few seconds, as [`Engine::get`] and
+    /// [`Engine::watch`] reuse it.
+    pub async fn pin(&self, url: &str) -> Result<Option<Pinned>, GetError> {
+        Ok(self.pins.pin(&self.deps.origin, url, None).await?)
+    }
+
+    /// The origin fetcher, with this node's limits and credentials: what an
+    /// endpoint lists a store through.
+    pub fn origin(&self) -> &OriginFetcher {
+        &self.deps.origin
     }
 
     /// Starts (or joins) the download of `url` and hands back a handle to

@@ -14,6 +14,7 @@
 //!   table, placing outputs) is the `weightcast-store` crate.
 //! - back-to-source (per-origin limits, retries, the Hub and registry
 //!   clients) is the `weightcast-origin` crate.
+//! - `cache_orders`: a scheduler's cache jobs (preheat a task, evict one).
 //! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
 //!   it told of this peer's upload load.
 //! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
@@ -22,12 +23,18 @@
 //! - [`hf_endpoint`]: the daemon as a Hub endpoint for the real
 //!   `huggingface_hub` client.
 //! - [`registry_mirror`]: the daemon as a pull-through registry mirror.
+//! - [`s3_endpoint`]: the daemon as an S3-compatible endpoint (reads only)
+//!   for `aws s3`, boto3 and model servers' repository fetchers;
+//!   [`s3_listing`] answers its listings, [`sigv4`] checks its clients'
+//!   signatures; `object_pin` names object-storage tasks by the version a
+//!   stat with this node's credentials saw.
 //! - [`piece_stream`]: serving a file over HTTP while its pieces arrive;
 //!   [`http_body`]: the ranged answer shape every HTTP server here shares;
 //!   [`file_server`]: a directory served with ranges (the demo's origin).
 //! - [`ttl_cache`]: the endpoints' brief metadata cache.
 
 pub mod address;
+mod cache_orders;
 pub mod config;
 mod dispatch;
 pub mod download;
@@ -38,12 +45,16 @@ pub mod http_body;
 mod load_report;
 pub mod local_api;
 pub mod metrics;
+mod object_pin;
 pub mod peer_transport;
 pub mod piece_stream;
 pub mod registry_mirror;
 pub mod request;
 mod runs;
+pub mod s3_endpoint;
+pub mod s3_listing;
 pub mod scheduler_link;
+pub mod sigv4;
 pub mod ttl_cache;
 mod upload;
 pub mod watch;

@@ -53,6 +53,12 @@ impl Runs {
         &self.deps
     }
 
+    /// The engine's task tracker: what the engine runs beside a download
+    /// (a preheat's report) stops with it.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
     pub fn get(&self, id: &TaskId) -> Option<Arc<TaskRun>> {
         self.lock().get(id).cloned()
     }

@@ -115,6 +115,9 @@ pub enum OriginError {
     /// The registry backend's own error (with the registry's words).
     #[error(transparent)]
     Registry(Box<crate::registry::RegistryError>),
+    /// An object store's refusal (with its error code), or its credentials.
+    #[error(transparent)]
+    Object(Box<crate::object::ObjectError>),
 }
 
 /// Why a registry's token realm gave no token.
@@ -161,6 +164,7 @@ impl OriginError {
             OriginError::Unsupported { .. } => ErrorKind::Unsupported,
             OriginError::Hub(e) => e.kind(),
             OriginError::Registry(e) => e.kind(),
+            OriginError::Object(e) => e.kind(),
         }
     }
 

@@ -266,6 +266,28 @@ impl OriginFetcher {
         Ok(want)
     }
 
+    /// For a URL whose backend [`Backend::pins`] (object storage): its
+    /// stat, with this peer's credentials, and the URL bound to the
+    /// version that stat saw, which a task is named by. `None` for a URL
+    /// that names its bytes already. The stat is also what proves that
+    /// this peer may read the object.
+    pub async fn pin(
+        &self,
+        url: &str,
+        auth: Option<&OriginAuth>,
+    ) -> Result<Option<Pinned>, OriginError> {
+        let (u, backend) = self.backends.for_url(url)?;
+        if !backend.pins() {
+            return Ok(None);
+        }
+        let stat = self.stat(url, auth).await?;
+        let pinned = backend.pin(&u, &stat).unwrap_or(u);
+        Ok(Some(Pinned {
+            url: pinned.to_string(),
+            stat,
+        }))
+    }
+
     /// The entries under `url`.
     pub async fn list(
         &self,
@@ -278,6 +300,14 @@ impl OriginFetcher {
             _ => unreachable!("a list is done with a List"),
         }
     }
+}
+
+/// An object of a store that changes objects in place, as a task names
+/// it: the URL bound to one version, and what its stat said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub url: String,
+    pub stat: Stat,
 }
 
 /// What a request asks of its backend.

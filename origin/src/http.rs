@@ -208,6 +208,7 @@ impl Backend for HttpBackend {
             content_length,
             etag,
             digest,
+            ..Stat::default()
         })
     }
 

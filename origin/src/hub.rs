@@ -452,6 +452,7 @@ impl Backend for HubBackend {
             content_length: meta.size,
             digest: meta.sha256().map(|s| format!("sha256:{s}")),
             etag: Some(meta.etag),
+            ..Stat::default()
         })
     }
 
@@ -504,6 +505,7 @@ impl Backend for HubBackend {
                         .filter(|l| is_sha256_hex(&l.oid))
                         .map(|l| format!("sha256:{}", l.oid.to_ascii_lowercase())),
                     is_dir: e.kind == "directory",
+                    ..Entry::default()
                 })
             })
             .collect())

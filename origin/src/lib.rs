@@ -24,9 +24,12 @@
 //!   keyed by.
 //! - [`error`]: [`OriginError`] and its [`ErrorKind`].
 //!
-//! A backend that needs heavy dependencies (object storage: `s3://`,
-//! `gs://`, `az://`) belongs behind a cargo feature of this crate, adding
-//! itself to [`Backends::builtin`]; nothing else changes for it.
+//! - [`object`]: object storage, `s3://`, `gs://`, `az://` (and Triton's
+//!   `as://`): the URL grammar and store errors always, the backends behind
+//!   the `object-store` feature (the `object_store` crate and its cloud
+//!   clients), which adds them to [`Backends::builtin`]. Their objects
+//!   change in place under one name, so a task of one is pinned to the
+//!   version its stat saw ([`Backend::pin`], [`OriginFetcher::pin`]).
 
 pub mod auth;
 pub mod backend;
@@ -35,6 +38,7 @@ pub mod fetcher;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod object;
 pub mod origin_key;
 pub mod registry;
 pub mod retry;
@@ -43,8 +47,9 @@ pub mod stats;
 pub use auth::{OriginAuth, RegistryTokens};
 pub use backend::{Backend, Backends, Entry, RangeSink, Stat, Target};
 pub use error::{error_chain, ErrorKind, OriginError};
-pub use fetcher::{OriginConfig, OriginFetcher};
+pub use fetcher::{OriginConfig, OriginFetcher, Pinned};
 pub use hub::{HubBackend, HubClient, HubError};
+pub use object::{ObjectError, ObjectUrl};
 pub use origin_key::OriginKey;
 pub use registry::credentials::{docker_config_logins, Credentials};
 pub use registry::{RegistryBackend, RegistryClient, RegistryError, ResolvedArtifact};

@@ -115,6 +115,8 @@ pub struct Core {
     graph: Graph,
     seeds: SeedRing,
     budgets: OriginBudgets,
+    /// Preheats and evictions in progress (see `cache_jobs`).
+    jobs: cache_jobs::CacheJobs,
     pub stats: Stats,
 }
 
@@ -289,7 +291,8 @@ impl Core {
         }
         self.hosts.remove(peer);
         self.budgets.forget(peer);
-        out
+        self.jobs_peer_gone(peer);
+        self.jobs_rewrite(out)
     }
 
     /// Anything a connected peer says after `hello`.
@@ -297,7 +300,8 @@ impl Core {
         if !self.hosts.contains_key(from) {
             return Vec::new();
         }
-        match event {
+        let seen = cache_jobs::Seen::of(&event);
+        let out = match event {
             PeerEvent::Register {
                 task,
                 url,
@@ -323,7 +327,10 @@ impl Core {
                 }
                 Vec::new()
             }
-        }
+            // Only cache jobs listen to these.
+            PeerEvent::TaskFailed { .. } | PeerEvent::CacheDeleted { .. } => Vec::new(),
+        };
+        self.jobs_after(from, seen, out)
     }
 
     fn register(
@@ -794,5 +801,6 @@ impl Core {
     }
 }
 
+mod cache_jobs;
 #[cfg(test)]
 mod tests;

@@ -46,7 +46,7 @@ impl HostInfo {
 }
 
 /// The host part of `host:port` (or `[v6]:port`).
-fn addr_host(addr: &str) -> &str {
+pub(crate) fn addr_host(addr: &str) -> &str {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -91,6 +91,16 @@ pub enum PeerEvent {
     /// No piece reached the peer for its stall timeout: may it fetch from
     /// the origin?
     SourceRequest { task: TaskId },
+    /// Why the peer's download of a task failed (after its `TaskLeft`):
+    /// what a preheat reports for that peer.
+    TaskFailed { task: TaskId, reason: String },
+    /// The peer answered a [`ToPeer::DeleteCache`]: whether it held the
+    /// task, or why it could not evict it.
+    CacheDeleted {
+        task: TaskId,
+        held: bool,
+        error: Option<String>,
+    },
 }
 
 /// A message for one peer about one task.
@@ -127,6 +137,20 @@ pub enum ToPeer {
         origin: String,
         bytes_per_second: u64,
     },
+    /// A cache job (preheat): fetch this task into your cache. With
+    /// `from_origin` the peer is the task's source (as with
+    /// [`ToPeer::SeedTask`]), else it joins the swarm for it. The
+    /// `authorization` (an `Authorization` value for the task's origin, such
+    /// as the pull token Harbor hands out) is used as given.
+    Preheat {
+        url: String,
+        digest: Option<PieceDigest>,
+        authorization: Option<String>,
+        from_origin: bool,
+    },
+    /// A cache job: evict this task from your cache, and answer
+    /// [`PeerEvent::CacheDeleted`].
+    DeleteCache,
 }
 
 /// One candidate parent handed to a child.

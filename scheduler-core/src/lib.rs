@@ -27,11 +27,14 @@
 //!
 //! - [`core`]: the state machine, phase 1 of scheduling.
 //! - [`events`]: its inputs and outputs.
+//! - [`cache_job`]: preheats and evictions: the peers they pick, each
+//!   peer's result.
 //! - [`config`]: the tunables, scoring weights included.
 //! - `graph`: the parent/child edges and each host's child count, changed in
 //!   one place only.
 //! - `seed_ring`: consistent hashing of tasks onto seed peers.
 
+pub mod cache_job;
 pub mod config;
 pub mod core;
 pub mod events;
@@ -39,6 +42,10 @@ mod graph;
 mod origin_budget;
 mod seed_ring;
 
+pub use crate::cache_job::{
+    JobId, JobRefused, JobStatus, PeerFilter, PeerResult, PreheatJob, ResultState, Scope,
+    TaskResults, WarmTask,
+};
 pub use crate::config::{Config, Weights};
 pub use crate::core::{Core, Stats};
 pub use crate::events::{HostInfo, Outbound, ParentEntry, PeerEvent, SourceReason, ToPeer};

@@ -20,6 +20,12 @@ pub struct Snapshot {
     pub rejected_messages: u64,
     /// Peers disconnected because their outbound queue was full.
     pub slow_peers_disconnected: u64,
+    /// Cache jobs (preheats, evictions) started, running now, and the
+    /// per-peer results of those that ended.
+    pub jobs_started: u64,
+    pub jobs_active: u64,
+    pub job_peer_successes: u64,
+    pub job_peer_failures: u64,
     pub stats: Stats,
 }
 
@@ -62,6 +68,26 @@ impl SchedulerMetrics {
                 "weightcast_scheduler_slow_peers_disconnected_total",
                 "Peers disconnected because they did not read their scheduler messages fast enough (they reconnect and register again).",
                 s.slow_peers_disconnected,
+            )
+            .counter(
+                "weightcast_scheduler_cache_jobs_total",
+                "Cache jobs (preheats and evictions) started.",
+                s.jobs_started,
+            )
+            .gauge(
+                "weightcast_scheduler_cache_jobs_active",
+                "Cache jobs running now.",
+                s.jobs_active,
+            )
+            .counter(
+                "weightcast_scheduler_cache_job_peer_successes_total",
+                "Per-peer, per-task results of finished cache jobs that succeeded.",
+                s.job_peer_successes,
+            )
+            .counter(
+                "weightcast_scheduler_cache_job_peer_failures_total",
+                "Per-peer, per-task results of finished cache jobs that failed (or timed out).",
+                s.job_peer_failures,
             )
             .counter(
                 "weightcast_scheduler_seeds_triggered_total",

@@ -21,16 +21,21 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
-use weightcast_scheduler_core::{Config, Core, HostInfo, Outbound, PeerEvent, PeerId};
+use weightcast_scheduler_core::{
+    Config, Core, HostInfo, JobId, JobRefused, Outbound, PeerEvent, PeerId, PeerResult, PreheatJob,
+};
+use weightcast_types::ids::InvalidTaskId;
+use weightcast_types::TaskId;
 
 /// Events queued for the actor. Sessions wait when it is full.
 const EVENT_QUEUE: usize = 4096;
@@ -59,7 +64,24 @@ enum Event {
         conn: u64,
         peer: PeerId,
     },
+    /// A cache job from the Preheat or DeleteTasks RPC.
+    Job {
+        job: JobRequest,
+        reply: oneshot::Sender<Result<watch::Receiver<pb::JobProgress>, JobRefused>>,
+    },
+    StatTask {
+        task: TaskId,
+        reply: oneshot::Sender<Vec<PeerResult>>,
+    },
 }
+
+enum JobRequest {
+    Preheat(PreheatJob),
+    Delete(Vec<TaskId>, Duration),
+}
+
+/// How often running cache jobs publish their state (and time out).
+const JOB_TICK: Duration = Duration::from_millis(200);
 
 /// A connected peer, as the actor sees it.
 struct Session {
@@ -76,6 +98,8 @@ struct Actor {
     core: Core,
     peers: HashMap<PeerId, Session>,
     metrics: Arc<SchedulerMetrics>,
+    /// Where each running cache job's state goes (its RPC stream).
+    jobs: HashMap<JobId, watch::Sender<pb::JobProgress>>,
 }
 
 impl Actor {
@@ -106,6 +130,40 @@ impl Actor {
                 self.peers.remove(&peer);
                 self.core.disconnect(&peer, now)
             }
+            Event::Job { job, reply } => {
+                let started = match job {
+                    JobRequest::Preheat(j) => {
+                        tracing::info!(
+                            tasks = j.tasks.len(),
+                            scope = j.scope.as_str(),
+                            "preheat requested"
+                        );
+                        self.core.preheat(j, now)
+                    }
+                    JobRequest::Delete(tasks, timeout) => {
+                        tracing::info!(tasks = tasks.len(), "eviction requested");
+                        self.core.delete_tasks(tasks, timeout, now)
+                    }
+                };
+                match started {
+                    Ok((id, out)) => {
+                        let first = self.core.job_status(id).map(wire::job_progress);
+                        let (tx, rx) = watch::channel(first.unwrap_or_default());
+                        self.jobs.insert(id, tx);
+                        let _ = reply.send(Ok(rx));
+                        self.metrics.update(|s| s.jobs_started += 1);
+                        out
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Err(refused));
+                        Vec::new()
+                    }
+                }
+            }
+            Event::StatTask { task, reply } => {
+                let _ = reply.send(self.core.task_holders(&task));
+                return;
+            }
         };
         self.deliver(out, now);
         let core = &self.core;
@@ -116,6 +174,49 @@ impl Actor {
             s.messages += 1;
             s.stats = core.stats.clone();
         });
+    }
+
+    /// Publishes every running job's state, fails what timed out, and lets
+    /// go of jobs that are over (their stream ends with the last state).
+    fn tick_jobs(&mut self, now: Instant) {
+        self.core.expire_jobs(now);
+        let mut over = Vec::new();
+        for (id, tx) in &self.jobs {
+            let Some(status) = self.core.job_status(*id) else {
+                over.push(*id);
+                continue;
+            };
+            let finished = status.finished;
+            let progress = wire::job_progress(status);
+            tx.send_if_modified(|old| {
+                let changed = *old != progress;
+                if changed {
+                    *old = progress.clone();
+                }
+                changed
+            });
+            if finished {
+                over.push(*id);
+                let (ok, failed) = progress.tasks.iter().flat_map(|t| t.peers.iter()).fold(
+                    (0, 0),
+                    |(ok, failed), p| match p.state() {
+                        pb::peer_result::State::Success => (ok + 1, failed),
+                        _ => (ok, failed + 1),
+                    },
+                );
+                tracing::info!(job = id, ok, failed, "cache job over");
+                self.metrics.update(|s| {
+                    s.job_peer_successes += ok;
+                    s.job_peer_failures += failed;
+                });
+            }
+        }
+        for id in over {
+            self.jobs.remove(&id);
+            self.core.forget_job(id);
+        }
+        let active = self.jobs.len() as u64;
+        self.metrics.update(|s| s.jobs_active = active);
     }
 
     /// Queues each message for its peer, never waiting. A peer whose queue
@@ -159,10 +260,17 @@ async fn run_actor(
         core: Core::new(config),
         peers: HashMap::new(),
         metrics,
+        jobs: HashMap::new(),
     };
+    let mut tick = tokio::time::interval(JOB_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = tick.tick(), if !actor.jobs.is_empty() => {
+                actor.tick_jobs(Instant::now());
+                continue;
+            }
             ev = events.recv() => ev,
         };
         let Some(ev) = ev else { return };
@@ -245,9 +353,94 @@ async fn read_session(
     let _ = events.send(Event::Gone { conn, peer }).await;
 }
 
+type JobStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::JobProgress, Status>> + Send + 'static>>;
+
+/// A job's states as they change, ending with the one that is finished.
+fn job_stream(rx: watch::Receiver<pb::JobProgress>) -> JobStream {
+    Box::pin(futures::stream::unfold(
+        (Some(rx), true),
+        |(rx, first)| async move {
+            let mut rx = rx?;
+            if !first && rx.changed().await.is_err() {
+                // The job was dropped (shutdown) before it was finished.
+                let last = rx.borrow().clone();
+                return (!last.finished).then(|| {
+                    (
+                        Err(Status::unavailable(
+                            "the scheduler stopped before the job was over",
+                        )),
+                        (None, false),
+                    )
+                });
+            }
+            let p = rx.borrow_and_update().clone();
+            let next = if p.finished { None } else { Some(rx) };
+            Some((Ok(p), (next, false)))
+        },
+    ))
+}
+
+impl Service {
+    async fn start_job(&self, job: JobRequest) -> Result<Response<JobStream>, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Job { job, reply })
+            .await
+            .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
+        match answer.await {
+            Ok(Ok(rx)) => Ok(Response::new(job_stream(rx))),
+            Ok(Err(refused)) => Err(Status::failed_precondition(refused.to_string())),
+            Err(_) => Err(Status::unavailable("scheduler is shutting down")),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for Service {
     type SessionStream = SessionStream;
+    type PreheatStream = JobStream;
+    type DeleteTasksStream = JobStream;
+
+    async fn preheat(
+        &self,
+        request: Request<pb::PreheatRequest>,
+    ) -> Result<Response<Self::PreheatStream>, Status> {
+        let job = wire::preheat_job(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.start_job(JobRequest::Preheat(job)).await
+    }
+
+    async fn delete_tasks(
+        &self,
+        request: Request<pb::DeleteTasksRequest>,
+    ) -> Result<Response<Self::DeleteTasksStream>, Status> {
+        let (tasks, timeout) = wire::delete_tasks(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.start_job(JobRequest::Delete(tasks, timeout)).await
+    }
+
+    async fn stat_task(
+        &self,
+        request: Request<pb::StatTaskRequest>,
+    ) -> Result<Response<pb::StatTaskReply>, Status> {
+        let task: TaskId = request
+            .into_inner()
+            .task_id
+            .parse()
+            .map_err(|e: InvalidTaskId| Status::invalid_argument(e.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::StatTask { task, reply })
+            .await
+            .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
+        let peers = answer
+            .await
+            .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
+        Ok(Response::new(pb::StatTaskReply {
+            peers: peers.into_iter().map(wire::peer_result).collect(),
+        }))
+    }
 
     async fn session(
         &self,

@@ -8,12 +8,16 @@
 //! wire format is the one `proto/proto/scheduler.proto` defines; this module
 //! only translates, it never changes what peers see.
 
+use std::time::Duration;
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
-use weightcast_scheduler_core::{HostInfo, Outbound, ParentEntry, PeerEvent, ToPeer};
+use weightcast_scheduler_core::{
+    HostInfo, JobStatus, Outbound, ParentEntry, PeerEvent, PeerFilter, PeerResult, PreheatJob,
+    ResultState, Scope, ToPeer, WarmTask,
+};
 use weightcast_types::ids::InvalidTaskId;
-use weightcast_types::piece::PieceDigest;
+use weightcast_types::piece::{digest_from_slice, PieceDigest};
 use weightcast_types::TaskId;
 
 /// Why a peer message was dropped before it reached the core.
@@ -27,6 +31,104 @@ pub enum Rejected {
     RepeatedHello,
     #[error("an empty message, or one of a newer protocol this scheduler does not know")]
     Unknown,
+    #[error("unknown preheat scope {0:?}: expected single_seed_peer, all_seed_peers or all_peers")]
+    Scope(String),
+    #[error("task {task}: a digest of {len} bytes, expected a 32-byte sha256")]
+    TaskDigest { task: String, len: usize },
+}
+
+/// How long a cache job may run when its request names no timeout: well
+/// inside Harbor's 30 minutes (it gives up on a job after 1801 s).
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+
+fn job_timeout(ms: u64) -> Duration {
+    match ms {
+        0 => DEFAULT_JOB_TIMEOUT,
+        ms => Duration::from_millis(ms),
+    }
+}
+
+/// A preheat request, as the core takes it.
+pub fn preheat_job(r: pb::PreheatRequest) -> Result<PreheatJob, Rejected> {
+    let scope = Scope::parse(&r.scope).ok_or_else(|| Rejected::Scope(r.scope.clone()))?;
+    let tasks = r
+        .tasks
+        .into_iter()
+        .map(|t| {
+            let digest = match t.digest.len() {
+                0 => None,
+                32 => digest_from_slice(&t.digest),
+                len => {
+                    return Err(Rejected::TaskDigest {
+                        task: t.task_id,
+                        len,
+                    })
+                }
+            };
+            Ok(WarmTask {
+                task: task_id(&t.task_id)?,
+                url: t.url,
+                digest,
+                authorization: (!t.authorization.is_empty()).then_some(t.authorization),
+            })
+        })
+        .collect::<Result<_, Rejected>>()?;
+    Ok(PreheatJob {
+        tasks,
+        scope,
+        filter: PeerFilter {
+            ips: r.ips,
+            count: (r.count > 0).then_some(r.count),
+            percentage: (r.percentage > 0).then_some(r.percentage),
+        },
+        concurrent_peers: r.concurrent_peer_count as usize,
+        timeout: job_timeout(r.timeout_ms),
+    })
+}
+
+/// The task ids and timeout of an eviction.
+pub fn delete_tasks(r: pb::DeleteTasksRequest) -> Result<(Vec<TaskId>, Duration), Rejected> {
+    let tasks = r
+        .task_ids
+        .iter()
+        .map(|t| task_id(t))
+        .collect::<Result<_, _>>()?;
+    Ok((tasks, job_timeout(r.timeout_ms)))
+}
+
+pub fn peer_result(r: PeerResult) -> pb::PeerResult {
+    let state = match r.state {
+        ResultState::Pending => pb::peer_result::State::Pending,
+        ResultState::Success => pb::peer_result::State::Success,
+        ResultState::Failure => pb::peer_result::State::Failure,
+    };
+    pb::PeerResult {
+        peer_id: r.peer_id,
+        hostname: r.hostname,
+        addr: r.addr,
+        seed: r.seed,
+        state: state as i32,
+        description: r.description,
+        bytes: r.bytes,
+        held: r.held,
+    }
+}
+
+pub fn job_progress(s: JobStatus) -> pb::JobProgress {
+    pb::JobProgress {
+        job_id: s.id,
+        tasks: s
+            .tasks
+            .into_iter()
+            .map(|t| pb::TaskResults {
+                task_id: t.task.to_hex(),
+                url: t.url,
+                content_length: t.content_length.unwrap_or(0),
+                peers: t.peers.into_iter().map(peer_result).collect(),
+            })
+            .collect(),
+        finished: s.finished,
+    }
 }
 
 /// A peer's hello, as the core takes it.
@@ -95,6 +197,15 @@ pub fn peer_event(m: pb::PeerMessage) -> Result<PeerEvent, Rejected> {
         PeerMsg::SourceRequest(r) => PeerEvent::SourceRequest {
             task: task_id(&r.task_id)?,
         },
+        PeerMsg::TaskFailed(f) => PeerEvent::TaskFailed {
+            task: task_id(&f.task_id)?,
+            reason: f.reason,
+        },
+        PeerMsg::CacheDeleted(d) => PeerEvent::CacheDeleted {
+            task: task_id(&d.task_id)?,
+            held: d.held,
+            error: (!d.error.is_empty()).then_some(d.error),
+        },
     })
 }
 
@@ -153,6 +264,19 @@ pub fn scheduler_message(o: Outbound) -> pb::SchedulerMessage {
             origin,
             bytes_per_second,
         }),
+        ToPeer::Preheat {
+            url,
+            digest,
+            authorization,
+            from_origin,
+        } => SchedMsg::Preheat(pb::PreheatTask {
+            task_id,
+            url,
+            digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+            authorization: authorization.unwrap_or_default(),
+            from_origin,
+        }),
+        ToPeer::DeleteCache => SchedMsg::DeleteCache(pb::DeleteCache { task_id }),
     };
     pb::SchedulerMessage { msg: Some(msg) }
 }

@@ -7,6 +7,8 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use weightcast_engine::registry_mirror::RegistryMirror;
+use weightcast_engine::s3_endpoint::{S3Endpoint, S3EndpointConfig};
+use weightcast_engine::sigv4::AccessKeys;
 use weightcast_engine::{hf_endpoint, local_api, Engine};
 use weightcast_origin::{docker_config_logins, OriginAuth};
 
@@ -57,8 +59,86 @@ pub struct DaemonArgs {
     /// fetches); else ~/.docker/config.json, else anonymous.
     #[command(flatten)]
     pub registry: RegistryLogin,
+    /// Get this cluster's schedulers from the manager (http://mgr:7500)
+    /// instead of --scheduler, and keep the list fresh; a seed also
+    /// registers itself there.
+    #[arg(long, env = "WEIGHTCAST_MANAGER")]
+    pub manager: Option<String>,
+    /// The cluster whose schedulers to use (with --manager).
+    #[arg(long, env = "WEIGHTCAST_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Seconds between refreshes of the scheduler list (and a seed's keepalives).
+    #[arg(long, env = "WEIGHTCAST_MANAGER_REFRESH", default_value_t = 10)]
+    pub manager_refresh: u64,
+    #[command(flatten)]
+    pub s3: S3EndpointArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// The cluster's schedulers from the manager, waiting up to 30 s for one.
+async fn schedulers_from(manager: &str, cluster: &str) -> anyhow::Result<Vec<String>> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match weightcast_manager::client::schedulers(manager, cluster).await {
+            Ok(list) if !list.is_empty() => return Ok(list),
+            Ok(_) if t0.elapsed() > std::time::Duration::from_secs(30) => {
+                anyhow::bail!("the manager at {manager} lists no active scheduler in cluster {cluster:?}: start one with --manager {manager} --cluster {cluster}")
+            }
+            Err(e) if t0.elapsed() > std::time::Duration::from_secs(30) => return Err(e.into()),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// The daemon's S3-compatible endpoint.
+#[derive(Args, Debug)]
+pub struct S3EndpointArgs {
+    /// Serve an S3-compatible endpoint (reads: list, head, ranged get) here,
+    /// e.g. 127.0.0.1:7440: `AWS_ENDPOINT_URL=http://127.0.0.1:7440 aws s3
+    /// sync ...`, boto3 and Triton's `s3://127.0.0.1:7440/bucket/path` read
+    /// through the swarm. The daemon reads the store with its own AWS
+    /// credentials (environment, ~/.aws, instance role).
+    #[arg(long, env = "WEIGHTCAST_S3_LISTEN")]
+    pub s3_listen: Option<SocketAddr>,
+    /// The store the endpoint reads, e.g. https://s3.us-east-1.amazonaws.com
+    /// or http://minio.internal:9000. Default: AWS_ENDPOINT_URL, else AWS in
+    /// AWS_REGION.
+    #[arg(long, env = "WEIGHTCAST_S3_UPSTREAM")]
+    pub s3_upstream: Option<String>,
+    /// The region the endpoint's GetBucketLocation answers. Default:
+    /// AWS_REGION, else us-east-1.
+    #[arg(long, env = "WEIGHTCAST_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// An access key that clients of the endpoint sign with (SigV4), as
+    /// ACCESS_KEY_ID:SECRET_ACCESS_KEY; repeat it, or comma-separate in the
+    /// environment. Without one no signature is checked, and the endpoint
+    /// may listen on loopback only.
+    #[arg(
+        long = "s3-access-key",
+        env = "WEIGHTCAST_S3_ACCESS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub s3_access_keys: Vec<String>,
+}
+
+impl S3EndpointArgs {
+    fn config(&self) -> anyhow::Result<S3EndpointConfig> {
+        let keys = AccessKeys::parse(self.s3_access_keys.iter().map(String::as_str))?;
+        let region = self
+            .s3_region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".into());
+        Ok(S3EndpointConfig {
+            upstream: self.s3_upstream.clone(),
+            region,
+            keys,
+        })
+    }
 }
 
 pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
@@ -77,6 +157,13 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let mut config = a.engine.config(data_dir.clone(), a.listen, a.seed, &a.hf)?;
+    if let Some(manager) = &a.manager {
+        let list = schedulers_from(manager, &a.cluster).await?;
+        tracing::info!(%manager, cluster = %a.cluster, schedulers = ?list, "schedulers from the manager");
+        let mut it = list.into_iter();
+        config.scheduler = it.next();
+        config.more_schedulers = it.collect();
+    }
     // A seed fetches the upstream registry's blobs with the daemon's login.
     let upstream = match &a.registry_upstream {
         Some(u) => Some((u.clone(), registry_host(u)?)),
@@ -126,6 +213,33 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let s3_addr = match a.s3.s3_listen {
+        Some(addr) => {
+            let config = a.s3.config()?;
+            if config.keys.is_empty() && !addr.ip().is_loopback() {
+                anyhow::bail!("--s3-listen {addr} is not a loopback address: give the endpoint --s3-access-key ID:SECRET for its clients to sign with, or listen on 127.0.0.1");
+            }
+            let signed = !config.keys.is_empty();
+            let endpoint = S3Endpoint::new(engine.clone(), config)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the S3 endpoint"))?;
+            let bound = listener.local_addr()?;
+            if a.s3
+                .s3_upstream
+                .as_deref()
+                .is_some_and(|u| u.trim_end_matches('/').ends_with(&format!("//{bound}")))
+            {
+                anyhow::bail!(
+                    "--s3-upstream is this daemon's own --s3-listen: point it at the store"
+                );
+            }
+            tracing::info!(addr = %bound, upstream = a.s3.s3_upstream.as_deref().unwrap_or("the AWS environment's"), signed, "S3 endpoint ready");
+            servers.spawn(endpoint.serve(listener));
+            Some(bound.to_string())
+        }
+        None => None,
+    };
     let hf_addr = match a.hf_listen {
         Some(addr) => {
             let hub = a.hf.hub()?;
@@ -142,7 +256,50 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if a.engine.scheduler.is_some()
+    if let Some(manager) = a.manager.clone() {
+        let every = std::time::Duration::from_secs(a.manager_refresh.max(1));
+        if a.seed {
+            let who = weightcast_manager::api::KeepAlive {
+                kind: "seed_peer".into(),
+                cluster: a.cluster.clone(),
+                hostname: config_hostname(&a),
+                addr: engine.piece_addr.clone(),
+            };
+            let stop = engine.shutting_down();
+            servers.spawn(async move {
+                weightcast_manager::client::keep_alive(manager.clone(), who, every, stop).await;
+                Ok(())
+            });
+        }
+        let (e, cluster, manager) = (
+            engine.clone(),
+            a.cluster.clone(),
+            a.manager.clone().unwrap_or_default(),
+        );
+        let stop = engine.shutting_down();
+        servers.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match weightcast_manager::client::schedulers(&manager, &cluster).await {
+                    Ok(mut list) if !list.is_empty() => {
+                        list.sort();
+                        let mut now = e.schedulers();
+                        now.sort();
+                        if list != now {
+                            tracing::info!(schedulers = ?list, "the manager's scheduler list changed");
+                            e.set_schedulers(list);
+                        }
+                    }
+                    Ok(_) => tracing::debug!("the manager lists no active scheduler; keeping the current ones"),
+                    Err(error) => tracing::debug!(%error, "cannot refresh the scheduler list"),
+                }
+            }
+        });
+    }
+    if (!a.engine.scheduler.is_empty() || a.manager.is_some())
         && !engine
             .scheduler_connected(std::time::Duration::from_secs(3))
             .await
@@ -158,6 +315,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
             "socket": socket,
             "hf_addr": hf_addr,
             "registry_addr": registry_addr,
+            "s3_addr": s3_addr,
         }),
     )?;
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), metrics = %metrics_addr, "daemon ready");
@@ -189,4 +347,11 @@ fn registry_host(url: &str) -> anyhow::Result<String> {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     })
+}
+
+fn config_hostname(a: &DaemonArgs) -> String {
+    a.engine
+        .hostname
+        .clone()
+        .unwrap_or_else(weightcast_engine::local_hostname)
 }

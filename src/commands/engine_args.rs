@@ -119,10 +119,11 @@ impl HfArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Scheduler endpoint, e.g. http://10.0.0.5:7400. Without one, files come
-    /// straight from the origin (through the same piece engine).
-    #[arg(long, env = "WEIGHTCAST_SCHEDULER")]
-    pub scheduler: Option<String>,
+    /// Scheduler endpoint, e.g. http://10.0.0.5:7400 (several, comma-separated:
+    /// each task is owned by one of them). Without one, files come straight
+    /// from the origin (through the same piece engine).
+    #[arg(long, env = "WEIGHTCAST_SCHEDULER", value_delimiter = ',')]
+    pub scheduler: Vec<String>,
     /// Address other peers use to reach this one (IP or host, optionally
     /// with :port). Default: the listen address, or when that is 0.0.0.0 the
     /// local address that routes to the scheduler.
@@ -199,13 +200,15 @@ impl EngineArgs {
         c.zone = self.zone.clone();
         c.rack = self.rack.clone();
         c.seed = seed;
-        c.scheduler = self.scheduler.clone().map(|s| {
+        let mut endpoints = self.scheduler.iter().map(|s| {
             if s.contains("://") {
-                s
+                s.clone()
             } else {
                 format!("http://{s}")
             }
         });
+        c.scheduler = endpoints.next();
+        c.more_schedulers = endpoints.collect();
         c.upload_slots = self.upload_slots;
         c.upload_concurrency = self.upload_concurrency.max(1);
         c.pieces_in_flight = self.pieces_in_flight.max(1);

@@ -7,5 +7,8 @@ pub mod engine_args;
 pub mod get;
 pub mod inspect;
 pub mod logging;
+pub mod manager;
+pub mod preheat;
 pub mod ready_file;
 pub mod scheduler;
+pub mod task;

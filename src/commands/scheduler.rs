@@ -55,6 +55,22 @@ pub struct SchedulerArgs {
     /// Write {"addr","metrics_addr"} here once serving (for scripts using port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Register with this manager (http://mgr:7500) and keep alive, so
+    /// daemons with --manager find this scheduler and the open API's jobs
+    /// reach it.
+    #[arg(long, env = "WEIGHTCAST_MANAGER")]
+    pub manager: Option<String>,
+    /// The cluster this scheduler serves (with --manager).
+    #[arg(long, env = "WEIGHTCAST_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// The address peers and the manager dial for this scheduler (IP or
+    /// host, optionally :port). Default: the listen address, or when that
+    /// is 0.0.0.0 the local address that routes to the manager.
+    #[arg(long, env = "WEIGHTCAST_SCHEDULER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Seconds between keepalives to the manager.
+    #[arg(long, env = "WEIGHTCAST_KEEPALIVE_INTERVAL", default_value_t = 5)]
+    pub keepalive_interval: u64,
 }
 
 /// `HOST=RATE` (`RATE` as `500MB/s`, `1GiB`, or bytes per second).
@@ -107,6 +123,28 @@ pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
             &serde_json::json!({"addr": handle.addr.to_string(), "metrics_addr": metrics_addr.to_string()}),
         )?;
     }
+    let keepalive = tokio_util::sync::CancellationToken::new();
+    if let Some(manager) = &a.manager {
+        let base = weightcast_manager::client::base(manager);
+        let addr = weightcast_engine::address::piece_addr(
+            a.advertise_addr.as_deref(),
+            handle.addr,
+            Some(&base),
+        );
+        let who = weightcast_manager::api::KeepAlive {
+            kind: "scheduler".into(),
+            cluster: a.cluster.clone(),
+            hostname: weightcast_engine::local_hostname(),
+            addr: format!("http://{addr}"),
+        };
+        tracing::info!(manager = %base, cluster = %a.cluster, addr = %who.addr, "registering with the manager");
+        tokio::spawn(weightcast_manager::client::keep_alive(
+            base,
+            who,
+            std::time::Duration::from_secs(a.keepalive_interval.max(1)),
+            keepalive.clone(),
+        ));
+    }
     tracing::info!(addr = %handle.addr, metrics = %metrics_addr, "scheduler ready");
     tokio::select! {
         r = handle.stopped() => {
@@ -115,6 +153,7 @@ pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
         }
         _ = ready_file::shutdown_signal() => {}
     }
+    keepalive.cancel();
     tracing::info!("shutting down: ending peer sessions");
     match tokio::time::timeout(SHUTDOWN_GRACE, handle.shutdown()).await {
         Ok(r) => r.context("the scheduler's gRPC server failed while shutting down")?,

@@ -86,6 +86,9 @@ pub struct DaemonReady {
     /// The registry mirror, when started with `--registry-listen`.
     #[serde(default)]
     pub registry_addr: Option<String>,
+    /// The S3 endpoint, when started with `--s3-listen`.
+    #[serde(default)]
+    pub s3_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,13 +223,32 @@ impl Cluster {
         name: &str,
         args: &[String],
     ) -> Result<usize> {
+        self.spawn_with_env(place, program, name, args, &[])
+    }
+
+    /// [`Cluster::spawn_at`] with environment changes: `(name, Some(v))`
+    /// sets a variable, `(name, None)` removes it.
+    pub fn spawn_with_env(
+        &mut self,
+        place: &Place,
+        program: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<usize> {
         let log = self.path(&format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = place
-            .command(program)
+        let mut command = place.command(program);
+        for (k, v) in env {
+            match v {
+                Some(v) => command.env(k, v),
+                None => command.env_remove(k),
+            };
+        }
+        let child = command
             .args(args)
             .env(
                 "RUST_LOG",
@@ -356,12 +378,22 @@ impl Cluster {
     }
 
     pub fn scheduler_at(&mut self, place: &Place) -> Result<(String, String)> {
-        self.scheduler_at_with(place, &[])
+        self.scheduler_named(place, "scheduler", &[])
     }
 
     /// A scheduler at `place` with extra flags.
     pub fn scheduler_at_with(&mut self, place: &Place, extra: &[&str]) -> Result<(String, String)> {
-        let ready = self.path("scheduler.ready");
+        self.scheduler_named(place, "scheduler", extra)
+    }
+
+    /// A scheduler named `name` with `extra` flags (`--manager`, ...).
+    pub fn scheduler_named(
+        &mut self,
+        place: &Place,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<(String, String)> {
+        let ready = self.path(&format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
         let mut args: Vec<String> = vec![
             "scheduler".into(),
@@ -374,7 +406,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let bin = self.bin.clone();
-        let i = self.spawn_at(place, &bin, "scheduler", &args)?;
+        let i = self.spawn_at(place, &bin, name, &args)?;
         let r: ServerReady = self.wait_ready(i, &ready)?;
         Ok((
             format!("http://{}", r.addr),
@@ -382,7 +414,29 @@ impl Cluster {
         ))
     }
 
-    /// Starts a daemon named `name` with its own data dir and hostname.
+    /// Starts a manager named `name` on loopback with its data under the
+    /// cluster dir (SQLite) unless `extra` names `--database`; returns its
+    /// base URL.
+    pub fn manager(&mut self, name: &str, extra: &[&str]) -> Result<String> {
+        let ready = self.path(&format!("{name}.ready"));
+        let mut args: Vec<String> = vec![
+            "manager".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.path(name).display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let bin = self.bin.clone();
+        let i = self.spawn_at(&Place::loopback(), &bin, name, &args)?;
+        let r: ServerReady = self.wait_ready(i, &ready)?;
+        Ok(format!("http://{}", r.addr))
+    }
+
+    /// Starts a daemon named `name` with its own data dir and hostname
+    /// (`scheduler` empty: none given, e.g. with `--manager` in `extra`).
     pub fn daemon(
         &mut self,
         name: &str,
@@ -416,6 +470,22 @@ impl Cluster {
         seed: bool,
         extra: &[&str],
     ) -> Result<Daemon> {
+        self.daemon_with_env(place, name, data_dir, scheduler, seed, extra, &[])
+    }
+
+    /// [`Cluster::daemon_at`] with environment changes (as
+    /// [`Cluster::spawn_with_env`] takes them): a daemon's credentials.
+    #[allow(clippy::too_many_arguments)]
+    pub fn daemon_with_env(
+        &mut self,
+        place: &Place,
+        name: &str,
+        data_dir: &Path,
+        scheduler: &str,
+        seed: bool,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(data_dir)?;
         let ready_file = data_dir.join("daemon.json");
         let _ = std::fs::remove_file(&ready_file);
@@ -423,13 +493,14 @@ impl Cluster {
             "daemon".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
-            "--scheduler".into(),
-            scheduler.into(),
             "--listen".into(),
             format!("{}:0", place.ip),
             "--metrics-listen".into(),
             format!("{}:0", place.ip),
         ];
+        if !scheduler.is_empty() {
+            args.extend(["--scheduler".into(), scheduler.into()]);
+        }
         // The daemon's name is its host name unless `extra` gives one.
         if !extra.contains(&"--hostname") {
             args.extend(["--hostname".into(), name.into()]);
@@ -439,7 +510,7 @@ impl Cluster {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let bin = self.bin.clone();
-        let i = self.spawn_at(place, &bin, name, &args)?;
+        let i = self.spawn_with_env(place, &bin, name, &args, env)?;
         let ready = self.wait_ready(i, &ready_file)?;
         Ok(Daemon {
             name: name.into(),

@@ -7,6 +7,9 @@
 //!   that counts what it serves, for tests against the real HF clients.
 //! - [`oci_registry`]: a real `docker-registry` process and a pusher of
 //!   ModelPack artifacts.
+//! - [`postgres`]: a real PostgreSQL server in a temporary directory.
+//! - [`s3_store`]: a real S3 server (moto, with IAM and SigV4 enforced)
+//!   behind a proxy that counts the object bytes it served.
 //! - [`cluster`]: real `weightcast` processes (scheduler, seeds, daemons,
 //!   `get`) on loopback or in network namespaces, torn down on drop.
 
@@ -14,3 +17,5 @@ pub mod cluster;
 pub mod hf_hub;
 pub mod oci_registry;
 pub mod origin;
+pub mod postgres;
+pub mod s3_store;

@@ -14,6 +14,9 @@ pub enum Credentials {
         user: String,
         password: String,
     },
+    /// A whole `Authorization` value used as given: a token the registry
+    /// (or whoever fronts it, as Harbor does for a preheat) already issued.
+    Header(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -21,12 +24,14 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Anonymous => write!(f, "Anonymous"),
             Credentials::Basic { user, .. } => write!(f, "Basic({user}, <redacted>)"),
+            Credentials::Header(_) => write!(f, "Header(<redacted>)"),
         }
     }
 }
 
 impl Credentials {
-    /// The `Authorization: Basic` value of a login; `None` when anonymous.
+    /// The `Authorization` value of a login (`Basic`, or a header given as
+    /// is); `None` when anonymous.
     pub fn basic_header(&self) -> Option<String> {
         match self {
             Credentials::Anonymous => None,
@@ -34,6 +39,7 @@ impl Credentials {
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
             )),
+            Credentials::Header(h) => Some(h.clone()),
         }
     }
 

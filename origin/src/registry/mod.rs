@@ -343,6 +343,7 @@ impl RegistryClient {
             content_length: size,
             etag: text("etag").map(|e| bare_etag(&e).to_string()),
             digest: text("docker-content-digest"),
+            ..Stat::default()
         })
     }
 
@@ -647,8 +648,7 @@ impl Backend for RegistryBackend {
             .map(|name| Entry {
                 name,
                 size: None,
-                digest: None,
-                is_dir: false,
+                ..Entry::default()
             })
             .collect())
     }

@@ -10,13 +10,17 @@ use weightcast_modelpack::Layout;
 pub struct GetArgs {
     /// What to download: a Hugging Face repo,
     /// hf://[datasets/]owner/name[@revision][/path-or-glob] (a revision with
-    /// a slash is written %2F-encoded), or an http:// or https:// URL.
+    /// a slash is written %2F-encoded); an OCI artifact, oci://...; an
+    /// object or a prefix (ending in /) in object storage, s3://bucket/key,
+    /// s3://host:port/bucket/key, gs://bucket/key, az://container/key; or an
+    /// http:// or https:// URL.
     pub url: String,
-    /// Output: for a URL, a file or an existing directory to put it in (named
-    /// after the URL); for hf://, the directory to write the repo's files to.
+    /// Output: for a URL or one object, a file or an existing directory to
+    /// put it in (named after the URL); for hf://, oci:// and a prefix, the
+    /// directory to write the files to.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// How an hf:// or oci:// artifact is written under -o: `plain` (its
+    /// How an hf://, oci:// or object-storage artifact is written under -o: `plain` (its
     /// files as they are named in it); `hf-cache` (hf:// only: the Hugging
     /// Face cache structure; give -o as $HF_HOME/hub and
     /// `from_pretrained(..., local_files_only=True)` finds it); `triton`

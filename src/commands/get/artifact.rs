@@ -1,4 +1,4 @@
-//! What `get hf://` and `get oci://` share: the artifact's files fetched a
+//! What `get hf://`, `get oci://` and `get s3://` share: the artifact's files fetched a
 //! few at a time behind one progress bar, and one summary.
 
 use super::args::GetArgs;

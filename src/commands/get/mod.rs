@@ -4,13 +4,15 @@
 //! - [`args`]: its flags; [`fetcher`]: the node's daemon or an in-process
 //!   engine; [`progress`]: the bar.
 //! - [`file`]: an `http(s)://` URL; [`hf`]: an `hf://` repo; [`oci`]: an
-//!   `oci://` artifact; [`artifact`]: what the last two share.
+//!   `oci://` artifact; [`object_store`]: an `s3://`, `gs://` or `az://`
+//!   object or prefix; [`artifact`]: what the last three share.
 
 pub mod args;
 pub mod artifact;
 pub mod fetcher;
 pub mod file;
 pub mod hf;
+pub mod object_store;
 pub mod oci;
 pub mod progress;
 
@@ -42,6 +44,15 @@ pub async fn run(a: GetArgs) -> anyhow::Result<()> {
         }
         let fetcher = Fetcher::start(&a).await?;
         let summary = oci::run(&a, &r, &fetcher, &progress).await;
+        progress.finish();
+        return artifact::report(&a, &summary?);
+    }
+    if weightcast_origin::object::is_object_url(&a.url) {
+        // The store this environment points at is written into every
+        // object's URL: the daemon and the seeds then read that one.
+        let url = weightcast_origin::ObjectUrl::parse(&a.url)?.store_named()?;
+        let fetcher = Fetcher::start(&a).await?;
+        let summary = object_store::run(&a, &url, &fetcher, &progress).await;
         progress.finish();
         return artifact::report(&a, &summary?);
     }
