@@ -52,7 +52,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            pieces_in_flight: 8,
+            pieces_in_flight: 16,
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(100),
@@ -249,6 +249,9 @@ impl<E> Download<E> {
         if self.phase == Phase::Finished {
             return;
         }
+        // Waits that have ended are forgotten, so that the next timeout is
+        // a future one (a past one would wake the shell at once, forever).
+        self.choice.expire(now);
         match input {
             Input::Scheduler(ev) => self.on_scheduler(ev),
             Input::SchedulerLost => {
@@ -553,6 +556,8 @@ impl<E> Download<E> {
 
     /// Starts fetches until the pipeline is full or nothing is fetchable.
     fn fill(&mut self, now: Instant, layout: PieceLayout) {
+        self.choice
+            .spread(self.config.pieces_in_flight, self.config.pieces_per_parent);
         while self.inflight.len() < self.config.pieces_in_flight {
             let Some((num, from)) = self.next_piece(now, layout) else {
                 return;

@@ -30,6 +30,9 @@ use weightcast_types::PeerId;
 const INITIAL_THROUGHPUT: f64 = 100e6;
 /// Weight of a new throughput sample in the moving average.
 const EWMA: f64 = 0.3;
+/// Pieces per window of a child's piece order (see `ParentChoice::order_key`).
+pub const ORDER_WINDOW: u32 = 32;
+
 /// Pieces in flight from expensive parents (seeds, other zones) per child.
 pub const SEED_PIECES_IN_FLIGHT: u32 = 2;
 
@@ -123,11 +126,18 @@ impl ParentChoice {
     }
 
     /// This child's pseudo-random rank of `piece` (splitmix64).
+    ///
+    /// Pseudo-random only within windows of [`ORDER_WINDOW`] pieces, which
+    /// go in file order: siblings still ask for different pieces, but the
+    /// file fills roughly front to back, so the running whole-file hash
+    /// (which can only take the verified prefix) keeps pace instead of
+    /// hashing most of the file after the last piece.
     fn order_key(&self, piece: u32) -> u64 {
         let mut z = self.salt ^ (piece as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        z ^= z >> 31;
+        ((piece / ORDER_WINDOW) as u64) << 32 | (z & 0xffff_ffff)
     }
 
     /// The digest the scheduler published for `piece`, from any parent.
@@ -211,6 +221,29 @@ impl ParentChoice {
 
     /// When the earliest of the parents' `Busy` or `Elsewhere` waits ends:
     /// something may be fetchable again then.
+    /// Spreads `in_flight` pieces over the near peer parents: one each when
+    /// there are enough of them (every parent's upload used, none asked for
+    /// a queue), up to `max_per_parent` when there are few (one parent
+    /// alone keeps a pipeline of pieces, so its link never waits on a
+    /// request's round trip).
+    pub fn spread(&mut self, in_flight: usize, max_per_parent: u32) {
+        let near = self.parents.values().filter(|p| !p.expensive()).count();
+        let share = in_flight / near.max(1);
+        self.per_parent = (share as u32).clamp(1, max_per_parent.max(1));
+    }
+
+    /// Forgets the `Busy` and `Elsewhere` waits that ended by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        for p in self.parents.values_mut() {
+            if p.busy_until.is_some_and(|t| t <= now) {
+                p.busy_until = None;
+            }
+            if !p.elsewhere.is_empty() {
+                p.elsewhere.retain(|_, until| *until > now);
+            }
+        }
+    }
+
     pub fn next_wake(&self) -> Option<Instant> {
         self.parents
             .values()
@@ -265,6 +298,44 @@ mod tests {
             c.parents.insert(id.to_string(), v);
         }
         c
+    }
+
+    #[test]
+    fn pieces_in_flight_spread_over_many_parents_and_pipeline_on_few() {
+        let many: Vec<(String, bool, Vec<u32>)> =
+            (0..16).map(|i| (format!("p{i}"), false, vec![0])).collect();
+        let refs: Vec<(&str, bool, &[u32])> = many
+            .iter()
+            .map(|(n, s, p)| (n.as_str(), *s, p.as_slice()))
+            .collect();
+        let mut c = choice(&refs);
+        c.spread(16, 4);
+        assert_eq!(c.per_parent, 1, "one piece per parent among 16");
+        let mut c = choice(&[("a", false, &[0]), ("seed", true, &[0])]);
+        c.spread(16, 4);
+        assert_eq!(c.per_parent, 4, "one near parent keeps a pipeline");
+        let mut c = choice(&[("a", false, &[0]), ("b", false, &[0]), ("c", false, &[0])]);
+        c.spread(6, 4);
+        assert_eq!(c.per_parent, 2);
+    }
+
+    #[test]
+    fn the_piece_order_is_random_within_windows_that_go_front_to_back() {
+        let c = ParentChoice::new(2, "child");
+        let d = ParentChoice::new(2, "other");
+        assert!(c.order_key(ORDER_WINDOW - 1) < c.order_key(ORDER_WINDOW));
+        let first: Vec<u32> = {
+            let mut v: Vec<u32> = (0..ORDER_WINDOW).collect();
+            v.sort_by_key(|n| c.order_key(*n));
+            v
+        };
+        let other: Vec<u32> = {
+            let mut v: Vec<u32> = (0..ORDER_WINDOW).collect();
+            v.sort_by_key(|n| d.order_key(*n));
+            v
+        };
+        assert_ne!(first, other, "siblings order a window differently");
+        assert_ne!(first, (0..ORDER_WINDOW).collect::<Vec<_>>());
     }
 
     #[test]

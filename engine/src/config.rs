@@ -70,7 +70,7 @@ impl EngineConfig {
             upload_slots: 16,
             upload_concurrency: 4,
             seed_send_once: Some(Duration::from_secs(5)),
-            pieces_in_flight: 8,
+            pieces_in_flight: 16,
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),

@@ -542,10 +542,12 @@ impl Shell {
             Joined::Piece(report) => {
                 self.count(&report);
                 if let PieceOutcome::Verified { .. } = report.outcome {
-                    // About one piece of hashing per piece that arrives keeps
-                    // pace with the download; a backlog waits for the end.
+                    // Up to three pieces of hashing per piece that arrives:
+                    // the hash keeps pace with the download and catches up
+                    // after a hole in the prefix fills, instead of leaving
+                    // the backlog for the end.
                     if let (Some(w), Some(f)) = (&mut self.whole, &self.file) {
-                        w.advance(f, f.layout.piece_size);
+                        w.advance(f, 3 * f.layout.piece_size);
                     }
                 }
                 Input::Piece(report)

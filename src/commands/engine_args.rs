@@ -151,10 +151,12 @@ pub struct EngineArgs {
     /// let pieces complete, and be forwarded, sooner.
     #[arg(long, env = "WEIGHTCAST_UPLOAD_CONCURRENCY", default_value_t = 4)]
     pub upload_concurrency: u32,
-    /// Pieces of one task fetched at once.
-    #[arg(long, env = "WEIGHTCAST_PIECES_IN_FLIGHT", default_value_t = 8)]
+    /// Pieces of one task fetched at once, spread over the parents: one
+    /// per parent when there are enough of them.
+    #[arg(long, env = "WEIGHTCAST_PIECES_IN_FLIGHT", default_value_t = 16)]
     pub pieces_in_flight: usize,
-    /// Pieces of one task fetched from one parent at once.
+    /// At most this many pieces of one task from one parent at once (with
+    /// few parents, so that each link keeps a pipeline).
     #[arg(long, env = "WEIGHTCAST_PIECES_PER_PARENT", default_value_t = 4)]
     pub pieces_per_parent: u32,
     /// Requests in flight to one origin at once (this process).

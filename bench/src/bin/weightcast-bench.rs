@@ -166,7 +166,7 @@ struct ClusterArgs {
     daemon_args: String,
     /// BitTorrent piece sizes to try; each is a row of its own, so the
     /// table shows BitTorrent at its best.
-    #[arg(long, value_delimiter = ',', default_value = "4MiB", value_parser = byte_size::parse)]
+    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,4MiB", value_parser = byte_size::parse)]
     bt_piece_sizes: Vec<u64>,
 }
 

@@ -108,7 +108,11 @@ fn parent_of(f: &FetchFrom) -> &str {
 
 /// A swarm download of `pieces` pieces whose file is open, with no parents yet.
 fn open_swarm(pieces: u64, t0: Instant) -> D {
-    let mut d = D::new(config(), spec(Mode::Swarm), t0);
+    open_swarm_with(config(), pieces, t0)
+}
+
+fn open_swarm_with(config: Config, pieces: u64, t0: Instant) -> D {
+    let mut d = D::new(config, spec(Mode::Swarm), t0);
     assert!(matches!(
         sent(&drain(&mut d))[..],
         [ToScheduler::Register { .. }]
@@ -416,7 +420,12 @@ fn a_hasher_failure_is_not_a_digest_mismatch() {
 #[test]
 fn a_streaming_reader_gets_its_next_pieces_first_and_the_rest_stays_rarest_first() {
     let t0 = Instant::now();
-    let mut d = open_swarm(32, t0);
+    // 6 in flight over 3 parents: 2 each.
+    let config = Config {
+        pieces_in_flight: 6,
+        ..config()
+    };
+    let mut d = open_swarm_with(config, 32, t0);
     d.handle(t0, Input::Wanted(20));
     d.handle(
         t0,
@@ -428,9 +437,9 @@ fn a_streaming_reader_gets_its_next_pieces_first_and_the_rest_stays_rarest_first
     );
     let nums: Vec<u32> = fetches(&drain(&mut d)).iter().map(|f| f.0).collect();
     assert_eq!(&nums[..2], &[20, 21], "the reader's window first: {nums:?}");
-    assert_eq!(nums.len(), 4, "{nums:?}");
+    assert_eq!(nums.len(), 5, "a and b two each, c one: {nums:?}");
     assert!(
-        !nums[2..].contains(&5),
+        !nums[2..4].contains(&5),
         "beyond the window, rarest first: piece 5 has a third holder: {nums:?}"
     );
 }
@@ -476,6 +485,10 @@ fn a_seed_that_says_elsewhere_is_asked_for_other_pieces_and_again_later() {
     let f = fetches(&drain(&mut d));
     assert_eq!(f.len(), 1);
     assert_eq!((f[0].0, parent_of(&f[0].1)), (first[0].0, "a"));
+    // Once the seed's wait has ended it is forgotten: no wake-up in the past.
+    let later = t0 + Duration::from_secs(6);
+    d.handle(later, Input::Timeout);
+    assert!(d.poll_timeout().is_none_or(|t| t > later));
 }
 
 #[test]
@@ -518,6 +531,13 @@ fn a_busy_parent_is_asked_again_after_its_backoff() {
     assert_eq!(wake, t0 + Duration::from_millis(100));
     d.handle(wake, Input::Timeout);
     assert_eq!(fetches(&drain(&mut d)).len(), 1);
+    // The ended wait is forgotten: the next timeout is not in the past
+    // (one there would wake the shell at once, in a loop).
+    assert!(
+        d.poll_timeout().is_none_or(|t| t > wake),
+        "{:?}",
+        d.poll_timeout()
+    );
 }
 
 #[test]
