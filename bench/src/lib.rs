@@ -12,7 +12,10 @@
 //! - [`netns`]: hosts as network namespaces on a bridge, with tbf caps.
 //! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
 //! - [`report`]: markdown tables, JSON and SVG CDFs of the runs.
+//! - [`simulate`]: the deterministic broadcast simulation on the real
+//!   scheduler and download cores (`weightcast-bench simulate`).
 
 pub mod netns;
 pub mod report;
 pub mod scenarios;
+pub mod simulate;
