@@ -442,8 +442,9 @@ fn a_peer_serving_corrupt_pieces_is_dropped_and_reported() {
         .write(true)
         .open(task_dir.join("data"))
         .unwrap();
-    for piece in 0..(size / (4 * MIB)) {
-        f.write_at(b"corrupt!", piece * 4 * MIB + 100).unwrap();
+    let piece_size = weightcast_types::piece::PieceLayout::for_length(size).piece_size;
+    for piece in 0..(size / piece_size) {
+        f.write_at(b"corrupt!", piece * piece_size + 100).unwrap();
     }
     drop(f);
     // `good` prefers the non-seed parent first, so it meets the bad pieces.
@@ -551,8 +552,9 @@ fn a_user_truncating_or_editing_an_output_changes_nothing_its_daemon_serves() {
     assert_eq!(s["from_cache"], size, "{s}");
     assert_eq!(sha256_file(&out).unwrap(), sha);
     let f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
-    for piece in 0..(size / (4 * MIB)) {
-        f.write_at(b"edited by the user", piece * 4 * MIB + 100)
+    let piece_size = weightcast_types::piece::PieceLayout::for_length(size).piece_size;
+    for piece in 0..(size / piece_size) {
+        f.write_at(b"edited by the user", piece * piece_size + 100)
             .unwrap();
     }
     drop(f);

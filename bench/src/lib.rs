@@ -11,7 +11,8 @@
 //!
 //! - [`netns`]: hosts as network namespaces on a bridge, with tbf caps.
 //! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
-//! - [`report`]: markdown tables, JSON and SVG CDFs of the runs.
+//! - [`report`]: markdown tables, JSON and SVG CDFs of the runs; [`stats`]:
+//!   medians.
 //! - [`simulate`]: the deterministic broadcast simulation on the real
 //!   scheduler and download cores (`weightcast-bench simulate`).
 
@@ -19,3 +20,4 @@ pub mod netns;
 pub mod report;
 pub mod scenarios;
 pub mod simulate;
+pub mod stats;

@@ -7,43 +7,79 @@ use plotters::prelude::*;
 use std::fmt::Write;
 use std::path::Path;
 
+/// `median (min–max)` of `xs`, or the one value.
+fn spread(mut xs: Vec<f64>, digits: usize) -> String {
+    let median = crate::stats::median(&mut xs);
+    match xs.len() {
+        0 => "-".into(),
+        1 => format!("{:.*}", digits, xs[0]),
+        n => {
+            format!(
+                "{:.*} ({:.*}–{:.*})",
+                digits,
+                median,
+                digits,
+                xs[0],
+                digits,
+                xs[n - 1]
+            )
+        }
+    }
+}
+
+/// One row per scenario, system and variant: the median of its runs, with
+/// their range.
 pub fn markdown(results: &[RunResult], header: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{header}\n");
     let _ = writeln!(
         s,
-        "| scenario | system | slowest / (S/B) | mean / (S/B) | origin host upload / S | origin HTTP bytes / S | scenario figure |"
+        "| scenario | system | variant | runs | slowest / (S/B) | median peer / (S/B) | origin copies | seed host upload / S | origin host upload / S | scenario figure |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let mut groups: Vec<Vec<&RunResult>> = Vec::new();
     for r in results {
-        let size = r.size as f64;
-        let extra = match r.scenario {
-            Scenario::Heterogeneous => r
-                .slow_hosts_upload
-                .map(|b| format!("slow hosts uploaded {:.2} S", b as f64 / size))
-                .unwrap_or_default(),
-            Scenario::Zones => r
-                .cross_zone
-                .map(|b| format!("cross-zone {:.2} S", b as f64 / size))
-                .unwrap_or_default(),
+        match groups.iter_mut().find(|g| {
+            g[0].scenario == r.scenario && g[0].system == r.system && g[0].variant == r.variant
+        }) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    for g in groups {
+        let r0 = g[0];
+        let size = r0.size as f64;
+        let of = |f: &dyn Fn(&RunResult) -> Option<f64>| -> Vec<f64> {
+            g.iter().filter_map(|r| f(r)).collect()
+        };
+        let extra = match r0.scenario {
+            Scenario::Heterogeneous => {
+                let v = of(&|r| r.slow_hosts_upload.map(|b| b as f64 / size));
+                format!("slow hosts uploaded {} S", spread(v, 2))
+            }
+            Scenario::Zones => {
+                let v = of(&|r| r.cross_zone.map(|b| b as f64 / size));
+                format!("cross-zone {} S", spread(v, 2))
+            }
             Scenario::Churn => format!(
                 "{} of {} killed at 50%",
-                r.peer_secs.iter().filter(|p| p.is_none()).count(),
-                r.peers
+                r0.peer_secs.iter().filter(|p| p.is_none()).count(),
+                r0.peers
             ),
             Scenario::Fanout => String::new(),
         };
         let _ = writeln!(
             s,
-            "| {:?} | {:?} | {:.2} | {:.2} | {:.2} | {} | {} |",
-            r.scenario,
-            r.system,
-            r.slowest_ratio(),
-            r.mean_ratio(),
-            r.origin_host_upload as f64 / size,
-            r.origin_http_bytes
-                .map(|b| format!("{:.3}", b as f64 / size))
-                .unwrap_or_else(|| "-".into()),
+            "| {:?} | {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r0.scenario,
+            r0.system,
+            r0.variant.label(r0.system),
+            g.len(),
+            spread(of(&|r| Some(r.slowest_ratio())), 2),
+            spread(of(&|r| Some(r.median_ratio())), 2),
+            spread(of(&|r| r.origin_http_bytes.map(|b| b as f64 / size)), 3),
+            spread(of(&|r| r.seed_host_upload.map(|b| b as f64 / size)), 2),
+            spread(of(&|r| Some(r.origin_host_upload as f64 / size)), 2),
             extra
         );
     }
@@ -91,7 +127,10 @@ pub fn cdf_svg(results: &[RunResult], scenario: Scenario, path: &Path) -> Result
         let color = colors[i % colors.len()];
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-            .label(format!("{:?}", r.system))
+            .label(match r.variant.label(r.system) {
+                v if v.is_empty() => format!("{:?}", r.system),
+                v => format!("{:?}, {v}", r.system),
+            })
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
@@ -114,6 +153,8 @@ mod tests {
         RunResult {
             scenario: Scenario::Churn,
             system: System::Weightcast,
+            variant: crate::scenarios::Variant::default(),
+            seed_host_upload: Some(120),
             peers: secs.len(),
             size: 100,
             bandwidth_bits: 800,
@@ -135,9 +176,19 @@ mod tests {
         let md = markdown(&[r], "header");
         assert!(
             md.contains(
-                "| Churn | Weightcast | 3.00 | 2.00 | 1.50 | 1.000 | 1 of 3 killed at 50% |"
+                "| Churn | Weightcast | seed on the origin host | 1 | 3.00 | 2.00 | 1.000 | 1.20 | 1.50 | 1 of 3 killed at 50% |"
             ),
             "{md}"
+        );
+        let runs = [
+            result(vec![Some(1.0), Some(2.0)]),
+            result(vec![Some(1.0), Some(4.0)]),
+            result(vec![Some(1.0), Some(3.0)]),
+        ];
+        let md = markdown(&runs, "header");
+        assert!(
+            md.contains("| 3 | 3.00 (2.00–4.00) |"),
+            "the median of three runs: {md}"
         );
     }
 

@@ -3,10 +3,15 @@
 //! straight from the origin, or a real BitTorrent swarm), times every peer
 //! and reads the bytes each capped link carried from `tc`.
 //!
-//! Placement is the same for every system: the origin host (capped like any
-//! host) runs the origin and, for weightcast, the seed peer and, for
-//! BitTorrent, the tracker and the only initial seeder. So every system has
-//! the same upload capacity, and "origin host upload" compares them fairly.
+//! Placement is the same for every system by default: the origin host
+//! (capped like any host) runs the origin and, for weightcast, the seed peer
+//! and, for BitTorrent, the tracker and the only initial seeder. So every
+//! system has the same upload capacity, and "origin host upload" compares
+//! them fairly. [`Variant`] moves weightcast's seed to a host of its own
+//! (capped the same: it must then fetch the file over its link too) and
+//! gives every weightcast host the same host name (cloned VMs, or network
+//! namespaces sharing one machine's name); for BitTorrent it sets the piece
+//! size, so a baseline runs at its best one.
 
 use crate::netns::{Caps, Net, NetHost};
 use anyhow::{bail, Context, Result};
@@ -41,6 +46,56 @@ pub enum Scenario {
     Zones,
     /// A quarter of the peers are killed when the mean peer is halfway.
     Churn,
+}
+
+/// Where weightcast's seed runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedPlacement {
+    /// On the origin host, sharing its capped link.
+    Origin,
+    /// On a host of its own, capped like every host.
+    Own,
+}
+
+/// One way of running a system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Variant {
+    pub seed: SeedPlacement,
+    /// Every weightcast host reports the same host name.
+    pub shared_hostname: bool,
+    /// BitTorrent's piece size.
+    pub bt_piece: u64,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Self {
+            seed: SeedPlacement::Origin,
+            shared_hostname: false,
+            bt_piece: 4 << 20,
+        }
+    }
+}
+
+impl Variant {
+    /// What distinguishes this variant for `system`, for tables.
+    pub fn label(&self, system: System) -> String {
+        match system {
+            System::Bittorrent => format!("{} KiB pieces", self.bt_piece >> 10),
+            System::Weightcast | System::HfWeightcast => {
+                let mut l = match self.seed {
+                    SeedPlacement::Origin => "seed on the origin host".to_string(),
+                    SeedPlacement::Own => "seed on its own host".to_string(),
+                };
+                if self.shared_hostname {
+                    l.push_str(", one host name for all");
+                }
+                l
+            }
+            System::Direct | System::HfDirect => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +134,7 @@ impl Setup {
 pub struct RunResult {
     pub scenario: Scenario,
     pub system: System,
+    pub variant: Variant,
     pub peers: usize,
     pub size: u64,
     pub bandwidth_bits: u64,
@@ -88,6 +144,9 @@ pub struct RunResult {
     pub peer_secs: Vec<Option<f64>>,
     /// Bytes the origin host put on its capped link.
     pub origin_host_upload: u64,
+    /// Bytes the seed's host put on its link (the origin host's, when the
+    /// seed runs there).
+    pub seed_host_upload: Option<u64>,
     /// Bytes the HTTP origin served (body bytes), where an HTTP origin is used.
     pub origin_http_bytes: Option<u64>,
     /// Heterogeneous: bytes the slow hosts uploaded.
@@ -111,6 +170,11 @@ impl RunResult {
         let f = self.finished();
         f.iter().sum::<f64>() / f.len().max(1) as f64 / self.bound_secs
     }
+
+    /// The median peer's completion time / (S/B).
+    pub fn median_ratio(&self) -> f64 {
+        crate::stats::median(&mut self.finished()) / self.bound_secs
+    }
 }
 
 /// A peer's download, whichever system runs it.
@@ -126,7 +190,12 @@ struct PeerRun {
     killed: bool,
 }
 
-pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResult> {
+pub fn run(
+    setup: &Setup,
+    scenario: Scenario,
+    system: System,
+    variant: Variant,
+) -> Result<RunResult> {
     let (files, sha) = setup.model()?;
     let b = setup.bandwidth;
     let zones = if scenario == Scenario::Zones { 2 } else { 1 };
@@ -137,6 +206,17 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
     };
     let origin = net.add_host("origin", 0, capped)?;
     let sched = net.add_host("sched", 0, Caps::default())?;
+    let weightcast = matches!(system, System::Weightcast | System::HfWeightcast);
+    let seed_host = match (weightcast, variant.seed) {
+        (true, SeedPlacement::Own) => Some(net.add_host("seedhost", 0, capped)?),
+        _ => None,
+    };
+    let seed_at = seed_host.as_ref().unwrap_or(&origin).clone();
+    // Every weightcast host, the seed's too, may report one host name.
+    let hostname = |h: &NetHost| match variant.shared_hostname {
+        true => "localhost".to_string(),
+        false => h.name.clone(),
+    };
     let slow = |i: usize| scenario == Scenario::Heterogeneous && i < setup.peers / 4;
     let mut peers = Vec::new();
     for i in 0..setup.peers {
@@ -163,10 +243,11 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             let (endpoint, _) = c.scheduler_at(&at(&sched))?;
             // Zone labels let the scheduler and phase 2 keep traffic local.
             let zone = |h: &NetHost| format!("zone-{}", h.zone);
-            let seed_args = ["--zone", &zone(&origin)].map(String::from);
+            let seed_args =
+                ["--zone", &zone(&seed_at), "--hostname", &hostname(&seed_at)].map(String::from);
             let seed_args: Vec<&str> = seed_args.iter().map(String::as_str).collect();
             seed_daemon = Some(c.daemon_at(
-                &at(&origin),
+                &at(&seed_at),
                 "seed",
                 &c.path("seed"),
                 &endpoint,
@@ -175,14 +256,14 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             )?);
             let mut daemons = Vec::new();
             for h in &peers {
-                let z = zone(h);
+                let (z, n) = (zone(h), hostname(h));
                 let d = c.daemon_at(
                     &at(h),
                     &h.name,
                     &c.path(&h.name),
                     &endpoint,
                     false,
-                    &["--zone", &z],
+                    &["--zone", &z, "--hostname", &n],
                 )?;
                 daemons.push(d);
             }
@@ -211,7 +292,7 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             }
             runs
         }
-        System::Bittorrent => bittorrent(&mut c, &origin, &peers, &files)?,
+        System::Bittorrent => bittorrent(&mut c, &origin, &peers, &files, variant.bt_piece)?,
         System::HfDirect => {
             let mut runs = Vec::new();
             for h in &peers {
@@ -230,12 +311,22 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
         System::HfWeightcast => {
             let (endpoint, _) = c.scheduler_at(&at(&sched))?;
             let hub = ["--hf-endpoint", origin_url.as_str()];
-            seed_daemon =
-                Some(c.daemon_at(&at(&origin), "seed", &c.path("seed"), &endpoint, true, &hub)?);
+            let seed_name = hostname(&seed_at);
+            let mut seed_args = hub.to_vec();
+            seed_args.extend(["--hostname", &seed_name]);
+            seed_daemon = Some(c.daemon_at(
+                &at(&seed_at),
+                "seed",
+                &c.path("seed"),
+                &endpoint,
+                true,
+                &seed_args,
+            )?);
             let mut runs = Vec::new();
             for h in &peers {
+                let n = hostname(h);
                 let mut extra = hub.to_vec();
-                extra.extend(["--hf-listen", "127.0.0.1:7410"]);
+                extra.extend(["--hf-listen", "127.0.0.1:7410", "--hostname", &n]);
                 let d = c.daemon_at(&at(h), &h.name, &c.path(&h.name), &endpoint, false, &extra)?;
                 let dir = c.path(&format!("{}-out", h.name));
                 let cmd = hf_download(&c, &at(h), "http://127.0.0.1:7410", &dir)?;
@@ -320,10 +411,13 @@ pub fn run(setup: &Setup, scenario: Scenario, system: System) -> Result<RunResul
             g("weightcast_upload_refused_busy_total"),
         ]
     });
+    let seed_host_upload = weightcast.then(|| net.uploaded(&seed_at));
     let result = RunResult {
         seed_uploads,
+        seed_host_upload,
         scenario,
         system,
+        variant,
         peers: setup.peers,
         size: setup.size,
         bandwidth_bits: b,
@@ -462,7 +556,11 @@ fn bittorrent(
     origin: &NetHost,
     peers: &[NetHost],
     files: &Path,
+    piece: u64,
 ) -> Result<Vec<PeerRun>> {
+    if !piece.is_power_of_two() || !(16 << 10..=64 << 20).contains(&piece) {
+        bail!("BitTorrent piece size {piece} is not a power of two from 16 KiB to 64 MiB");
+    }
     let which = |p: &str| -> Result<PathBuf> {
         for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
             let f = Path::new(dir).join(p);
@@ -479,7 +577,7 @@ fn bittorrent(
     let out = std::process::Command::new(&mktorrent)
         .args([
             "-l",
-            "22",
+            &piece.trailing_zeros().to_string(),
             "-a",
             &format!("http://{}:6969/announce", origin.ip),
             "-o",

@@ -41,6 +41,12 @@ pub struct Config {
     /// With the scheduler unreachable, a stalled peer falls back to the
     /// origin after a jitter of up to this long.
     pub fallback_jitter: Duration,
+    /// Pieces from a streaming reader's position on that are fetched first.
+    /// Few: the reader only needs its stream to keep moving (the daemon's
+    /// cache holds whatever arrives out of order, and the reader catches up
+    /// at memory speed); a wide window would make every node of the swarm
+    /// pull the same pieces at once, from the same holders.
+    pub reader_window: u32,
 }
 
 impl Default for Config {
@@ -51,6 +57,7 @@ impl Default for Config {
             stall_timeout: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(100),
             fallback_jitter: Duration::from_secs(5),
+            reader_window: 2,
         }
     }
 }
@@ -185,12 +192,7 @@ impl<E> Download<E> {
             return None;
         }
         let stall = self.stall_deadline();
-        let busy = self
-            .choice
-            .parents
-            .values()
-            .filter_map(|p| p.busy_until)
-            .min();
+        let busy = self.choice.next_wake();
         match (stall, busy) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -454,6 +456,12 @@ impl<E> Download<E> {
                     v.pieces.remove(&r.num);
                 }
             }
+            PieceOutcome::Elsewhere { retry_in } => {
+                if let Some(v) = parent.as_ref().and_then(|p| self.choice.parents.get_mut(p)) {
+                    v.elsewhere.retain(|_, until| *until > now);
+                    v.elsewhere.insert(r.num, now + retry_in);
+                }
+            }
             PieceOutcome::Corrupt { reason } | PieceOutcome::ParentFailed { reason } => {
                 if let Some(p) = parent {
                     self.choice.parents.remove(&p);
@@ -582,7 +590,7 @@ impl<E> Download<E> {
             (0..have.len() as u32)
                 .filter(|n| have[*n as usize].is_none() && !inflight.contains_key(n))
         };
-        let window = self.config.pieces_in_flight as u32;
+        let window = self.config.reader_window.max(1);
         let urgent = self.wanted.map(|w| w..w.saturating_add(window));
         let is_urgent = |n: &u32| urgent.as_ref().is_some_and(|r| r.contains(n));
         let piece_len = |n: u32| layout.piece_len(n);
@@ -592,10 +600,12 @@ impl<E> Download<E> {
                 .or_else(|| free().next())
                 .map(|n| (n, Source::Origin)),
             Mode::Swarm => {
-                let first = match urgent {
-                    Some(_) => self.choice.pick(free().filter(is_urgent), piece_len, now),
-                    None => None,
-                };
+                // The reader's next pieces in order, each from its best holder.
+                let first = urgent.clone().and_then(|r| {
+                    r.filter(|n| (*n as usize) < have.len())
+                        .filter(|n| have[*n as usize].is_none() && !inflight.contains_key(n))
+                        .find_map(|n| self.choice.pick([n], piece_len, now))
+                });
                 first
                     .or_else(|| self.choice.pick(free(), piece_len, now))
                     .map(|(n, p): (u32, PeerId)| (n, Source::Parent(p)))

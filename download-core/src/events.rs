@@ -67,6 +67,9 @@ pub enum PieceOutcome<E> {
     Busy,
     /// The parent does not hold the piece (any more).
     NotFound,
+    /// A seed sent this piece to another peer moments ago: take it from the
+    /// peers, and from this parent only after `retry_in`.
+    Elsewhere { retry_in: Duration },
     /// The bytes failed their digest check.
     Corrupt { reason: String },
     /// The parent broke (connection, protocol): its pieces come from elsewhere.

@@ -43,6 +43,9 @@ pub struct ParentView {
     pub load: u32,
     /// After a `Busy` answer the parent is left alone until then.
     pub busy_until: Option<Instant>,
+    /// Pieces this parent (a seed) sent to another peer moments ago, with
+    /// when it would send them again: until then they come from the peers.
+    pub elsewhere: BTreeMap<u32, Instant>,
 }
 
 impl ParentView {
@@ -58,7 +61,14 @@ impl ParentView {
             throughput: INITIAL_THROUGHPUT,
             load: 0,
             busy_until: None,
+            elsewhere: BTreeMap::new(),
         }
+    }
+
+    /// Whether this parent serves `piece` at `now` (it holds it, and did not
+    /// say to take it from the peers instead).
+    fn serves(&self, piece: u32, now: Instant) -> bool {
+        self.pieces.contains_key(&piece) && self.elsewhere.get(&piece).is_none_or(|t| *t <= now)
     }
 
     /// Seeds and parents in other zones: pieces come from them only when no
@@ -149,11 +159,7 @@ impl ParentChoice {
             // One pass for how many parents hold it and the cheapest tier
             // among them, one for the fastest usable holder of that tier: no
             // allocation per piece on this hot path.
-            let holders = || {
-                self.parents
-                    .iter()
-                    .filter(|(_, p)| p.pieces.contains_key(&piece))
-            };
+            let holders = || self.parents.iter().filter(|(_, p)| p.serves(piece, now));
             let Some(tier) = holders().map(|(_, p)| p.tier()).min() else {
                 continue;
             };
@@ -187,6 +193,19 @@ impl ParentChoice {
         from_peers
             .map(|(_, n, id)| (n, id.clone()))
             .or_else(|| from_expensive.map(|(_, n, id)| (n, id.clone())))
+    }
+
+    /// When the earliest of the parents' `Busy` or `Elsewhere` waits ends:
+    /// something may be fetchable again then.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.parents
+            .values()
+            .flat_map(|p| {
+                p.busy_until
+                    .into_iter()
+                    .chain(p.elsewhere.values().copied())
+            })
+            .min()
     }
 
     pub fn started(&mut self, parent: &str, bytes: u64) {

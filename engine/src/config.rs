@@ -31,6 +31,10 @@ pub struct EngineConfig {
     /// at full rate beat many slow ones: a piece can only be forwarded once
     /// it is whole.
     pub upload_concurrency: u32,
+    /// A seed sends each piece once per this long: a child asking for a
+    /// piece the seed just sent to another is told to take it from the
+    /// peers (see `weightcast_tcp::SendOnce`). `None`: always send.
+    pub seed_send_once: Option<Duration>,
     /// Pieces in flight per task.
     pub pieces_in_flight: usize,
     /// Pieces in flight per task from one parent.
@@ -61,6 +65,7 @@ impl EngineConfig {
             scheduler: None,
             upload_slots: 16,
             upload_concurrency: 4,
+            seed_send_once: Some(Duration::from_secs(5)),
             pieces_in_flight: 8,
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),

@@ -490,6 +490,9 @@ impl Shell {
                         },
                         Err(TransportError::Busy(_)) => PieceOutcome::Busy,
                         Err(TransportError::NotFound(_)) => PieceOutcome::NotFound,
+                        Err(TransportError::Elsewhere { retry_in, .. }) => {
+                            PieceOutcome::Elsewhere { retry_in }
+                        }
                         Err(e) => PieceOutcome::ParentFailed {
                             reason: weightcast_origin::error_chain(&e),
                         },

@@ -111,6 +111,9 @@ impl Engine {
             config.upload_concurrency,
             metrics.uploads.clone(),
         );
+        if let (true, Some(hold)) = (config.seed, config.seed_send_once) {
+            server = server.with_send_once(hold);
+        }
         if let Some(node) = &rdma {
             server = server.with_rdma(Arc::new(StoreRdma {
                 node: node.clone(),

@@ -168,6 +168,11 @@ impl EngineMetrics {
             u.pieces.load(Ordering::Relaxed),
         )
         .counter(
+            "weightcast_upload_refused_elsewhere_total",
+            "Piece requests a seed answered with: take it from the peers, it sent it moments ago.",
+            u.refused_elsewhere.load(Ordering::Relaxed),
+        )
+        .counter(
             "weightcast_upload_refused_busy_total",
             "Piece requests refused at the upload limit.",
             u.refused_busy.load(Ordering::Relaxed),

@@ -64,6 +64,11 @@ pub enum Status {
     Failed = 3,
     /// The parent does not serve pieces over RDMA (no device, or `--transport tcp`).
     Unsupported = 4,
+    /// A seed sent this piece to another peer moments ago: take it from
+    /// the peers (it is on its way through the swarm), and ask this parent
+    /// again only later if nobody else has it. The answer's `length` field
+    /// carries how much later, in milliseconds.
+    Elsewhere = 5,
 }
 
 impl Status {
@@ -74,6 +79,7 @@ impl Status {
             2 => Status::Busy,
             3 => Status::Failed,
             4 => Status::Unsupported,
+            5 => Status::Elsewhere,
             other => return Err(FrameError::BadStatus(other)),
         })
     }
@@ -336,7 +342,13 @@ mod tests {
 
     #[test]
     fn response_round_trips_every_status() {
-        for status in [Status::Ok, Status::NotFound, Status::Busy, Status::Failed] {
+        for status in [
+            Status::Ok,
+            Status::NotFound,
+            Status::Busy,
+            Status::Failed,
+            Status::Elsewhere,
+        ] {
             let h = ResponseHeader {
                 status,
                 active_uploads: 7,

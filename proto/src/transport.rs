@@ -28,6 +28,13 @@ pub enum TransportError {
     NotFound(String),
     #[error("parent {0} is at its upload limit")]
     Busy(String),
+    /// A seed sent this piece to another peer moments ago: get it from the
+    /// peers, and from this parent only after `retry_in`.
+    #[error("parent {addr} sent this piece to another peer moments ago")]
+    Elsewhere {
+        addr: String,
+        retry_in: std::time::Duration,
+    },
     #[error("parent {addr} sent {got} bytes for a {want}-byte piece")]
     LengthMismatch { addr: String, got: u64, want: u64 },
     #[error("parent {addr}: {source}")]

@@ -304,6 +304,10 @@ impl RdmaTransport {
             Status::Ok => None,
             Status::NotFound => Some(refused(TransportError::NotFound(parent.0.clone()))),
             Status::Busy => Some(refused(TransportError::Busy(parent.0.clone()))),
+            Status::Elsewhere => Some(refused(TransportError::Elsewhere {
+                addr: parent.0.clone(),
+                retry_in: std::time::Duration::from_millis(grant.length),
+            })),
             Status::Failed => Some(refused(TransportError::ParentFailed(parent.0.clone()))),
             Status::Unsupported => Some((Err(rdma(RdmaError::Refused)), ())),
         };

@@ -80,6 +80,12 @@ impl TcpTransport {
             Status::Ok => {}
             Status::NotFound => return Err(TransportError::NotFound(addr.0.clone())),
             Status::Busy => return Err(TransportError::Busy(addr.0.clone())),
+            Status::Elsewhere => {
+                return Err(TransportError::Elsewhere {
+                    addr: addr.0.clone(),
+                    retry_in: std::time::Duration::from_millis(header.length),
+                })
+            }
             Status::Failed | Status::Unsupported => {
                 return Err(TransportError::ParentFailed(addr.0.clone()))
             }
@@ -137,7 +143,10 @@ impl PieceTransport for TcpTransport {
         let r = Self::exchange(&mut s, parent, req, dst).await;
         if matches!(
             r,
-            Ok(_) | Err(TransportError::NotFound(_)) | Err(TransportError::Busy(_))
+            Ok(_)
+                | Err(TransportError::NotFound(_))
+                | Err(TransportError::Busy(_))
+                | Err(TransportError::Elsewhere { .. })
         ) {
             self.put_idle(parent, s);
         }

@@ -11,9 +11,11 @@
 //! that the engine provides, so this crate never touches verbs.
 
 mod client;
+mod send_once;
 mod server;
 
 pub use client::TcpTransport;
+pub use send_once::{SendOnce, SendTicket};
 pub use server::{
     PieceServer, PieceSource, RdmaPieceLocation, RdmaResponder, RdmaSetupError, UploadStats,
 };

@@ -2,9 +2,11 @@
 //! given an [`RdmaResponder`], the RDMA control frames on the same
 //! connection (this crate knows the frames, not verbs).
 
+use crate::send_once::{SendOnce, SendTicket};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weightcast_proto::frame::{
@@ -66,6 +68,8 @@ pub struct UploadStats {
     /// RDMA queue pairs connected for children.
     pub rdma_connects: AtomicU64,
     pub refused_busy: AtomicU64,
+    /// Requests a seed answered `Elsewhere` (see [`SendOnce`]).
+    pub refused_elsewhere: AtomicU64,
 }
 
 pub struct PieceServer<S> {
@@ -73,6 +77,7 @@ pub struct PieceServer<S> {
     max_uploads: u32,
     pub stats: Arc<UploadStats>,
     rdma: Option<Arc<dyn RdmaResponder>>,
+    send_once: Option<Arc<SendOnce>>,
 }
 
 /// Counts one upload in flight for as long as it lives.
@@ -93,6 +98,28 @@ impl<S: PieceSource> PieceServer<S> {
             max_uploads: max_uploads.max(1),
             stats,
             rdma: None,
+            send_once: None,
+        }
+    }
+
+    /// Sends each piece about once per `hold` (what a seed does; see
+    /// [`SendOnce`]).
+    pub fn with_send_once(mut self, hold: std::time::Duration) -> Self {
+        self.send_once = Some(SendOnce::new(hold));
+        self
+    }
+
+    /// A ticket to send the piece, or the `Elsewhere` wait in milliseconds.
+    fn admit(&self, req: &PieceRequest) -> Result<Option<SendTicket>, u64> {
+        let Some(once) = &self.send_once else {
+            return Ok(None);
+        };
+        match once.admit(req.task, req.piece, Instant::now()) {
+            Ok(t) => Ok(Some(t)),
+            Err(wait) => {
+                self.stats.refused_elsewhere.fetch_add(1, Ordering::Relaxed);
+                Err(wait.as_millis().max(1) as u64)
+            }
         }
     }
 
@@ -140,7 +167,8 @@ impl<S: PieceSource> PieceServer<S> {
         // RDMA state of this connection: the child's QP, and the pieces it
         // was granted and is reading now (each holds an upload slot).
         let mut qp: Option<Box<dyn std::any::Any + Send>> = None;
-        let mut granted: HashMap<(TaskId, u32), (UploadSlot, u64)> = HashMap::new();
+        let mut granted: HashMap<(TaskId, u32), (UploadSlot, u64, Option<SendTicket>)> =
+            HashMap::new();
         loop {
             match stream.read_exact(&mut frame[..4]).await {
                 Ok(_) => {}
@@ -172,6 +200,20 @@ impl<S: PieceSource> PieceServer<S> {
                         .await?;
                 }
                 ClientFrame::RdmaPiece(req) => {
+                    let ticket = match self.admit(&req) {
+                        Ok(t) => t,
+                        Err(wait_ms) => {
+                            let g = RdmaGrant {
+                                status: Status::Elsewhere,
+                                active_uploads: self.stats.active.load(Ordering::Acquire),
+                                addr: 0,
+                                rkey: 0,
+                                length: wait_ms,
+                            };
+                            stream.write_all(&g.encode()).await?;
+                            continue;
+                        }
+                    };
                     let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
                     let slot = UploadSlot(self.stats.clone());
                     let grant = |status, loc: Option<RdmaPieceLocation>| RdmaGrant {
@@ -192,7 +234,8 @@ impl<S: PieceSource> PieceServer<S> {
                                     .unwrap_or_else(|e| Err(Box::new(e)));
                             match exposed {
                                 Ok(Some(loc)) => {
-                                    granted.insert((req.task, req.piece), (slot, loc.length));
+                                    granted
+                                        .insert((req.task, req.piece), (slot, loc.length, ticket));
                                     grant(Status::Ok, Some(loc))
                                 }
                                 Ok(None) => grant(Status::NotFound, None),
@@ -212,8 +255,11 @@ impl<S: PieceSource> PieceServer<S> {
                 }
                 ClientFrame::RdmaDone { req, ok } => {
                     // The child's reads are over: free the slot, count the bytes.
-                    if let Some((_slot, length)) = granted.remove(&(req.task, req.piece)) {
+                    if let Some((_slot, length, ticket)) = granted.remove(&(req.task, req.piece)) {
                         if ok {
+                            if let Some(t) = ticket {
+                                t.sent(Instant::now());
+                            }
                             self.stats.bytes.fetch_add(length, Ordering::Relaxed);
                             self.stats.rdma_bytes.fetch_add(length, Ordering::Relaxed);
                             self.stats.pieces.fetch_add(1, Ordering::Relaxed);
@@ -230,6 +276,17 @@ impl<S: PieceSource> PieceServer<S> {
         stream: &mut TcpStream,
         req: PieceRequest,
     ) -> std::io::Result<()> {
+        let ticket = match self.admit(&req) {
+            Ok(t) => t,
+            Err(wait_ms) => {
+                let h = ResponseHeader {
+                    status: Status::Elsewhere,
+                    active_uploads: self.stats.active.load(Ordering::Acquire),
+                    length: wait_ms,
+                };
+                return stream.write_all(&h.encode()).await;
+            }
+        };
         let active = self.stats.active.fetch_add(1, Ordering::AcqRel) + 1;
         let _slot = UploadSlot(self.stats.clone());
         let header = |status, length| ResponseHeader {
@@ -253,6 +310,9 @@ impl<S: PieceSource> PieceServer<S> {
                     .write_all(&header(Status::Ok, bytes.len() as u64).encode())
                     .await?;
                 stream.write_all(bytes).await?;
+                if let Some(t) = ticket {
+                    t.sent(Instant::now());
+                }
                 self.stats
                     .bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);

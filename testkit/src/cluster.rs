@@ -410,9 +410,11 @@ impl Cluster {
             format!("{}:0", place.ip),
             "--metrics-listen".into(),
             format!("{}:0", place.ip),
-            "--hostname".into(),
-            name.into(),
         ];
+        // The daemon's name is its host name unless `extra` gives one.
+        if !extra.contains(&"--hostname") {
+            args.extend(["--hostname".into(), name.into()]);
+        }
         if seed {
             args.push("--seed".into());
         }

@@ -15,7 +15,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use weightcast_bench::scenarios::{self, Scenario, Setup, System};
+use weightcast_bench::scenarios::{self, Scenario, SeedPlacement, Setup, System, Variant};
 use weightcast_bench::simulate::{self, Params};
 use weightcast_bench::{netns, report};
 use weightcast_types::byte_size;
@@ -150,6 +150,22 @@ struct ClusterArgs {
     /// A line naming the machine, for the results' header.
     #[arg(long, default_value = "")]
     machine: String,
+    /// Runs of each scenario, system and variant: tables show the median
+    /// and the range.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Where weightcast's seed runs: on the origin host, on a host of its
+    /// own, or both (each a row of its own).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "origin")]
+    seed_placement: Vec<SeedPlacement>,
+    /// Also run weightcast with one host name for every host (cloned VMs,
+    /// namespaces of one machine).
+    #[arg(long)]
+    shared_hostname: bool,
+    /// BitTorrent piece sizes to try; each is a row of its own, so the
+    /// table shows BitTorrent at its best.
+    #[arg(long, value_delimiter = ',', default_value = "4MiB", value_parser = byte_size::parse)]
+    bt_piece_sizes: Vec<u64>,
 }
 
 /// `100us`, `1ms`, `2s`, `0`.
@@ -222,6 +238,9 @@ struct SimulateArgs {
     /// Children the scheduler may plan onto a host (--upload-slots).
     #[arg(long, default_value_t = 16)]
     upload_slots: u32,
+    /// A seed sends each piece once per this long (0: always send).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    seed_send_once: Duration,
     /// Pieces in flight per download.
     #[arg(long, default_value_t = 8)]
     pieces_in_flight: usize,
@@ -330,21 +349,62 @@ fn cluster(a: ClusterArgs) -> Result<()> {
         a.bandwidth / 1_000_000,
         setup.bound_secs()
     );
+    let mut variants: Vec<(System, Variant)> = Vec::new();
+    for &sys in &systems {
+        match sys {
+            System::Bittorrent => variants.extend(a.bt_piece_sizes.iter().map(|&bt_piece| {
+                (
+                    sys,
+                    Variant {
+                        bt_piece,
+                        ..Variant::default()
+                    },
+                )
+            })),
+            System::Weightcast | System::HfWeightcast => {
+                for &seed in &a.seed_placement {
+                    for shared_hostname in [false, true] {
+                        if shared_hostname && !a.shared_hostname {
+                            continue;
+                        }
+                        variants.push((
+                            sys,
+                            Variant {
+                                seed,
+                                shared_hostname,
+                                ..Variant::default()
+                            },
+                        ));
+                    }
+                }
+            }
+            _ => variants.push((sys, Variant::default())),
+        }
+    }
     let mut results = Vec::new();
     for &sc in &scenarios {
-        for &sys in &systems {
-            eprintln!("== {sc:?} / {sys:?} ...");
-            let r = scenarios::run(&setup, sc, sys)?;
-            eprintln!(
-                "   slowest {:.2} x S/B, mean {:.2} x S/B, origin host upload {:.2} x S",
-                r.slowest_ratio(),
-                r.mean_ratio(),
-                r.origin_host_upload as f64 / a.size as f64
-            );
-            if let Some([pieces, busy]) = r.seed_uploads {
-                eprintln!("   seed uploaded {pieces} pieces; refused {busy} requests as busy");
+        for &(sys, variant) in &variants {
+            for run in 1..=a.runs.max(1) {
+                eprintln!(
+                    "== {sc:?} / {sys:?} {} (run {run} of {}) ...",
+                    variant.label(sys),
+                    a.runs.max(1)
+                );
+                let r = scenarios::run(&setup, sc, sys, variant)?;
+                eprintln!(
+                    "   slowest {:.2} x S/B, median {:.2} x S/B, origin {} copies, seed host upload {}",
+                    r.slowest_ratio(),
+                    r.median_ratio(),
+                    r.origin_http_bytes
+                        .map_or("-".into(), |b| format!("{:.3}", b as f64 / a.size as f64)),
+                    r.seed_host_upload
+                        .map_or("-".into(), |b| format!("{:.2} S", b as f64 / a.size as f64)),
+                );
+                if let Some([pieces, busy]) = r.seed_uploads {
+                    eprintln!("   seed uploaded {pieces} pieces; refused {busy} requests as busy");
+                }
+                results.push(r);
             }
-            results.push(r);
         }
     }
     let header = format!(
@@ -451,6 +511,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         p.zone_latency = a.zone_latency;
         p.upload_concurrency = a.upload_concurrency.max(1);
         p.upload_slots = a.upload_slots;
+        p.seed_send_once = Some(a.seed_send_once).filter(|d| !d.is_zero());
         p.goodput = a.goodput;
         p.hash_rate = a.hash_rate.map(|r| r as f64);
         p.arrival_spread = a.arrival_spread;

@@ -178,6 +178,10 @@ pub enum Outcome {
     },
     Busy,
     NotFound,
+    /// A seed sent this piece to another peer moments ago.
+    Elsewhere {
+        retry_in: Duration,
+    },
     Corrupt,
     ParentFailed,
 }
@@ -304,6 +308,7 @@ impl PeerDownload {
             },
             Outcome::Busy => dl::PieceOutcome::Busy,
             Outcome::NotFound => dl::PieceOutcome::NotFound,
+            Outcome::Elsewhere { retry_in } => dl::PieceOutcome::Elsewhere { retry_in },
             Outcome::Corrupt => dl::PieceOutcome::Corrupt {
                 reason: "digest mismatch".into(),
             },

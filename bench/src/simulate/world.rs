@@ -70,6 +70,10 @@ pub struct Params {
     pub upload_concurrency: u32,
     /// Children the scheduler may plan onto one host (`--upload-slots`).
     pub upload_slots: u32,
+    /// A seed sends each piece once per this long (`SendOnce` in
+    /// `tcp-fallback`): a child asking for a piece the seed is sending, or
+    /// sent within it, is answered `Elsewhere`. `None`: always send.
+    pub seed_send_once: Option<Duration>,
     /// Fraction of the link rate that carries piece bytes (TCP/IP headers
     /// take the rest: 1448 of 1514 bytes per full frame is 0.956).
     pub goodput: f64,
@@ -107,6 +111,7 @@ impl Params {
             zone_latency: Duration::from_millis(1),
             upload_concurrency: 4,
             upload_slots: 16,
+            seed_send_once: Some(Duration::from_secs(5)),
             goodput: 1.0,
             hash_rate: None,
             loopback: 2e9,
@@ -176,9 +181,10 @@ pub struct SimResult {
     pub verified_pieces: u64,
     /// Pieces fetched from a parent without a digest to check them by.
     pub unchecked_pieces: u64,
-    /// Requests answered `Busy`, and `NotFound`.
+    /// Requests answered `Busy`, `NotFound`, and by a seed `Elsewhere`.
     pub busy_answers: u64,
     pub not_found_answers: u64,
+    pub elsewhere_answers: u64,
     /// Stalled peers that asked to go to the origin.
     pub source_requests: u64,
     pub scheduler: SchedulerStats,
@@ -261,6 +267,9 @@ struct Node {
     have_bytes: u64,
     active_uploads: u32,
     load_sent: u32,
+    /// A seed's `SendOnce` table: per piece, children receiving it now and
+    /// when one last received all of it.
+    sent: Vec<(u32, Option<Nanos>)>,
     done_at: Option<Nanos>,
     failed: Option<String>,
 }
@@ -330,6 +339,7 @@ pub struct World {
     unchecked_pieces: u64,
     busy_answers: u64,
     not_found_answers: u64,
+    elsewhere_answers: u64,
     stale_wakes: u64,
     same_instant: u64,
     /// The run stopped because time stood still.
@@ -416,6 +426,7 @@ impl World {
             have_bytes: 0,
             active_uploads: 0,
             load_sent: 0,
+            sent: if seed { vec![(0, None); piece_count] } else { Vec::new() },
             done_at: None,
             failed: None,
         };
@@ -476,6 +487,7 @@ impl World {
             unchecked_pieces: 0,
             busy_answers: 0,
             not_found_answers: 0,
+            elsewhere_answers: 0,
             stale_wakes: 0,
             same_instant: 0,
             stuck: false,
@@ -857,18 +869,37 @@ impl World {
             return;
         }
         let (child, parent, num, bytes) = (tr.child, tr.parent, tr.num, tr.bytes);
+        let hold = self.p.seed_send_once.map(nanos);
+        let now = self.now;
         let answer = match parent {
             None => None,
             Some(p) => {
                 let node = &self.nodes[p];
+                // The server's order: a seed's send-once check, then its
+                // upload limit, then whether it holds the piece.
+                let elsewhere = match (node.sent.get(num as usize), hold) {
+                    (Some(&(sending, last)), Some(hold)) if node.alive => {
+                        if sending > 0 {
+                            Some(hold)
+                        } else {
+                            last.map(|t| (t + hold).saturating_sub(now)).filter(|l| *l > 0)
+                        }
+                    }
+                    _ => None,
+                };
                 if !node.alive {
                     Some(Outcome::ParentFailed)
-                } else if !node.have[num as usize] {
-                    self.not_found_answers += 1;
-                    Some(Outcome::NotFound)
+                } else if let Some(wait) = elsewhere {
+                    self.elsewhere_answers += 1;
+                    Some(Outcome::Elsewhere {
+                        retry_in: Duration::from_nanos(wait.max(1_000_000)),
+                    })
                 } else if node.active_uploads >= self.p.upload_concurrency {
                     self.busy_answers += 1;
                     Some(Outcome::Busy)
+                } else if !node.have[num as usize] {
+                    self.not_found_answers += 1;
+                    Some(Outcome::NotFound)
                 } else {
                     None
                 }
@@ -886,8 +917,12 @@ impl World {
         }
         let load = match parent {
             Some(p) => {
-                self.nodes[p].active_uploads += 1;
-                Some(self.nodes[p].active_uploads)
+                let node = &mut self.nodes[p];
+                node.active_uploads += 1;
+                if let Some(s) = node.sent.get_mut(num as usize) {
+                    s.0 += 1;
+                }
+                Some(node.active_uploads)
             }
             None => None,
         };
@@ -924,12 +959,19 @@ impl World {
             return;
         };
         tr.flow = None;
-        let (child, parent, bytes) = (tr.child, tr.parent, tr.bytes);
+        let (child, parent, bytes, num) = (tr.child, tr.parent, tr.bytes, tr.num);
         let from = self.parent_host(parent);
         let to = self.nodes[child].host;
         if let Some(p) = parent {
+            let now = self.now;
             let node = &mut self.nodes[p];
             node.active_uploads = node.active_uploads.saturating_sub(1);
+            if let Some(s) = node.sent.get_mut(num as usize) {
+                s.0 = s.0.saturating_sub(1);
+                if whole {
+                    s.1 = Some(now);
+                }
+            }
         }
         if !whole {
             return;
@@ -1103,6 +1145,7 @@ impl World {
             unchecked_pieces: self.unchecked_pieces,
             busy_answers: self.busy_answers,
             not_found_answers: self.not_found_answers,
+            elsewhere_answers: self.elsewhere_answers,
             source_requests: self
                 .nodes
                 .iter()

@@ -28,6 +28,7 @@ fn config() -> Config {
         stall_timeout: Duration::from_secs(30),
         busy_backoff: Duration::from_millis(100),
         fallback_jitter: Duration::from_secs(5),
+        reader_window: 2,
     }
 }
 
@@ -413,7 +414,7 @@ fn a_hasher_failure_is_not_a_digest_mismatch() {
 }
 
 #[test]
-fn a_streaming_reader_gets_its_piece_first() {
+fn a_streaming_reader_gets_its_next_pieces_first_and_the_rest_stays_rarest_first() {
     let t0 = Instant::now();
     let mut d = open_swarm(32, t0);
     d.handle(t0, Input::Wanted(20));
@@ -422,14 +423,59 @@ fn a_streaming_reader_gets_its_piece_first() {
         Input::Scheduler(SchedulerEvent::Parents(vec![
             parent("a", false, 0..32),
             parent("b", false, 0..32),
+            parent("c", false, [5]),
         ])),
     );
-    let f = fetches(&drain(&mut d));
-    let nums: Vec<u32> = f.iter().map(|f| f.0).collect();
+    let nums: Vec<u32> = fetches(&drain(&mut d)).iter().map(|f| f.0).collect();
+    assert_eq!(&nums[..2], &[20, 21], "the reader's window first: {nums:?}");
+    assert_eq!(nums.len(), 4, "{nums:?}");
     assert!(
-        nums.iter().all(|n| (20..24).contains(n)),
-        "the reader's window first: {nums:?}"
+        !nums[2..].contains(&5),
+        "beyond the window, rarest first: piece 5 has a third holder: {nums:?}"
     );
+}
+
+#[test]
+fn a_seed_that_says_elsewhere_is_asked_for_other_pieces_and_again_later() {
+    let t0 = Instant::now();
+    let mut d = open_swarm(2, t0);
+    d.handle(
+        t0,
+        Input::Scheduler(SchedulerEvent::Parents(vec![parent("seed", true, 0..2)])),
+    );
+    let first = fetches(&drain(&mut d));
+    assert_eq!(first.len(), 2, "both seed pieces (the seed budget is 2)");
+    d.handle(
+        t0,
+        report(
+            first[0].0,
+            "seed",
+            PieceOutcome::Elsewhere {
+                retry_in: Duration::from_secs(5),
+            },
+        ),
+    );
+    assert!(
+        fetches(&drain(&mut d)).is_empty(),
+        "not from the seed while it said elsewhere"
+    );
+    assert_eq!(d.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    // A peer announces it: it comes from there.
+    d.handle(
+        t0,
+        Input::Scheduler(SchedulerEvent::Parents(vec![parent("a", false, [])])),
+    );
+    d.handle(
+        t0,
+        Input::Scheduler(SchedulerEvent::Available {
+            parent: "a".into(),
+            num: first[0].0,
+            digest: digest(first[0].0),
+        }),
+    );
+    let f = fetches(&drain(&mut d));
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].0, parent_of(&f[0].1)), (first[0].0, "a"));
 }
 
 #[test]
