@@ -15,9 +15,12 @@
 //!   medians.
 //! - [`simulate`]: the deterministic broadcast simulation on the real
 //!   scheduler and download cores (`weightcast-bench simulate`).
+//! - [`sched_load`]: one real scheduler process under thousands of gRPC
+//!   sessions (`weightcast-bench sched-load`).
 
 pub mod netns;
 pub mod report;
 pub mod scenarios;
+pub mod sched_load;
 pub mod simulate;
 pub mod stats;

@@ -32,8 +32,14 @@ fn assert_correct(r: &simulate::SimResult, p: &Params) {
         r.unchecked_pieces, 0,
         "a piece came from a parent without a digest to check it by"
     );
-    assert_eq!(r.duplicate_bytes, 0, "a peer fetched a piece it already held");
-    assert!(r.origin_bytes >= p.size, "the origin served at least one copy");
+    assert_eq!(
+        r.duplicate_bytes, 0,
+        "a peer fetched a piece it already held"
+    );
+    assert!(
+        r.origin_bytes >= p.size,
+        "the origin served at least one copy"
+    );
 }
 
 #[test]
@@ -43,7 +49,10 @@ fn a_thousand_peers_all_complete_and_the_origin_sends_one_copy() {
     assert_correct(&r, &p);
     assert_eq!(r.peer_secs.len(), 1000);
     assert!(r.peer_secs.iter().all(|s| s.is_some()));
-    assert_eq!(r.origin_bytes, p.size, "only the seed fetched from the origin");
+    assert_eq!(
+        r.origin_bytes, p.size,
+        "only the seed fetched from the origin"
+    );
     // Nobody beats the bound: each peer takes in S bytes at B at most.
     assert!(r.peer_secs.iter().flatten().all(|&s| s >= r.s_over_b));
 }

@@ -38,6 +38,37 @@ enum Command {
     /// Simulate a broadcast on the real scheduler and download cores over a
     /// discrete-event network (deterministic; no root, no processes).
     Simulate(SimulateArgs),
+    /// Load one real `weightcast scheduler` process on loopback with
+    /// thousands of gRPC sessions of simulated peers.
+    SchedLoad(SchedLoadArgs),
+}
+
+#[derive(clap::Args)]
+struct SchedLoadArgs {
+    /// The `weightcast` binary (its `scheduler` subcommand is run).
+    #[arg(long, default_value = "target/release/weightcast")]
+    bin: PathBuf,
+    /// Peers besides the seed (comma-separated for several runs).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    peers: Vec<usize>,
+    /// Pieces of the task.
+    #[arg(long, default_value_t = 64)]
+    pieces: u32,
+    /// Pieces each peer announces in the paced phase.
+    #[arg(long, default_value_t = 4)]
+    announce_per_peer: u32,
+    /// Announcements per second, all peers together, in the paced phase.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Registrations per second.
+    #[arg(long, default_value_t = 2000)]
+    register_rate: u64,
+    /// Sessions opened at once while connecting.
+    #[arg(long, default_value_t = 64)]
+    connect_parallel: usize,
+    /// Where to write sched-load.md and sched-load.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -247,6 +278,9 @@ struct SimulateArgs {
     /// Pieces in flight per download from one parent.
     #[arg(long, default_value_t = 4)]
     pieces_per_parent: u32,
+    /// How long a child leaves a parent alone after a `Busy` answer.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    busy_backoff: Duration,
     /// The scheduler's candidate parents per child.
     #[arg(long, default_value_t = 16)]
     candidate_parents: usize,
@@ -289,6 +323,13 @@ fn main() {
             }
             return;
         }
+        Command::SchedLoad(a) => {
+            if let Err(e) = sched_load(a) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+            return;
+        }
         other => other,
     };
     let pid = std::process::id();
@@ -300,7 +341,7 @@ fn main() {
     });
     let result = match command {
         Command::Cluster(a) => cluster(a),
-        Command::HfHub(_) | Command::Origin(_) | Command::Simulate(_) => {
+        Command::HfHub(_) | Command::Origin(_) | Command::Simulate(_) | Command::SchedLoad(_) => {
             unreachable!("handled above")
         }
     };
@@ -478,6 +519,50 @@ fn hf_hub(a: HfHubArgs) -> Result<()> {
     })
 }
 
+fn sched_load(a: SchedLoadArgs) -> Result<()> {
+    use weightcast_bench::sched_load::{self, LoadParams};
+    if !a.bin.exists() {
+        anyhow::bail!(
+            "{}: no weightcast binary there; build it (cargo build --release) or give --bin",
+            a.bin.display()
+        );
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut results = Vec::new();
+    for &peers in &a.peers {
+        let p = LoadParams {
+            bin: a.bin.clone(),
+            peers,
+            pieces: a.pieces.max(1),
+            announce_per_peer: a.announce_per_peer,
+            rate: a.rate.max(1),
+            register_rate: a.register_rate.max(1),
+            connect_parallel: a.connect_parallel.max(1),
+        };
+        eprintln!("loading the scheduler with {peers} peers ...");
+        let r = sched_load::run(&p)?;
+        eprintln!(
+            "   announce -> available p50 {:.0} us p99 {:.0} us; burst {:.0} messages/s; {:.1} KiB per peer",
+            r.available.p50_us,
+            r.available.p99_us,
+            r.burst_messages_per_sec,
+            r.rss_per_peer_bytes / 1024.0
+        );
+        results.push(r);
+    }
+    let md = sched_load::markdown(&results);
+    println!("{md}");
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("sched-load.md"), format!("`{command}`\n\n{md}"))?;
+        std::fs::write(
+            out.join("sched-load.json"),
+            serde_json::to_vec_pretty(&results)?,
+        )?;
+    }
+    Ok(())
+}
+
 fn simulate(a: SimulateArgs) -> Result<()> {
     if a.piece_size != "auto" {
         anyhow::bail!(
@@ -486,7 +571,10 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         );
     }
     if !(0.0..1.0).contains(&a.churn) {
-        anyhow::bail!("--churn {}: give a fraction of the peers, from 0 to below 1", a.churn);
+        anyhow::bail!(
+            "--churn {}: give a fraction of the peers, from 0 to below 1",
+            a.churn
+        );
     }
     if a.seeds == 0 {
         anyhow::bail!("--seeds 0: the simulation needs a seed to fetch from the origin");
@@ -517,6 +605,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         p.arrival_spread = a.arrival_spread;
         p.download.pieces_in_flight = a.pieces_in_flight.max(1);
         p.download.pieces_per_parent = a.pieces_per_parent.max(1);
+        p.download.busy_backoff = a.busy_backoff;
         p.scheduler.candidate_parents = a.candidate_parents.max(1);
         eprintln!(
             "simulating {n} peers x {} at {}: S/B = {:.3} s, T* = {:.3} s ...",
@@ -536,6 +625,23 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             r.events,
             r.wall_secs
         );
+        let mut first: Vec<f64> = r.first_piece_secs.iter().flatten().copied().collect();
+        first.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            first
+                .get(((first.len().max(1) - 1) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        eprintln!(
+            "   first piece: p50 {:.3} s, max {:.3} s; busy {} not-found {} elsewhere {}; mean goodput {:.3} of N·B",
+            at(0.5),
+            at(1.0),
+            r.busy_answers,
+            r.not_found_answers,
+            r.elsewhere_answers,
+            r.timeline.iter().map(|s| s.goodput).sum::<f64>() / r.timeline.len().max(1) as f64
+        );
         results.push(r);
     }
     let md = simulate::report::markdown(&results);
@@ -543,23 +649,23 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     let incomplete = results.iter().filter(|r| !r.all_complete()).count();
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
-        std::fs::write(
-            out.join("simulate.md"),
-            format!("`{command}`\n\n{md}"),
-        )?;
+        std::fs::write(out.join("simulate.md"), format!("`{command}`\n\n{md}"))?;
         std::fs::write(
             out.join("simulate.json"),
             serde_json::to_vec_pretty(&results)?,
         )?;
-        if let Some(last) = results.iter().max_by_key(|r| r.peers) {
-            simulate::report::cdf_svg(last, &out.join(format!("cdf-{}.svg", last.peers)))?;
+        for r in &results {
+            simulate::report::cdf_svg(r, &out.join(format!("cdf-{}.svg", r.peers)))?;
+            simulate::report::timeline_svg(r, &out.join(format!("timeline-{}.svg", r.peers)))?;
         }
         if results.len() > 1 {
             simulate::report::ratio_svg(&results, &out.join("ratio.svg"))?;
         }
     }
     if incomplete > 0 {
-        anyhow::bail!("{incomplete} run(s) ended with peers that did not get the file (see the table)");
+        anyhow::bail!(
+            "{incomplete} run(s) ended with peers that did not get the file (see the table)"
+        );
     }
     Ok(())
 }

@@ -380,8 +380,18 @@ impl PeerDownload {
         self.core.poll_timeout().map(|t| self.clock.nanos(t))
     }
 
-    pub fn mode_is_source(&self) -> bool {
-        self.core.mode() == dl::Mode::Source
+    /// Pieces in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// Candidate parents known now.
+    pub fn parent_count(&self) -> usize {
+        self.core.parent_count()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.core.is_finished()
     }
 
     pub fn source_requests(&self) -> u32 {

@@ -325,7 +325,10 @@ impl<T> Net<T> {
             let rate = (0..f.len as usize)
                 .map(|i| self.links[f.path[i].0 as usize].share)
                 .fold(f64::INFINITY, f64::min);
-            debug_assert!(rate.is_finite(), "a link with flows is never unlimited for all of them");
+            debug_assert!(
+                rate.is_finite(),
+                "a link with flows is never unlimited for all of them"
+            );
             if rate == f.rate {
                 continue;
             }
@@ -347,6 +350,11 @@ impl<T> Net<T> {
                 now.saturating_add(left),
             );
         }
+    }
+
+    /// The sum of every flow's rate now, bytes per second (each flow once).
+    pub fn total_rate(&self) -> f64 {
+        self.flows.iter().flatten().map(|f| f.rate).sum()
     }
 
     /// The current rate of a flow, bytes per second (for tests).

@@ -15,7 +15,10 @@ pub fn markdown(results: &[SimResult]) -> String {
         s,
         "| N | size | piece | B | S/B s | T* s | slowest s | slowest / T* | p50 / T* | p99 / T* | origin copies | seed copies | complete | wall s |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in results {
         let t = r.t_star;
         let _ = writeln!(
@@ -164,13 +167,71 @@ pub fn ratio_svg(results: &[SimResult], path: &Path) -> Result<()> {
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
     }
     chart
         .draw_series(LineSeries::new(vec![(5.0, 1.2), (nmax, 1.2)], RED.mix(0.7)))?
         .label("target 1.2")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.mix(0.7)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The swarm over time: goodput (share of N·B moving), busy upload slots,
+/// and the share of receivers done, starved (nothing in flight) or
+/// without a parent.
+pub fn timeline_svg(r: &SimResult, path: &Path) -> Result<()> {
+    let t = r.t_star;
+    let xmax = (r.slowest() / t).max(1.25) * 1.05;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} peers, {}, {}: the swarm over time",
+                r.peers,
+                byte_size::format(r.size),
+                bits(r.bandwidth_bits)
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..xmax, 0f64..1.05)?;
+    chart
+        .configure_mesh()
+        .x_desc("time / T*")
+        .y_desc("fraction")
+        .draw()?;
+    let n = r.peers.max(1) as f64;
+    let series: [(&str, RGBColor, &dyn Fn(&super::world::Sample) -> f64); 5] = [
+        ("goodput / (N·B)", BLUE, &|s| s.goodput),
+        ("upload slots busy", RED, &|s| s.upload_slots_busy),
+        ("peers done", BLACK, &|s| s.done as f64 / n),
+        ("peers starved", MAGENTA, &|s| s.starved as f64 / n),
+        ("peers without a parent", GREEN, &|s| {
+            s.parentless as f64 / n
+        }),
+    ];
+    for (label, color, f) in series {
+        let pts: Vec<(f64, f64)> = r.timeline.iter().map(|s| (s.secs / t, f(s))).collect();
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)

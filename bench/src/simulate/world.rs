@@ -145,6 +145,30 @@ impl Params {
     }
 }
 
+/// The swarm at one instant (sampled [`SAMPLES`] times over T*).
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub secs: f64,
+    /// Bytes per second moving on all links now, over what the receivers'
+    /// download links could take (N·B): 1 when every receiver takes in B.
+    pub goodput: f64,
+    /// Uploads in progress over the upload slots (`upload_concurrency` per
+    /// host) of the hosts that hold a piece.
+    pub upload_slots_busy: f64,
+    /// Receivers not done, and those of them with nothing in flight, and
+    /// with no candidate parent at all.
+    pub downloading: usize,
+    pub starved: usize,
+    pub parentless: usize,
+    /// Mean pieces in flight of the receivers not done.
+    pub mean_in_flight: f64,
+    /// Receivers done.
+    pub done: usize,
+}
+
+/// Samples of the swarm per T*.
+const SAMPLES: u64 = 100;
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimResult {
@@ -200,6 +224,9 @@ pub struct SimResult {
     /// The run stopped because events kept coming at one instant.
     pub stuck: bool,
     pub wall_secs: f64,
+    /// Every receiver's first verified piece, seconds (`None`: never).
+    pub first_piece_secs: Vec<Option<f64>>,
+    pub timeline: Vec<Sample>,
 }
 
 impl SimResult {
@@ -302,6 +329,7 @@ enum Ev {
     Probed(usize),
     LoadTick(usize),
     Churn,
+    Sample,
 }
 
 pub struct World {
@@ -344,6 +372,8 @@ pub struct World {
     same_instant: u64,
     /// The run stopped because time stood still.
     stuck: bool,
+    first_piece: Vec<Option<Nanos>>,
+    timeline: Vec<Sample>,
 }
 
 /// splitmix64: a fixed spread of node indexes (which peers are slow, which
@@ -409,7 +439,12 @@ impl World {
         let piece_count = layout.piece_count() as usize;
         let node = |id: String, host: usize, zone: usize, seed: bool, slow: bool| Node {
             hostname: format!("host-{host:05}"),
-            addr: format!("10.{}.{}.{}:7430", host >> 16, (host >> 8) & 255, host & 255),
+            addr: format!(
+                "10.{}.{}.{}:7430",
+                host >> 16,
+                (host >> 8) & 255,
+                host & 255
+            ),
             zone_label: if zones > 1 {
                 format!("zone-{zone}")
             } else {
@@ -426,7 +461,11 @@ impl World {
             have_bytes: 0,
             active_uploads: 0,
             load_sent: 0,
-            sent: if seed { vec![(0, None); piece_count] } else { Vec::new() },
+            sent: if seed {
+                vec![(0, None); piece_count]
+            } else {
+                Vec::new()
+            },
             done_at: None,
             failed: None,
         };
@@ -491,6 +530,8 @@ impl World {
             stale_wakes: 0,
             same_instant: 0,
             stuck: false,
+            first_piece: Vec::new(),
+            timeline: Vec::new(),
             p,
         }
     }
@@ -567,6 +608,8 @@ impl World {
         for n in 0..self.nodes.len() {
             self.push(mix(n as u64 ^ 0x5eed) % interval, Ev::LoadTick(n));
         }
+        self.first_piece = vec![None; self.nodes.len()];
+        self.push(0, Ev::Sample);
         let limit = nanos(self.p.time_limit);
         while let Some(&Reverse((t, _, slot))) = self.heap.peek() {
             if t > self.now && self.net.dirty() {
@@ -669,7 +712,38 @@ impl World {
                 self.push(at, Ev::LoadTick(n));
             }
             Ev::Churn => self.churn(),
+            Ev::Sample => self.sample(),
         }
+    }
+
+    fn sample(&mut self) {
+        let receivers = &self.nodes[self.p.seeds..];
+        let capacity = self.p.peers as f64 * self.p.bandwidth as f64 / 8.0;
+        let holders = self.nodes.iter().filter(|n| n.alive && n.have_bytes > 0);
+        let (slots, busy) = holders.fold((0u64, 0u64), |(s, b), n| {
+            (
+                s + self.p.upload_concurrency as u64,
+                b + n.active_uploads as u64,
+            )
+        });
+        let downloading: Vec<&PeerDownload> = receivers
+            .iter()
+            .filter(|n| n.alive && n.done_at.is_none())
+            .filter_map(|n| n.download.as_ref())
+            .collect();
+        self.timeline.push(Sample {
+            secs: self.now as f64 / 1e9,
+            goodput: self.net.total_rate() / capacity,
+            upload_slots_busy: busy as f64 / slots.max(1) as f64,
+            downloading: downloading.len(),
+            starved: downloading.iter().filter(|d| d.in_flight() == 0).count(),
+            parentless: downloading.iter().filter(|d| d.parent_count() == 0).count(),
+            mean_in_flight: downloading.iter().map(|d| d.in_flight()).sum::<usize>() as f64
+                / downloading.len().max(1) as f64,
+            done: receivers.iter().filter(|n| n.done_at.is_some()).count(),
+        });
+        let every = (self.p.t_star() * 1e9 / SAMPLES as f64) as Nanos;
+        self.push(self.now + every.max(1), Ev::Sample);
     }
 
     fn start(&mut self, n: usize) {
@@ -739,7 +813,11 @@ impl World {
     /// some other input arrives.)
     fn drain_after(&mut self, n: usize, after_timeout: bool) {
         let now = self.now;
-        while let Some(action) = self.nodes[n].download.as_mut().and_then(|d| d.next_action()) {
+        while let Some(action) = self.nodes[n]
+            .download
+            .as_mut()
+            .and_then(|d| d.next_action())
+        {
             match action {
                 Action::Send(ev) => {
                     let at = now + self.sched_latency(n);
@@ -882,7 +960,8 @@ impl World {
                         if sending > 0 {
                             Some(hold)
                         } else {
-                            last.map(|t| (t + hold).saturating_sub(now)).filter(|l| *l > 0)
+                            last.map(|t| (t + hold).saturating_sub(now))
+                                .filter(|l| *l > 0)
                         }
                     }
                     _ => None,
@@ -1023,6 +1102,7 @@ impl World {
                 *slot = true;
                 node.have_bytes += tr.bytes;
                 self.verified_pieces += 1;
+                self.first_piece[n].get_or_insert(self.now);
                 if !node.seed {
                     self.received_bytes += tr.bytes;
                     self.maybe_churn();
@@ -1089,7 +1169,8 @@ impl World {
                     if let Some(tr) = self.transfers[t].as_mut() {
                         tr.outcome = Some(Outcome::ParentFailed);
                     }
-                    let at = self.now + self.latency(self.parent_host(parent), self.nodes[child].host);
+                    let at =
+                        self.now + self.latency(self.parent_host(parent), self.nodes[child].host);
                     self.push(at, Ev::Answer(t));
                 } else {
                     self.free_transfer(t);
@@ -1160,7 +1241,11 @@ impl World {
             stale_wakes: self.stale_wakes,
             stuck: self.stuck,
             wall_secs,
+            first_piece_secs: self.first_piece[self.p.seeds..]
+                .iter()
+                .map(|t| t.map(secs))
+                .collect(),
+            timeline: self.timeline.clone(),
         }
     }
 }
-
