@@ -355,6 +355,21 @@ impl ParentChoice {
             .min()
     }
 
+    /// Drops `Busy` and `Elsewhere` waits that ended at or before `now`:
+    /// they change no choice any more, and left in place they would make
+    /// [`ParentChoice::next_wake`] name an instant already past (a shell
+    /// that sleeps until it wakes at once, again and again).
+    pub fn forget_past_waits(&mut self, now: Instant) {
+        for p in self.parents.values_mut() {
+            if p.busy_until.is_some_and(|t| t <= now) {
+                p.busy_until = None;
+            }
+            if !p.elsewhere.is_empty() {
+                p.elsewhere.retain(|_, until| *until > now);
+            }
+        }
+    }
+
     pub fn started(&mut self, parent: &str, bytes: u64) {
         if let Some(p) = self.parents.get_mut(parent) {
             p.inflight += 1;
@@ -601,6 +616,24 @@ mod tests {
             differ += want.is_some() as u32;
         }
         assert!(differ > 500, "most cases pick something: {differ}");
+    }
+
+    #[test]
+    fn waits_that_passed_are_forgotten_so_the_next_wake_is_ahead() {
+        let mut c = choice(&[("a", false, &[0]), ("b", false, &[0])]);
+        let now = Instant::now();
+        c.parents.get_mut("a").unwrap().busy_until = Some(now);
+        c.parents.get_mut("b").unwrap().busy_until = Some(now + Duration::from_millis(50));
+        c.parents
+            .get_mut("b")
+            .unwrap()
+            .elsewhere
+            .insert(0, now - Duration::from_millis(1));
+        assert_eq!(c.next_wake(), Some(now), "the passed wait still counts");
+        c.forget_past_waits(now);
+        assert_eq!(c.next_wake(), Some(now + Duration::from_millis(50)));
+        assert!(c.parents["b"].elsewhere.is_empty());
+        assert_eq!(c.pick([0], |_| 1, now), Some((0, "a".into())));
     }
 
     #[test]

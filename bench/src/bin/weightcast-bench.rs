@@ -293,6 +293,10 @@ struct SimulateArgs {
     /// Peers start spread evenly over this long.
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     arrival_spread: Duration,
+    /// Simulated time after which a run stops, done or not (default:
+    /// 100 × S/B + 10 min).
+    #[arg(long, value_parser = parse_duration)]
+    time_limit: Option<Duration>,
     /// Where to write simulate.md, simulate.json and the SVG plots.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -607,6 +611,9 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         p.download.pieces_per_parent = a.pieces_per_parent.max(1);
         p.download.busy_backoff = a.busy_backoff;
         p.scheduler.candidate_parents = a.candidate_parents.max(1);
+        if let Some(t) = a.time_limit {
+            p.time_limit = t;
+        }
         eprintln!(
             "simulating {n} peers x {} at {}: S/B = {:.3} s, T* = {:.3} s ...",
             byte_size::format(a.size),
@@ -642,6 +649,9 @@ fn simulate(a: SimulateArgs) -> Result<()> {
             r.elsewhere_answers,
             r.timeline.iter().map(|s| s.goodput).sum::<f64>() / r.timeline.len().max(1) as f64
         );
+        for line in &r.stalled {
+            eprintln!("   not done: {line}");
+        }
         results.push(r);
     }
     let md = simulate::report::markdown(&results);

@@ -232,6 +232,34 @@ impl PeerDownload {
         }
     }
 
+    /// One line on why a download that is not done has nothing in flight:
+    /// its parents by kind, those holding a piece it lacks, and their
+    /// in-flight counts and waits as its phase-2 choice sees them.
+    pub fn stall_summary(&self, have: &[bool], now: Nanos) -> String {
+        let now = self.clock.at(now);
+        let choice = self.core.parent_choice();
+        let missing: Vec<u32> = (0..have.len() as u32)
+            .filter(|n| !have[*n as usize])
+            .collect();
+        let mut s = format!(
+            "{} missing, {} in flight; parents:",
+            missing.len(),
+            self.core.in_flight()
+        );
+        for (id, p) in &choice.parents {
+            let holds = missing.iter().filter(|n| p.pieces.contains_key(n)).count();
+            s.push_str(&format!(
+                " [{id} seed={} remote={} holds_missing={holds} inflight={} busy={} elsewhere={}]",
+                p.seed,
+                p.remote,
+                p.inflight,
+                p.busy_until.is_some_and(|t| t > now),
+                p.elsewhere.values().filter(|t| **t > now).count()
+            ));
+        }
+        s
+    }
+
     fn input(&mut self, now: Nanos, input: dl::Input<NoError>) {
         self.core.handle(self.clock.at(now), input);
     }

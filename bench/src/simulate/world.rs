@@ -224,6 +224,9 @@ pub struct SimResult {
     /// The run stopped because events kept coming at one instant.
     pub stuck: bool,
     pub wall_secs: f64,
+    /// For the first few receivers not done at the end: why (see
+    /// `PeerDownload::stall_summary`).
+    pub stalled: Vec<String>,
     /// Every receiver's first verified piece, seconds (`None`: never).
     pub first_piece_secs: Vec<Option<f64>>,
     pub timeline: Vec<Sample>,
@@ -1217,6 +1220,15 @@ impl World {
                 .iter()
                 .filter(|n| n.alive && n.done_at.is_none() && n.failed.is_none())
                 .count(),
+            stalled: peers
+                .iter()
+                .filter(|n| n.alive && n.done_at.is_none() && n.failed.is_none())
+                .filter_map(|n| {
+                    let d = n.download.as_ref()?;
+                    Some(format!("{}: {}", n.id, d.stall_summary(&n.have, self.now)))
+                })
+                .take(5)
+                .collect(),
             origin_bytes: self.origin_bytes,
             seed_upload_bytes: self.seed_upload_bytes,
             slow_upload_bytes: self.slow_upload_bytes,
