@@ -13,8 +13,14 @@
 //! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
 //! - [`report`]: markdown tables, JSON and SVG CDFs of the runs; [`stats`]:
 //!   medians.
+//! - [`simulate`]: the deterministic broadcast simulation on the real
+//!   scheduler and download cores (`weightcast-bench simulate`).
+//! - [`sched_load`]: one real scheduler process under thousands of gRPC
+//!   sessions (`weightcast-bench sched-load`).
 
 pub mod netns;
 pub mod report;
 pub mod scenarios;
+pub mod sched_load;
+pub mod simulate;
 pub mod stats;

@@ -245,13 +245,20 @@ impl<E> Download<E> {
         self.choice.parents.len()
     }
 
+    /// The phase-2 view of the candidate parents (for simulators and
+    /// diagnostics).
+    pub fn parent_choice(&self) -> &ParentChoice {
+        &self.choice
+    }
+
     pub fn handle(&mut self, now: Instant, input: Input<E>) {
         if self.phase == Phase::Finished {
             return;
         }
-        // Waits that have ended are forgotten, so that the next timeout is
-        // a future one (a past one would wake the shell at once, forever).
-        self.choice.expire(now);
+        // Waits that have passed are gone, so that `poll_timeout` never
+        // names an instant already past while a later one (another
+        // parent's wait, the stall deadline) is the real next wake-up.
+        self.choice.forget_past_waits(now);
         match input {
             Input::Scheduler(ev) => self.on_scheduler(ev),
             Input::SchedulerLost => {

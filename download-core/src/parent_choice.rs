@@ -36,6 +36,64 @@ pub const ORDER_WINDOW: u32 = 32;
 /// Pieces in flight from expensive parents (seeds, other zones) per child.
 pub const SEED_PIECES_IN_FLIGHT: u32 = 2;
 
+/// The pieces a parent holds, with the digests the task's source recorded:
+/// a map for the digests and a bitset beside it, so that
+/// [`ParentChoice::pick`], which looks at every missing piece of every
+/// parent on each input of a download, works 64 pieces at a time.
+#[derive(Debug, Clone, Default)]
+pub struct HeldPieces {
+    digests: BTreeMap<u32, PieceDigest>,
+    bits: Vec<u64>,
+}
+
+impl HeldPieces {
+    pub fn insert(&mut self, num: u32, digest: PieceDigest) -> Option<PieceDigest> {
+        let (w, b) = (num as usize / 64, num % 64);
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        self.bits[w] |= 1 << b;
+        self.digests.insert(num, digest)
+    }
+
+    pub fn remove(&mut self, num: &u32) -> Option<PieceDigest> {
+        if let Some(w) = self.bits.get_mut(*num as usize / 64) {
+            *w &= !(1 << (num % 64));
+        }
+        self.digests.remove(num)
+    }
+
+    pub fn contains_key(&self, num: &u32) -> bool {
+        self.bits
+            .get(*num as usize / 64)
+            .is_some_and(|w| w & (1 << (num % 64)) != 0)
+    }
+
+    pub fn get(&self, num: &u32) -> Option<&PieceDigest> {
+        self.digests.get(num)
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u32, &PieceDigest)> {
+        self.digests.iter()
+    }
+}
+
+impl Extend<(u32, PieceDigest)> for HeldPieces {
+    fn extend<I: IntoIterator<Item = (u32, PieceDigest)>>(&mut self, iter: I) {
+        for (n, d) in iter {
+            self.insert(n, d);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ParentView {
     pub addr: String,
@@ -44,7 +102,7 @@ pub struct ParentView {
     pub remote: bool,
     /// The parent serves pieces over RDMA.
     pub rdma: bool,
-    pub pieces: BTreeMap<u32, PieceDigest>,
+    pub pieces: HeldPieces,
     pub inflight: u32,
     pub inflight_bytes: u64,
     pub throughput: f64,
@@ -64,7 +122,7 @@ impl ParentView {
             seed,
             remote: false,
             rdma: false,
-            pieces: BTreeMap::new(),
+            pieces: HeldPieces::default(),
             inflight: 0,
             inflight_bytes: 0,
             throughput: INITIAL_THROUGHPUT,
@@ -77,7 +135,8 @@ impl ParentView {
     /// Whether this parent serves `piece` at `now` (it holds it, and did not
     /// say to take it from the peers instead).
     fn serves(&self, piece: u32, now: Instant) -> bool {
-        self.pieces.contains_key(&piece) && self.elsewhere.get(&piece).is_none_or(|t| *t <= now)
+        self.pieces.contains_key(&piece)
+            && (self.elsewhere.is_empty() || self.elsewhere.get(&piece).is_none_or(|t| *t <= now))
     }
 
     /// Seeds and parents in other zones: pieces come from them only when no
@@ -149,6 +208,21 @@ impl ParentChoice {
 
     /// Picks the next (piece, parent) among `wanted` pieces (missing and not
     /// in flight).
+    ///
+    /// The rule, per wanted piece: its holders are the parents that serve
+    /// it now; its tier the cheapest among them; it is a candidate if a
+    /// holder of that tier is usable (a busy holder in the cheapest tier
+    /// means waiting for it, not paying for a dearer link). Near-peer
+    /// candidates rank by (holders, order key), rarest first; expensive ones
+    /// by (tier, order key), and only within the expensive budget. The
+    /// choice: the first near-seed candidate if there is one (the seed's
+    /// upload must never idle), else the first near-peer one, else the
+    /// first from another zone; it goes to the fastest usable holder of its
+    /// tier.
+    ///
+    /// Called on every input of a download, so it works 64 pieces at a
+    /// time: per parent one word of what it serves, holder counts kept in
+    /// bit-sliced counters, and only the winning piece's holders compared.
     pub fn pick(
         &self,
         wanted: impl IntoIterator<Item = u32>,
@@ -166,57 +240,116 @@ impl ParentChoice {
         // Every child of a seed starts with the seed as its only parent: a
         // small budget keeps them from all pulling the same pieces at once.
         let budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
+        let words = self
+            .parents
+            .values()
+            .map(|p| p.pieces.bits.len())
+            .max()
+            .unwrap_or(0);
+        let mut want = vec![0u64; words];
+        for n in wanted {
+            if let Some(w) = want.get_mut(n as usize / 64) {
+                *w |= 1 << (n % 64);
+            }
+        }
+        // What each parent serves now: what it holds, less the pieces it
+        // said to take from the peers for a while.
+        let serving: Vec<(u8, bool, std::borrow::Cow<'_, [u64]>)> = self
+            .parents
+            .values()
+            .map(|p| {
+                let mut bits = std::borrow::Cow::Borrowed(p.pieces.bits.as_slice());
+                for (&n, &until) in &p.elsewhere {
+                    if until > now {
+                        if let Some(w) = bits.to_mut().get_mut(n as usize / 64) {
+                            *w &= !(1 << (n % 64));
+                        }
+                    }
+                }
+                (p.tier(), usable(p), bits)
+            })
+            .collect();
         // Near peers: best (rarity, order key). Expensive parents: best
         // (tier, order key), so a near seed beats another zone.
-        let mut from_peers: Option<((usize, u64), u32, &PeerId)> = None;
-        let mut from_expensive: Option<((u8, u64), u32, &PeerId)> = None;
-        for piece in wanted {
-            let len = piece_len(piece);
-            // One pass for how many parents hold it and the cheapest tier
-            // among them, one for the fastest usable holder of that tier: no
-            // allocation per piece on this hot path.
-            let holders = || self.parents.iter().filter(|(_, p)| p.serves(piece, now));
-            let Some(tier) = holders().map(|(_, p)| p.tier()).min() else {
+        let mut from_peers: Option<((u32, u64), u32)> = None;
+        let mut from_expensive: Option<((u8, u64), u32)> = None;
+        for (w, &wanted_here) in want.iter().enumerate() {
+            if wanted_here == 0 {
                 continue;
-            };
-            let count = holders().count();
-            let key = self.order_key(piece);
-            // A busy holder in the cheapest tier means waiting for it, not
-            // paying for a dearer link.
-            let fastest = holders()
-                .filter(|(_, p)| p.tier() == tier && usable(p))
-                .min_by(|a, b| {
-                    a.1.expected_secs(len)
-                        .total_cmp(&b.1.expected_secs(len))
-                        .then_with(|| a.0.cmp(b.0))
-                })
-                .map(|(id, _)| id);
-            let Some(id) = fastest else {
-                continue;
-            };
-            if tier == 0 {
-                let rank = (count, key);
-                if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
-                    from_peers = Some((rank, piece, id));
+            }
+            // Per tier: pieces some parent of it serves, and pieces a usable
+            // one serves; holders per piece, as a 16-bit counter per bit.
+            let mut any = [0u64; 3];
+            let mut free = [0u64; 3];
+            let mut count = [0u64; 16];
+            for (tier, ok, bits) in &serving {
+                let x = bits.get(w).copied().unwrap_or(0) & wanted_here;
+                if x == 0 {
+                    continue;
                 }
-            } else if expensive_inflight < budget {
-                let rank = (tier, key);
-                if from_expensive.as_ref().is_none_or(|(r, _, _)| rank < *r) {
-                    from_expensive = Some((rank, piece, id));
+                any[*tier as usize] |= x;
+                if *ok {
+                    free[*tier as usize] |= x;
+                }
+                let mut carry = x;
+                for c in count.iter_mut() {
+                    let next = *c & carry;
+                    *c ^= carry;
+                    carry = next;
+                    if carry == 0 {
+                        break;
+                    }
+                }
+            }
+            let mut candidates = any[0] | any[1] | any[2];
+            while candidates != 0 {
+                let b = candidates.trailing_zeros();
+                candidates &= candidates - 1;
+                let bit = 1u64 << b;
+                let Some(tier) = (0..3u8).find(|t| any[*t as usize] & bit != 0) else {
+                    continue;
+                };
+                if free[tier as usize] & bit == 0 {
+                    continue;
+                }
+                let piece = (w * 64) as u32 + b;
+                let key = self.order_key(piece);
+                if tier == 0 {
+                    let holders = count
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (((c >> b) & 1) as u32) << i)
+                        .sum::<u32>();
+                    let rank = (holders, key);
+                    if from_peers.as_ref().is_none_or(|(r, _)| rank < *r) {
+                        from_peers = Some((rank, piece));
+                    }
+                } else if expensive_inflight < budget {
+                    let rank = (tier, key);
+                    if from_expensive.as_ref().is_none_or(|(r, _)| rank < *r) {
+                        from_expensive = Some((rank, piece));
+                    }
                 }
             }
         }
-        let near_seed = from_expensive
-            .as_ref()
-            .is_some_and(|((tier, _), _, _)| *tier == 1);
-        let (first, second) = match near_seed {
-            true => (from_expensive, None),
-            false => (None, from_expensive),
+        // A near seed's upload must never idle (it alone holds what nobody
+        // else has yet); another zone only for what no near peer offers.
+        let (tier, piece) = match (from_peers, from_expensive) {
+            (_, Some(((1, _), n))) => (1, n),
+            (Some((_, n)), _) => (0, n),
+            (None, Some(((t, _), n))) => (t, n),
+            (None, None) => return None,
         };
-        first
-            .map(|(_, n, id)| (n, id.clone()))
-            .or_else(|| from_peers.map(|(_, n, id)| (n, id.clone())))
-            .or_else(|| second.map(|(_, n, id)| (n, id.clone())))
+        let len = piece_len(piece);
+        self.parents
+            .iter()
+            .filter(|(_, p)| p.serves(piece, now) && p.tier() == tier && usable(p))
+            .min_by(|a, b| {
+                a.1.expected_secs(len)
+                    .total_cmp(&b.1.expected_secs(len))
+                    .then_with(|| a.0.cmp(b.0))
+            })
+            .map(|(id, _)| (piece, id.clone()))
     }
 
     /// When the earliest of the parents' `Busy` or `Elsewhere` waits ends:
@@ -232,18 +365,6 @@ impl ParentChoice {
         self.per_parent = (share as u32).clamp(1, max_per_parent.max(1));
     }
 
-    /// Forgets the `Busy` and `Elsewhere` waits that ended by `now`.
-    pub fn expire(&mut self, now: Instant) {
-        for p in self.parents.values_mut() {
-            if p.busy_until.is_some_and(|t| t <= now) {
-                p.busy_until = None;
-            }
-            if !p.elsewhere.is_empty() {
-                p.elsewhere.retain(|_, until| *until > now);
-            }
-        }
-    }
-
     pub fn next_wake(&self) -> Option<Instant> {
         self.parents
             .values()
@@ -253,6 +374,21 @@ impl ParentChoice {
                     .chain(p.elsewhere.values().copied())
             })
             .min()
+    }
+
+    /// Drops `Busy` and `Elsewhere` waits that ended at or before `now`:
+    /// they change no choice any more, and left in place they would make
+    /// [`ParentChoice::next_wake`] name an instant already past (a shell
+    /// that sleeps until it wakes at once, again and again).
+    pub fn forget_past_waits(&mut self, now: Instant) {
+        for p in self.parents.values_mut() {
+            if p.busy_until.is_some_and(|t| t <= now) {
+                p.busy_until = None;
+            }
+            if !p.elsewhere.is_empty() {
+                p.elsewhere.retain(|_, until| *until > now);
+            }
+        }
     }
 
     pub fn started(&mut self, parent: &str, bytes: u64) {
@@ -415,6 +551,148 @@ mod tests {
             firsts.len() >= 6,
             "8 children mostly start on different pieces: {firsts:?}"
         );
+    }
+
+    /// `pick` as it was before the bitsets (with the near-seed-first final
+    /// rule): one digest-map look-up per piece and parent. The fast one must
+    /// choose exactly as it does.
+    fn reference_pick(
+        c: &ParentChoice,
+        wanted: &[u32],
+        piece_len: impl Fn(u32) -> u64,
+        now: Instant,
+    ) -> Option<(u32, PeerId)> {
+        let serves = |p: &ParentView, n: u32| {
+            p.pieces.get(&n).is_some() && p.elsewhere.get(&n).is_none_or(|t| *t <= now)
+        };
+        let usable =
+            |p: &ParentView| p.inflight < c.per_parent && p.busy_until.is_none_or(|t| t <= now);
+        let expensive_inflight: u32 = c
+            .parents
+            .values()
+            .filter(|p| p.expensive())
+            .map(|p| p.inflight)
+            .sum();
+        let budget = SEED_PIECES_IN_FLIGHT.min(c.per_parent);
+        let mut from_peers: Option<((usize, u64), u32, &PeerId)> = None;
+        let mut from_expensive: Option<((u8, u64), u32, &PeerId)> = None;
+        for &piece in wanted {
+            let len = piece_len(piece);
+            let holders = || c.parents.iter().filter(|(_, p)| serves(p, piece));
+            let Some(tier) = holders().map(|(_, p)| p.tier()).min() else {
+                continue;
+            };
+            let count = holders().count();
+            let key = c.order_key(piece);
+            let fastest = holders()
+                .filter(|(_, p)| p.tier() == tier && usable(p))
+                .min_by(|a, b| {
+                    a.1.expected_secs(len)
+                        .total_cmp(&b.1.expected_secs(len))
+                        .then_with(|| a.0.cmp(b.0))
+                })
+                .map(|(id, _)| id);
+            let Some(id) = fastest else { continue };
+            if tier == 0 {
+                let rank = (count, key);
+                if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                    from_peers = Some((rank, piece, id));
+                }
+            } else if expensive_inflight < budget {
+                let rank = (tier, key);
+                if from_expensive.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                    from_expensive = Some((rank, piece, id));
+                }
+            }
+        }
+        let near_seed = from_expensive
+            .as_ref()
+            .is_some_and(|((tier, _), _, _)| *tier == 1);
+        let (first, second) = match near_seed {
+            true => (from_expensive, None),
+            false => (None, from_expensive),
+        };
+        first
+            .map(|(_, n, id)| (n, id.clone()))
+            .or_else(|| from_peers.map(|(_, n, id)| (n, id.clone())))
+            .or_else(|| second.map(|(_, n, id)| (n, id.clone())))
+    }
+
+    #[test]
+    fn pick_chooses_as_the_look_up_per_parent_did() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let now = Instant::now();
+        let mut differ = 0;
+        for case in 0..2000 {
+            let pieces = 1 + rnd(300) as u32;
+            let mut c = ParentChoice::new(1 + rnd(4) as u32, &format!("child-{case}"));
+            for p in 0..rnd(18) {
+                let mut v = ParentView::new(format!("p{p}:1"), rnd(6) == 0);
+                v.remote = rnd(5) == 0;
+                let density = 1 + rnd(100);
+                for n in 0..pieces {
+                    if rnd(100) < density {
+                        v.pieces.insert(n, [n as u8; 32]);
+                    }
+                }
+                // A few pieces dropped again (a NotFound answer).
+                for _ in 0..rnd(3) {
+                    let n = rnd(pieces as u64) as u32;
+                    v.pieces.remove(&n);
+                }
+                v.inflight = rnd(4) as u32;
+                v.inflight_bytes = v.inflight as u64 * (1 << 20);
+                v.throughput = 1e6 * (1 + rnd(1000)) as f64;
+                v.load = rnd(5) as u32;
+                if rnd(4) == 0 {
+                    v.busy_until = Some(
+                        now + Duration::from_millis(rnd(200) as u64) - Duration::from_millis(100),
+                    );
+                }
+                for _ in 0..rnd(4) {
+                    let n = rnd(pieces as u64) as u32;
+                    v.elsewhere.insert(
+                        n,
+                        now + Duration::from_millis(rnd(200)) - Duration::from_millis(100),
+                    );
+                }
+                c.parents.insert(format!("p{p}"), v);
+            }
+            let wanted: Vec<u32> = (0..pieces).filter(|_| rnd(3) > 0).collect();
+            let len = |n: u32| if n + 1 == pieces { 1000 } else { 1 << 20 };
+            let want = reference_pick(&c, &wanted, len, now);
+            assert_eq!(
+                c.pick(wanted.iter().copied(), len, now),
+                want,
+                "case {case}"
+            );
+            differ += want.is_some() as u32;
+        }
+        assert!(differ > 500, "most cases pick something: {differ}");
+    }
+
+    #[test]
+    fn waits_that_passed_are_forgotten_so_the_next_wake_is_ahead() {
+        let mut c = choice(&[("a", false, &[0]), ("b", false, &[0])]);
+        let now = Instant::now();
+        c.parents.get_mut("a").unwrap().busy_until = Some(now);
+        c.parents.get_mut("b").unwrap().busy_until = Some(now + Duration::from_millis(50));
+        c.parents
+            .get_mut("b")
+            .unwrap()
+            .elsewhere
+            .insert(0, now - Duration::from_millis(1));
+        assert_eq!(c.next_wake(), Some(now), "the passed wait still counts");
+        c.forget_past_waits(now);
+        assert_eq!(c.next_wake(), Some(now + Duration::from_millis(50)));
+        assert!(c.parents["b"].elsewhere.is_empty());
+        assert_eq!(c.pick([0], |_| 1, now), Some((0, "a".into())));
     }
 
     #[test]
