@@ -283,7 +283,7 @@ impl TokenServer {
         if !r.status().is_success() {
             bail!("the token realm answered {}", r.status());
         }
-        let v: serde_json::Value = r.json()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes()?)?;
         v["token"]
             .as_str()
             .map(str::to_string)
