@@ -15,8 +15,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use weightcast_modelpack::safetensors_gen;
 use weightcast_testkit::cluster::{sha256_file, Cluster, Daemon, Faults};
+use weightcast_testkit::containerd::Containerd;
 use weightcast_testkit::oci_registry::{self, named, PushLayer, Pusher, Registry};
 use weightcast_testkit::postgres::Postgres;
+use weightcast_testkit::registry_token::TokenServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weightcast");
 const MIB: u64 = 1 << 20;
@@ -37,7 +39,7 @@ fn setup_registry() {
 }
 
 /// A ModelPack artifact: weights, a config file, a tar+gzip code layer.
-fn push_model(c: &Cluster, registry: &Registry, auth: Option<(&str, &str)>) -> u64 {
+fn push_model(c: &Cluster, pusher: &Pusher) -> u64 {
     let dir = c.path("model");
     std::fs::create_dir_all(&dir).unwrap();
     let w = dir.join("model.safetensors");
@@ -60,9 +62,7 @@ fn push_model(c: &Cluster, registry: &Registry, auth: Option<(&str, &str)>) -> u
         },
     ];
     let config = oci_registry::model_config("fake", &layers);
-    Pusher::new(&registry.addr, auth)
-        .model("models/fake", "v1", &config, &layers)
-        .unwrap();
+    pusher.model("models/fake", "v1", &config, &layers).unwrap();
     layers.iter().map(|l| l.bytes.len() as u64).sum::<u64>()
         + serde_json::to_vec(&config).unwrap().len() as u64
 }
@@ -176,7 +176,7 @@ fn a_preheat_without_a_manager_makes_mirror_pulls_cost_the_registry_nothing() {
     setup_registry();
     let mut c = Cluster::new(BIN).unwrap();
     let registry = Registry::start(&c.path("registry"), None).unwrap();
-    let total = push_model(&c, &registry, None);
+    let total = push_model(&c, &Pusher::new(&registry.addr, None));
     let (sched, _) = c.scheduler().unwrap();
     let upstream = format!("http://{}", registry.addr);
     let mirror_args = [
@@ -304,10 +304,20 @@ fn a_preheat_without_a_manager_makes_mirror_pulls_cost_the_registry_nothing() {
 fn harbor_preheats_through_the_manager(database: Option<&str>) {
     setup_registry();
     let mut c = Cluster::new(BIN).unwrap();
-    // The registry needs credentials; only the preheat's Authorization
-    // (what Harbor hands Dragonfly, used as given) carries them to the seed.
-    let registry = Registry::start(&c.path("registry"), Some((USER, PASSWORD))).unwrap();
-    let total = push_model(&c, &registry, Some((USER, PASSWORD)));
+    // The registry takes only tokens from its realm, as Harbor's does; the
+    // preheat's Authorization is a pull token from that realm (what
+    // Harbor hands Dragonfly, used as given), the only credential the seed
+    // gets. The nodes hold the robot's login and do the token dance.
+    let tokens = TokenServer::start(&c.path("token"), USER, PASSWORD).unwrap();
+    let registry = Registry::start_with_tokens(&c.path("registry"), &tokens).unwrap();
+    let push = tokens
+        .token_for("repository:models/fake:pull,push")
+        .unwrap();
+    let total = push_model(
+        &c,
+        &Pusher::with_authorization(&registry.addr, Some(format!("Bearer {push}"))),
+    );
+    let pull_token = tokens.token_for("repository:models/fake:pull").unwrap();
     let mut margs = vec!["--keepalive-ttl", "3"];
     if let Some(d) = database {
         margs.extend(["--database", d]);
@@ -391,7 +401,7 @@ fn harbor_preheats_through_the_manager(database: Option<&str>) {
         base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
     );
     let harbor_body = format!(
-        r#"{{"type":"preheat","args":{{"type":"image","url":"http://{}/v2/models/fake/manifests/v1","tag":"","filtered_query_params":"","headers":{{"Authorization":"{basic}"}},"scope":"","concurrent_count":0,"timeout":0}},"scheduler_cluster_ids":null}}"#,
+        r#"{{"type":"preheat","args":{{"type":"image","url":"http://{}/v2/models/fake/manifests/v1","tag":"","filtered_query_params":"","headers":{{"Authorization":"Bearer {pull_token}"}},"scope":"","concurrent_count":0,"timeout":0}},"scheduler_cluster_ids":null}}"#,
         registry.addr
     );
     assert_eq!(create(None, &harbor_body).0, 401, "no token");
@@ -530,6 +540,81 @@ fn harbor_preheats_through_the_manager(database: Option<&str>) {
         "the pulls after the preheat went to the registry\n{}",
         c.logs()
     );
+    // The mirrors got their manifests with the robot's login through the
+    // realm: the registry client's token dance against a real registry.
+    let danced = |issued: &[weightcast_testkit::registry_token::Issued]| {
+        issued
+            .iter()
+            .filter(|i| {
+                i.granted
+                    && i.subject == USER
+                    && i.scopes == ["repository:models/fake:pull".to_string()]
+            })
+            .count()
+    };
+    assert!(
+        danced(&tokens.issued()) > nodes.len(),
+        "the test's pull token and one per mirror: {:?}",
+        tokens.issued()
+    );
+    // `get oci://` with the login: the token dance in the product's
+    // registry client, and no layer byte from the registry.
+    let before_get = registry.blob_bytes_served();
+    let issued_before = danced(&tokens.issued());
+    let url = format!("oci://{}/models/fake:v1", registry.addr);
+    let out = c
+        .get_command(&nodes[0], &url, &c.path("get-out"))
+        .args(["--plain-http"])
+        .args(login)
+        .env("HOME", c.path("home"))
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    ok(
+        &c,
+        "get oci:// with the login after the Harbor preheat",
+        &out,
+    );
+    assert!(
+        danced(&tokens.issued()) > issued_before,
+        "get asked the realm for a pull token: {:?}",
+        tokens.issued()
+    );
+    let weights = c.path("model/model.safetensors");
+    assert_eq!(
+        sha256_file(&c.path("get-out/model.safetensors")).unwrap(),
+        sha256_file(&weights).unwrap()
+    );
+    let grown: Vec<(String, u64)> = registry
+        .blob_bytes_served()
+        .into_iter()
+        .map(|(d, n)| (d.clone(), n - before_get.get(&d).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    eprintln!("after the Harbor preheat: get oci:// cost the registry {grown:?} blob bytes (the model config, which get reads itself)");
+    assert!(
+        grown.len() <= 1 && grown.iter().all(|(_, n)| *n < 1024),
+        "get after the preheat fetched layers from the registry: {grown:?}"
+    );
+    // Without the login the realm grants nothing and get says so in one line.
+    let out = c
+        .get_command(&nodes[0], &url, &c.path("get-denied"))
+        .args(["--plain-http"])
+        .env("HOME", c.path("home"))
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an anonymous get of a private repo");
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(
+        tokens
+            .issued()
+            .iter()
+            .any(|i| !i.granted && i.subject.is_empty()),
+        "the anonymous get asked the realm: {:?}",
+        tokens.issued()
+    );
 }
 
 #[test]
@@ -652,4 +737,180 @@ fn a_killed_scheduler_of_two_hands_its_tasks_on_and_is_marked_inactive() {
         .output()
         .unwrap();
     ok(&c, "get after the kill", &out);
+}
+
+/// An OCI image (image config, two tar+gzip layers) pushed as
+/// `library/app:<tag>`; returns the manifest's digest and its blobs'
+/// (digest, size).
+fn push_image(c: &Cluster, pusher: &Pusher, tag: &str, seed: u64) -> (String, Vec<(String, u64)>) {
+    let dir = c.path(&format!("image-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = dir.join("weights.bin");
+    safetensors_gen::write(&w, 6 * MIB + 3, seed).unwrap();
+    let big = std::fs::read(&w).unwrap();
+    let tars = [
+        oci_registry::tar_of(&[("app/weights.bin", big.as_slice())]),
+        oci_registry::tar_of(&[("app/run.sh", format!("echo {tag}\n").as_bytes())]),
+    ];
+    let layers: Vec<Vec<u8>> = tars
+        .iter()
+        .map(|t| oci_registry::gzip(t.as_slice()))
+        .collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/app/run.sh"]},
+        "rootfs": {"type": "layers", "diff_ids": tars.iter().map(|t| oci_registry::sha256_digest(t.as_slice())).collect::<Vec<_>>()},
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let repo = "library/app";
+    let mut blobs = vec![(
+        pusher.blob(repo, &config_bytes).unwrap(),
+        config_bytes.len() as u64,
+    )];
+    for l in &layers {
+        blobs.push((pusher.blob(repo, l).unwrap(), l.len() as u64));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0].0, "size": blobs[0].1},
+        "layers": blobs[1..].iter().map(|(d, n)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n,
+        })).collect::<Vec<_>>(),
+    });
+    let digest = pusher
+        .manifest(
+            repo,
+            tag,
+            "application/vnd.oci.image.manifest.v1+json",
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+    (digest, blobs)
+}
+
+#[test]
+fn containerd_fetches_an_image_through_the_mirror_with_a_hosts_toml() {
+    setup_registry();
+    setup("scripts/setup-containerd");
+    let mut c = Cluster::new(BIN).unwrap();
+    let registry = Registry::start(&c.path("registry"), None).unwrap();
+    let pusher = Pusher::new(&registry.addr, None);
+    let (v1, v1_blobs) = push_image(&c, &pusher, "v1", 21);
+    let (sched, _) = c.scheduler().unwrap();
+    let upstream = format!("http://{}", registry.addr);
+    c.daemon("seed", &sched, true, &["--registry-upstream", &upstream])
+        .unwrap();
+    let mirror_args = [
+        "--registry-listen",
+        "127.0.0.1:0",
+        "--registry-upstream",
+        upstream.as_str(),
+    ];
+    let nodes: Vec<Daemon> = (0..2)
+        .map(|i| {
+            c.daemon(&format!("node{i}"), &sched, false, &mirror_args)
+                .unwrap()
+        })
+        .collect();
+    // containerd's socket path must be short: its own directory in /tmp.
+    let short = tempfile::Builder::new()
+        .prefix("wc-ctr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let node_containerd = |i: usize| {
+        let d = Containerd::start(&short.path().join(format!("n{i}"))).unwrap();
+        let mirror = nodes[i].ready.registry_addr.clone().unwrap();
+        let hosts = d.hosts_dir("certs.d", &registry.addr, &mirror).unwrap();
+        (d, hosts)
+    };
+    let fetch = |d: &Containerd, hosts: &Path, tag: &str, digest: &str, blobs: &[(String, u64)]| {
+        let reference = format!("{}/library/app:{tag}", registry.addr);
+        let out = d.fetch(hosts, &reference).unwrap();
+        ok(
+            &c,
+            &format!("ctr content fetch {reference} --hosts-dir"),
+            &out,
+        );
+        let have = d.content_digests().unwrap();
+        for want in std::iter::once(digest).chain(blobs.iter().map(|(d, _)| d.as_str())) {
+            assert!(
+                have.iter().any(|h| h == want),
+                "{want} not in containerd's store: {have:?}\n{}",
+                d.log_text()
+            );
+        }
+    };
+    let served = |blobs: &[(String, u64)]| -> Vec<u64> {
+        let all = registry.blob_bytes_served();
+        blobs
+            .iter()
+            .map(|(d, _)| all.get(d).copied().unwrap_or(0))
+            .collect()
+    };
+    // Cold: node0's containerd pulls through node0's mirror; the registry
+    // serves each blob about once (to the seed), none twice.
+    let (ca, hosts_a) = node_containerd(0);
+    let t0 = Instant::now();
+    fetch(&ca, &hosts_a, "v1", &v1, &v1_blobs);
+    let cold_s = t0.elapsed().as_secs_f64();
+    let total: u64 = v1_blobs.iter().map(|(_, n)| n).sum();
+    let cold = served(&v1_blobs);
+    eprintln!("ctr content fetch through the mirror, cold ({total} blob bytes): {cold_s:.2} s, registry sent {cold:?} for sizes {:?}", v1_blobs.iter().map(|(_, n)| *n).collect::<Vec<_>>());
+    for ((d, size), sent) in v1_blobs.iter().zip(&cold) {
+        assert!(
+            *sent >= *size && *sent as f64 <= *size as f64 * 1.1,
+            "{d}: the registry sent {sent} bytes for a {size}-byte blob\n{}",
+            c.logs()
+        );
+    }
+    // Another node's containerd: the swarm has it all.
+    let (cb, hosts_b) = node_containerd(1);
+    fetch(&cb, &hosts_b, "v1", &v1, &v1_blobs);
+    assert_eq!(
+        served(&v1_blobs),
+        cold,
+        "a second node's pull went to the registry"
+    );
+    // A new tag, preheated (as Harbor would, by manifest URL) to every
+    // peer: the pull after it costs the registry nothing.
+    let (v2, v2_blobs) = push_image(&c, &pusher, "v2", 22);
+    let t0 = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "preheat",
+            &format!("http://{}/v2/library/app/manifests/v2", registry.addr),
+            "--type",
+            "image",
+            "--scheduler",
+            &sched,
+            "--scope",
+            "all_peers",
+            "--json",
+        ])
+        .env("HOME", c.path("home"))
+        .output()
+        .unwrap();
+    ok(
+        &c,
+        "weightcast preheat --type image --scope all_peers",
+        &out,
+    );
+    let preheat_s = t0.elapsed().as_secs_f64();
+    let during: u64 = served(&v2_blobs).iter().sum();
+    let v2_total: u64 = v2_blobs.iter().map(|(_, n)| n).sum();
+    fetch(&cb, &hosts_b, "v2", &v2, &v2_blobs);
+    let after: u64 = served(&v2_blobs).iter().sum::<u64>() - during;
+    eprintln!("preheat of an image by manifest URL (all_peers, {v2_total} blob bytes): {preheat_s:.2} s, registry sent {during}; ctr content fetch after it: {after} registry blob bytes");
+    assert!(
+        during as f64 <= v2_total as f64 * 1.1,
+        "{during} for {v2_total}"
+    );
+    assert_eq!(
+        after,
+        0,
+        "the pull after the preheat went to the registry\n{}",
+        c.logs()
+    );
 }

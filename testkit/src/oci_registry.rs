@@ -1,8 +1,10 @@
 //! A real OCI registry on loopback for tests and benchmarks: Debian's
-//! `docker-registry` (distribution 2.8), anonymous or behind htpasswd, with
-//! artifacts pushed over the distribution API and the bytes it served read
-//! back from its access log. `scripts/setup-registry` installs it.
+//! `docker-registry` (distribution 2.8), anonymous, behind htpasswd, or
+//! behind a token realm ([`crate::registry_token`], as Harbor runs it),
+//! with artifacts pushed over the distribution API and the bytes it served
+//! read back from its access log. `scripts/setup-registry` installs it.
 
+use crate::registry_token::TokenServer;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -60,19 +62,36 @@ impl Registry {
     /// that user's basic auth.
     pub fn start(dir: &Path, user: Option<(&str, &str)>) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let auth = match user {
+            Some((u, p)) => {
+                let file = dir.join("htpasswd");
+                std::fs::write(&file, htpasswd_line(u, p)? + "\n")?;
+                Some(format!(
+                    "auth:\n  htpasswd:\n    realm: weightcast-test\n    path: {}\n",
+                    file.display()
+                ))
+            }
+            None => None,
+        };
+        Self::start_with(dir, auth)
+    }
+
+    /// Starts a registry storing under `dir` that takes only tokens from
+    /// `tokens`' realm (distribution's `auth: token:`, Harbor's scheme).
+    pub fn start_with_tokens(dir: &Path, tokens: &TokenServer) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Self::start_with(dir, Some(tokens.registry_auth_yaml()))
+    }
+
+    fn start_with(dir: &Path, auth: Option<String>) -> Result<Self> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.join("data").display()
         );
-        if let Some((u, p)) = user {
-            let file = dir.join("htpasswd");
-            std::fs::write(&file, htpasswd_line(u, p)? + "\n")?;
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: weightcast-test\n    path: {}\n",
-                file.display()
-            ));
+        if let Some(a) = auth {
+            config.push_str(&a);
         }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config)?;
@@ -104,8 +123,9 @@ impl Registry {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Body bytes the registry sent for each blob digest (GETs only), read
-    /// from its "response completed" log lines.
+    /// Body bytes the registry sent for each blob digest (successful GETs
+    /// only: a 401's error body is no blob byte), read from its "response
+    /// completed" log lines.
     pub fn blob_bytes_served(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         for line in self.log_text().lines() {
@@ -117,11 +137,16 @@ impl Registry {
                 let rest = line[i..].trim_start_matches('"');
                 rest.split(['"', ' ']).next().map(str::to_string)
             };
-            let (Some(uri), Some(written)) =
-                (field("http.request.uri="), field("http.response.written="))
-            else {
+            let (Some(uri), Some(written), Some(status)) = (
+                field("http.request.uri="),
+                field("http.response.written="),
+                field("http.response.status="),
+            ) else {
                 continue;
             };
+            if !status.starts_with('2') {
+                continue;
+            }
             if let Some((_, digest)) = uri.split_once("/blobs/") {
                 *out.entry(digest.to_string()).or_insert(0) += written.parse::<u64>().unwrap_or(0);
             }
@@ -145,21 +170,37 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 pub struct Pusher {
     client: reqwest::blocking::Client,
     base: String,
-    auth: Option<(String, String)>,
+    /// The whole `Authorization` value sent with every request.
+    authorization: Option<String>,
 }
 
 impl Pusher {
+    /// Pushes with a Basic login, or anonymously.
     pub fn new(registry: &str, auth: Option<(&str, &str)>) -> Self {
+        use base64::Engine as _;
+        Self::with_authorization(
+            registry,
+            auth.map(|(u, p)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            }),
+        )
+    }
+
+    /// Pushes with `authorization` as given (`Bearer <push token>`).
+    pub fn with_authorization(registry: &str, authorization: Option<String>) -> Self {
         Self {
             client: reqwest::blocking::Client::new(),
             base: format!("http://{registry}"),
-            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            authorization,
         }
     }
 
     fn req(&self, r: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-        match &self.auth {
-            Some((u, p)) => r.basic_auth(u, Some(p)),
+        match &self.authorization {
+            Some(a) => r.header(reqwest::header::AUTHORIZATION, a),
             None => r,
         }
     }
