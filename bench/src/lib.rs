@@ -9,11 +9,14 @@
 //! - `hf-endpoint`: the real `hf` client through daemons against the Hub.
 //! - `rdma-vm-check`: the RDMA end-to-end check inside the soft-RoCE VM.
 //!
+//! - [`link`]: `weightcast-bench link`, one parent and one child against
+//!   iperf3, the hashing ceiling and a cgroup memory limit.
 //! - [`netns`]: hosts as network namespaces on a bridge, with tbf caps.
 //! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
 //! - [`report`]: markdown tables, JSON and SVG CDFs of the runs; [`stats`]:
 //!   medians.
 
+pub mod link;
 pub mod netns;
 pub mod report;
 pub mod scenarios;
