@@ -141,8 +141,8 @@ struct Hashing {
 
 /// Hashes the file's pieces (its real piece size) on 1 and on `threads`
 /// threads, sha256 and BLAKE3; the pages are mapped and populated first, so
-/// this is the hash alone.
-fn hashing(path: &Path, threads: usize) -> Result<Hashing> {
+/// this is the hash alone. Returns the whole file's sha256 too.
+fn hashing(path: &Path, threads: usize) -> Result<(Hashing, String)> {
     let file = std::fs::File::open(path)?;
     // SAFETY: the benchmark's own data file, which nothing writes while it is
     // mapped here.
@@ -170,12 +170,21 @@ fn hashing(path: &Path, threads: usize) -> Result<Hashing> {
     let b3 = |p: &[u8]| {
         std::hint::black_box(blake3::hash(p));
     };
-    Ok(Hashing {
-        sha256_1: timed(1, &sha),
-        sha256_all: timed(threads, &sha),
-        blake3_1: timed(1, &b3),
-        blake3_all: timed(threads, &b3),
-    })
+    let whole = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&map[..]);
+        hex::encode(h.finalize())
+    };
+    Ok((
+        Hashing {
+            sha256_1: timed(1, &sha),
+            sha256_all: timed(threads, &sha),
+            blake3_1: timed(1, &b3),
+            blake3_all: timed(threads, &b3),
+        },
+        whole,
+    ))
 }
 
 /// Bytes per second iperf3 moves from `from` to `to` (listening at
@@ -432,7 +441,7 @@ fn loopback(a: &LinkArgs, bin: &Path, md: &mut String) -> Result<()> {
     let mut runs = Vec::new();
     for run in 1..=a.runs.max(1) {
         let iperf = iperf3(&place, &place, "127.0.0.1", a.size)?;
-        let hash = hashing(&data, cores())?;
+        let (hash, _) = hashing(&data, cores())?;
         let child = parent.child_run(&place, &format!("child{run}"), &[])?;
         let r = LoopbackRun { iperf, hash, child };
         let wc = a.size as f64 / r.child.to_last;
@@ -456,14 +465,6 @@ fn loopback(a: &LinkArgs, bin: &Path, md: &mut String) -> Result<()> {
     let ratio = col(&|r| size / r.child.to_last / r.iperf.min(r.hash.sha256_all));
     let vs_iperf = col(&|r| size / r.child.to_last / r.iperf);
     let vs_sha = col(&|r| size / r.child.to_last / r.hash.sha256_all);
-    // On one machine both ends and both hash passes share the cores: per
-    // byte, the time iperf3 takes (both ends' copies, all cores busy) plus
-    // two sha256 passes on all cores.
-    let shared = |r: &LoopbackRun| 1.0 / (1.0 / r.iperf + 2.0 / r.hash.sha256_all);
-    let shared_b3 =
-        |r: &LoopbackRun| 1.0 / (1.0 / r.iperf + 1.0 / r.hash.sha256_all + 1.0 / r.hash.blake3_all);
-    let vs_shared =
-        col(&|r| (size - r.child.first_bytes as f64) / r.child.first_to_last / shared(r));
     let n = cores();
     md.push_str(&format!(
         "## Loopback: one parent, one child, {} on tmpfs ({} runs, median (range))\n\n",
@@ -509,18 +510,6 @@ fn loopback(a: &LinkArgs, bin: &Path, md: &mut String) -> Result<()> {
         (
             format!("child / sha256 on {n} cores"),
             summary(&vs_sha, pct),
-        ),
-        (
-            "shared-core ceiling, derived: 1 / (1/iperf3 + 2/sha256 on all cores)".into(),
-            summary(&col(&shared), rate),
-        ),
-        (
-            "child (first piece → last) / shared-core ceiling".into(),
-            summary(&vs_shared, pct),
-        ),
-        (
-            "shared-core ceiling with BLAKE3 piece digests, derived: 1 / (1/iperf3 + 1/sha256 + 1/blake3)".into(),
-            summary(&col(&shared_b3), rate),
         ),
         (
             "child VmHWM / RssAnon / RssFile+Shmem at the end".into(),
