@@ -9,6 +9,8 @@
 //! - `hf-endpoint`: the real `hf` client through daemons against the Hub.
 //! - `rdma-vm-check`: the RDMA end-to-end check inside the soft-RoCE VM.
 //!
+//! - [`link`]: `weightcast-bench link`, one parent and one child against
+//!   iperf3, the hashing ceiling and a cgroup memory limit.
 //! - [`netns`]: hosts as network namespaces on a bridge, with tbf caps.
 //! - [`scenarios`]: fan-out, heterogeneous, zones and churn runs of each system.
 //! - [`report`]: markdown tables, JSON and SVG CDFs of the runs; [`stats`]:
@@ -18,6 +20,7 @@
 //! - [`sched_load`]: one real scheduler process under thousands of gRPC
 //!   sessions (`weightcast-bench sched-load`).
 
+pub mod link;
 pub mod netns;
 pub mod report;
 pub mod scenarios;

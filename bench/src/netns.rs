@@ -15,6 +15,24 @@
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
+/// `100mbit`, `1gbit`, `500kbit`, or plain bits per second.
+pub fn parse_bits(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = t.strip_suffix("gbit") {
+        (n, 1e9)
+    } else if let Some(n) = t.strip_suffix("mbit") {
+        (n, 1e6)
+    } else if let Some(n) = t.strip_suffix("kbit") {
+        (n, 1e3)
+    } else {
+        (t.as_str(), 1.0)
+    };
+    num.trim()
+        .parse::<f64>()
+        .map(|n| (n * mult) as u64)
+        .map_err(|_| format!("invalid bandwidth {s:?}: use e.g. 100mbit"))
+}
+
 /// Runs a command, failing with its stderr.
 fn sh(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])

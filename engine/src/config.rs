@@ -38,6 +38,10 @@ pub struct EngineConfig {
     /// piece the seed just sent to another is told to take it from the
     /// peers (see `weightcast_tcp::SendOnce`). `None`: always send.
     pub seed_send_once: Option<Duration>,
+    /// Bytes of verified pieces each task file keeps mapped; older ones
+    /// are unmapped and dropped from the page cache (see
+    /// `weightcast_store::resident`). 0: keep every page.
+    pub mapped_window: u64,
     /// Pieces in flight per task.
     pub pieces_in_flight: usize,
     /// Pieces in flight per task from one parent.
@@ -70,6 +74,7 @@ impl EngineConfig {
             upload_slots: 16,
             upload_concurrency: 4,
             seed_send_once: Some(Duration::from_secs(5)),
+            mapped_window: weightcast_store::DEFAULT_MAPPED_WINDOW,
             pieces_in_flight: 16,
             pieces_per_parent: 4,
             stall_timeout: Duration::from_secs(30),

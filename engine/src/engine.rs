@@ -103,7 +103,8 @@ impl Engine {
     /// Binds the upload server and, with a scheduler configured, starts the
     /// link to it (connecting in the background).
     pub async fn start(config: EngineConfig) -> Result<Arc<Engine>, StartError> {
-        let store = Arc::new(Store::new(&config.data_dir)?);
+        let store =
+            Arc::new(Store::new(&config.data_dir)?.with_mapped_window(config.mapped_window));
         let metrics = Arc::new(EngineMetrics::default());
         let rdma = open_rdma(&config)?;
         metrics.inc(&metrics.rdma_enabled, rdma.is_some() as u64);

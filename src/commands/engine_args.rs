@@ -151,6 +151,12 @@ pub struct EngineArgs {
     /// let pieces complete, and be forwarded, sooner.
     #[arg(long, env = "WEIGHTCAST_UPLOAD_CONCURRENCY", default_value_t = 4)]
     pub upload_concurrency: u32,
+    /// Bytes of verified pieces each file keeps mapped in memory (the most
+    /// recently written or served); older pieces are unmapped and dropped
+    /// from the page cache, so memory stays flat however big the file. 0
+    /// keeps every page (a container's memory limit then counts them all).
+    #[arg(long, env = "WEIGHTCAST_MAPPED_WINDOW", default_value = "32MiB", value_parser = byte_size::parse)]
+    pub mapped_window: u64,
     /// Pieces of one task fetched at once, spread over the parents: one
     /// per parent when there are enough of them.
     #[arg(long, env = "WEIGHTCAST_PIECES_IN_FLIGHT", default_value_t = 16)]
@@ -213,6 +219,7 @@ impl EngineArgs {
         c.more_schedulers = endpoints.collect();
         c.upload_slots = self.upload_slots;
         c.upload_concurrency = self.upload_concurrency.max(1);
+        c.mapped_window = self.mapped_window;
         c.pieces_in_flight = self.pieces_in_flight.max(1);
         c.pieces_per_parent = self.pieces_per_parent.max(1);
         c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));

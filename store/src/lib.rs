@@ -9,6 +9,9 @@
 //!   holds) and [`VerifiedPiece`] (read-only, verified pieces only).
 //! - [`task_file`]: one task's file, its piece states, creation and resume.
 //! - [`store`]: tasks opened on demand and shared; discard.
+//! - [`resident`]: the mapped working set: verified pieces that fall out
+//!   of a small window are unmapped and dropped from the page cache, so a
+//!   daemon's memory stays flat whatever the file's size.
 //! - [`running_hash`]: the whole-file sha256, fed piece by piece.
 //! - [`export`]: a verified file placed at a user's path as a file of its
 //!   own (reflink, else an in-kernel copy), atomically.
@@ -24,6 +27,7 @@ pub mod file_digest;
 pub mod layout;
 pub mod mapping;
 pub mod piece_table;
+pub mod resident;
 pub mod running_hash;
 pub mod store;
 pub mod task_file;
@@ -33,6 +37,7 @@ pub use export::{ExportError, Placement};
 pub use file_digest::sha256_file;
 pub use layout::TaskMeta;
 pub use mapping::{PieceWrite, VerifiedPiece};
+pub use resident::DEFAULT_WINDOW as DEFAULT_MAPPED_WINDOW;
 pub use running_hash::RunningSha256;
 pub use store::Store;
 pub use task_file::TaskFile;

@@ -58,6 +58,55 @@ impl Mapping {
         range.start <= range.end && (range.is_empty() || range.end <= len)
     }
 
+    /// Hands `range`'s pages back to the kernel (see
+    /// [`resident`](crate::resident)): unmaps them from this process and
+    /// drops them from the page cache once written back (writeback starts
+    /// here for any still dirty; those stay cached, clean and reclaimable,
+    /// until it ends). Never loses a byte, and a later read faults the pages
+    /// back in from the file; errors are only logged, as the data is safe
+    /// either way.
+    pub(crate) fn release(&self, file: &File, range: &Range<u64>) {
+        use std::os::fd::AsRawFd;
+        let Some(map) = &self.0 else { return };
+        if range.is_empty() || !self.contains(range) {
+            return;
+        }
+        // Piece ranges start on a piece boundary (a power of two of at least
+        // 1 MiB), so `start` is page-aligned as madvise needs; the kernel
+        // rounds the length up to whole pages, which at the file's end stay
+        // inside the mapping's last page.
+        let len = (range.end - range.start) as usize;
+        // SAFETY: the range lies inside the mapping (checked above). On a
+        // shared file mapping MADV_DONTNEED only removes this process's page
+        // table entries: dirty data moves to the page cache, and any later
+        // access (a reader's slice included) faults the same file bytes back
+        // in, so no Rust reference into the range ever sees other bytes.
+        let rc = unsafe {
+            libc::madvise(
+                map.as_mut_ptr().add(range.start as usize).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!(error = %e, "madvise(MADV_DONTNEED) on a released piece failed");
+        }
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(range.start),
+            libc::off_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: a plain syscall on a descriptor that `file` keeps open.
+        let rc =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            let e = std::io::Error::from_raw_os_error(rc);
+            tracing::debug!(error = %e, "posix_fadvise(DONTNEED) on a released piece failed");
+        }
+    }
+
     /// # Safety
     /// `range` lies inside the mapping ([`Mapping::contains`]), and nothing
     /// else reads or writes it while the slice lives.
@@ -149,7 +198,7 @@ impl PieceWrite {
                 });
             }
         }
-        self.file.mark_verified(self.num, got);
+        self.file.mark_verified(self.num, got, &self.range);
         Ok(got)
     }
 }
@@ -173,18 +222,26 @@ impl WritePermit for PieceWrite {
     }
 }
 
-/// A verified piece's bytes; keeps the mapping alive while they are sent.
+/// A verified piece's bytes; keeps the mapping alive while they are sent,
+/// and the piece's pages mapped (it counts as a reader in the task's
+/// [`resident`](crate::resident) set until dropped).
 pub struct VerifiedPiece {
     file: Arc<TaskFile>,
+    num: u32,
     range: Range<u64>,
 }
 
 impl VerifiedPiece {
     /// # Safety
-    /// The piece whose range is `range` (inside the mapping) is verified in
-    /// `file`, so it is never written again.
-    pub(crate) unsafe fn new(file: Arc<TaskFile>, range: Range<u64>) -> Self {
-        Self { file, range }
+    /// Piece `num`, whose range is `range` (inside the mapping), is verified
+    /// in `file`, so it is never written again; the caller has counted this
+    /// value as a reader of it (its drop ends that).
+    pub(crate) unsafe fn new(file: Arc<TaskFile>, num: u32, range: Range<u64>) -> Self {
+        Self { file, num, range }
+    }
+
+    pub fn num(&self) -> u32 {
+        self.num
     }
 
     /// The task file and the piece's range in it, for a transport that
@@ -196,6 +253,12 @@ impl VerifiedPiece {
 
     pub fn range(&self) -> Range<u64> {
         self.range.clone()
+    }
+}
+
+impl Drop for VerifiedPiece {
+    fn drop(&mut self) {
+        self.file.reader_done(self.num);
     }
 }
 

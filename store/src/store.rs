@@ -4,6 +4,7 @@
 
 use crate::error::{io_err, StoreError};
 use crate::layout::{StoreLayout, TaskMeta};
+use crate::resident::DEFAULT_WINDOW;
 use crate::task_file::TaskFile;
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +15,9 @@ use weightcast_types::TaskId;
 pub struct Store {
     layout: StoreLayout,
     open: Mutex<HashMap<TaskId, Arc<TaskFile>>>,
+    /// Bytes of verified pieces each task file keeps mapped (see
+    /// [`resident`](crate::resident)); 0 keeps everything.
+    mapped_window: u64,
 }
 
 impl Store {
@@ -23,7 +27,16 @@ impl Store {
         Ok(Self {
             layout,
             open: Mutex::new(HashMap::new()),
+            mapped_window: DEFAULT_WINDOW,
         })
+    }
+
+    /// Keeps `bytes` of verified pieces mapped per task file instead of
+    /// [`DEFAULT_WINDOW`]; 0 never releases a page (the kernel alone
+    /// decides, and a container's memory limit counts every page touched).
+    pub fn with_mapped_window(mut self, bytes: u64) -> Self {
+        self.mapped_window = bytes;
+        self
     }
 
     /// The open tasks; a panic while the map was held left it whole.
@@ -68,8 +81,10 @@ impl Store {
             piece_size: PieceLayout::for_length(content_length).piece_size,
         };
         let file = match dir.read_meta() {
-            Some(on_disk) if on_disk.resumable_as(&meta) => TaskFile::resume(id, dir, &meta)?,
-            _ => TaskFile::create(id, dir, &meta)?,
+            Some(on_disk) if on_disk.resumable_as(&meta) => {
+                TaskFile::resume(id, dir, &meta, self.mapped_window)?
+            }
+            _ => TaskFile::create(id, dir, &meta, self.mapped_window)?,
         };
         let mut open = self.open_tasks();
         // Someone opened the same task meanwhile: one TaskFile per task, so
@@ -267,5 +282,81 @@ mod tests {
         let again = store.open_or_create(id, "u", 100).unwrap();
         assert!(!Arc::ptr_eq(&again, &t));
         assert!(again.verified_pieces().is_empty());
+    }
+
+    /// Bytes of `path` mapped into this process now (its `Rss` in
+    /// /proc/self/smaps): each test has a file of its own, so tests running
+    /// in parallel do not mix.
+    fn mapped_rss(path: &std::path::Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let want = path.to_str().unwrap();
+        let mut ours = false;
+        let mut kb = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                ours = line.trim_end().ends_with(want);
+            } else if ours && first == "Rss:" {
+                kb += line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        kb * 1024
+    }
+
+    /// Writes and reads a 64-piece file through a store with `window`;
+    /// returns the file's mapped bytes at the end, checking every byte.
+    fn mapped_after_64_pieces(window: u64) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).unwrap().with_mapped_window(window);
+        let len = 64 * MIN_PIECE_SIZE;
+        let t = store
+            .open_or_create(TaskId::from_url("u"), "u", len)
+            .unwrap();
+        assert_eq!(t.layout.piece_size, MIN_PIECE_SIZE);
+        for n in 0..64u32 {
+            let mut w = t.begin_write(n).unwrap();
+            w.buf().fill(n as u8 + 1);
+            w.commit(None).unwrap();
+        }
+        let after_writing = mapped_rss(&t.data_path());
+        // Served: every piece read once, then piece 3 kept by a reader.
+        for n in 0..64u32 {
+            let p = t.verified_piece(n).unwrap();
+            assert!(p.as_ref().iter().all(|b| *b == n as u8 + 1), "piece {n}");
+        }
+        let held = t.verified_piece(3).unwrap();
+        for n in 10..64u32 {
+            drop(t.verified_piece(n).unwrap());
+        }
+        assert!(
+            held.as_ref().iter().all(|b| *b == 4),
+            "a held piece keeps its bytes"
+        );
+        let after_serving = mapped_rss(&t.data_path());
+        // Released pages come back from the file, byte for byte.
+        let on_disk = crate::sha256_file(&t.data_path()).unwrap();
+        assert_eq!(on_disk, hex::encode(t.sha256()));
+        after_writing.max(after_serving)
+    }
+
+    #[test]
+    fn verified_pieces_past_the_window_leave_the_mapping_and_keep_their_bytes() {
+        let window = 4 * MIN_PIECE_SIZE;
+        let kept = mapped_after_64_pieces(window);
+        // The window, the newest piece and the held one at most.
+        assert!(
+            kept <= window + 2 * MIN_PIECE_SIZE,
+            "{kept} bytes of a 64 MiB file still mapped with a 4 MiB window"
+        );
+        let everything = mapped_after_64_pieces(0);
+        assert!(
+            everything >= 60 * MIN_PIECE_SIZE,
+            "without a window the whole file stays mapped ({everything} bytes): the measure works"
+        );
     }
 }

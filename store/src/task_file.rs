@@ -11,8 +11,10 @@ use crate::error::{io_err, StoreError};
 use crate::layout::{TaskDir, TaskMeta};
 use crate::mapping::{Mapping, PieceWrite, VerifiedPiece};
 use crate::piece_table::PieceTable;
+use crate::resident::ResidentSet;
 use crate::running_hash::RunningSha256;
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use weightcast_types::piece::{PieceDigest, PieceLayout};
@@ -33,6 +35,8 @@ pub struct TaskFile {
     map: Mapping,
     table: PieceTable,
     state: Mutex<PieceState>,
+    /// Which verified pieces keep their pages mapped.
+    resident: ResidentSet,
     /// The whole file's sha256, once known for a complete file: verified
     /// pieces never change, so cache hits need not hash again.
     whole_sha256: OnceLock<[u8; 32]>,
@@ -75,17 +79,23 @@ impl TaskFile {
         id: TaskId,
         dir: TaskDir,
         meta: &TaskMeta,
+        window: u64,
     ) -> Result<Arc<Self>, StoreError> {
         dir.remove();
         std::fs::create_dir_all(dir.path()).map_err(io_err(dir.path()))?;
-        let made = Self::create_in(id, &dir, meta);
+        let made = Self::create_in(id, &dir, meta, window);
         if made.is_err() {
             dir.remove();
         }
         made
     }
 
-    fn create_in(id: TaskId, dir: &TaskDir, meta: &TaskMeta) -> Result<Arc<Self>, StoreError> {
+    fn create_in(
+        id: TaskId,
+        dir: &TaskDir,
+        meta: &TaskMeta,
+        window: u64,
+    ) -> Result<Arc<Self>, StoreError> {
         let data_path = dir.data();
         let data = OpenOptions::new()
             .read(true)
@@ -100,7 +110,7 @@ impl TaskFile {
         // meta.json last: a task dir without it is never resumed.
         dir.write_meta(meta)?;
         let n = layout.piece_count() as usize;
-        Self::assemble(id, dir.clone(), layout, data, table, n).map(Arc::new)
+        Self::assemble(id, dir.clone(), layout, data, table, n, window).map(Arc::new)
     }
 
     /// The task on disk in `dir`, keeping only the pieces whose bytes still
@@ -110,29 +120,30 @@ impl TaskFile {
         id: TaskId,
         dir: TaskDir,
         meta: &TaskMeta,
+        window: u64,
     ) -> Result<Arc<Self>, StoreError> {
         let layout = PieceLayout::for_length(meta.content_length);
         let data_path = dir.data();
         let data = match open_rw(&data_path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Self::start_over(id, dir, meta, "its data file is missing")
+                return Self::start_over(id, dir, meta, window, "its data file is missing")
             }
             Err(e) => return Err(io_err(&data_path)(e)),
         };
         let len = data.metadata().map_err(io_err(&data_path))?.len();
         if len != meta.content_length {
-            return Self::start_over(id, dir, meta, "its data file has the wrong length");
+            return Self::start_over(id, dir, meta, window, "its data file has the wrong length");
         }
         let (table, claimed) = match PieceTable::open(&dir.pieces(), layout.piece_count()) {
             Ok(t) => t,
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Self::start_over(id, dir, meta, "its piece table is missing")
+                return Self::start_over(id, dir, meta, window, "its piece table is missing")
             }
             Err(e) => return Err(e),
         };
         let n = layout.piece_count() as usize;
-        let file = Arc::new(Self::assemble(id, dir, layout, data, table, n)?);
+        let file = Arc::new(Self::assemble(id, dir, layout, data, table, n, window)?);
         // Re-verify what the table claims through the one writer path: a
         // claimed piece is committed against its recorded digest.
         let mut kept = 0;
@@ -155,10 +166,11 @@ impl TaskFile {
         id: TaskId,
         dir: TaskDir,
         meta: &TaskMeta,
+        window: u64,
         why: &str,
     ) -> Result<Arc<Self>, StoreError> {
         tracing::warn!(task = %id, dir = %dir.path().display(), why, "task on disk cannot be resumed; starting it over");
-        Self::create(id, dir, meta)
+        Self::create(id, dir, meta, window)
     }
 
     fn assemble(
@@ -168,6 +180,7 @@ impl TaskFile {
         data: File,
         table: PieceTable,
         pieces: usize,
+        window: u64,
     ) -> Result<Self, StoreError> {
         let map = Mapping::map(&data, layout.content_length, &dir.data())?;
         Ok(Self {
@@ -181,6 +194,7 @@ impl TaskFile {
                 verified: vec![None; pieces],
                 writing: vec![false; pieces],
             }),
+            resident: ResidentSet::new(pieces, window),
             whole_sha256: OnceLock::new(),
         })
     }
@@ -219,12 +233,52 @@ impl TaskFile {
         }
     }
 
-    /// Called by [`PieceWrite::commit`] once the bytes matched.
-    pub(crate) fn mark_verified(&self, num: u32, digest: PieceDigest) {
+    /// Called by [`PieceWrite::commit`] once the bytes matched. Starts
+    /// writing the piece back now, so that it is clean, and can be dropped
+    /// from the page cache, by the time it leaves the resident window.
+    pub(crate) fn mark_verified(&self, num: u32, digest: PieceDigest, range: &Range<u64>) {
         self.record(num, Some(&digest));
         if let Some(v) = self.state().verified.get_mut(num as usize) {
             *v = Some(digest);
         }
+        self.start_writeback(range);
+        let out = self.resident.touch(num, range.end - range.start, false);
+        self.release(out);
+    }
+
+    /// Starts (does not wait for) the writeback of `range`; only a hint.
+    fn start_writeback(&self, range: &Range<u64>) {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(len)) = (
+            libc::off64_t::try_from(range.start),
+            libc::off64_t::try_from(range.end - range.start),
+        ) else {
+            return;
+        };
+        // SAFETY: a plain syscall on a descriptor that `self.data` keeps open.
+        let rc = unsafe {
+            libc::sync_file_range(self.data.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!(task = %self.id, error = %e, "sync_file_range on a verified piece failed");
+        }
+    }
+
+    /// Hands the pages of pieces that left the resident window back to the
+    /// kernel.
+    fn release(&self, pieces: Vec<u32>) {
+        for num in pieces {
+            if let Some(range) = self.layout.range(num) {
+                self.map.release(&self.data, &range);
+            }
+        }
+    }
+
+    /// Called when a [`VerifiedPiece`] goes.
+    pub(crate) fn reader_done(&self, num: u32) {
+        let out = self.resident.reader_done(num);
+        self.release(out);
     }
 
     /// Called when a [`PieceWrite`] goes.
@@ -297,9 +351,12 @@ impl TaskFile {
         if !self.map.contains(&range) {
             return None;
         }
+        let out = self.resident.touch(num, range.end - range.start, true);
+        self.release(out);
         // SAFETY: piece `num` is verified, and a verified piece is never
-        // claimed for writing again; its range lies inside the mapping.
-        Some(unsafe { VerifiedPiece::new(self.clone(), range) })
+        // claimed for writing again; its range lies inside the mapping; it
+        // was just counted as a reader, which the value's drop ends.
+        Some(unsafe { VerifiedPiece::new(self.clone(), num, range) })
     }
 
     /// sha256 of the whole file (call when complete).

@@ -7,6 +7,10 @@
 //! seeder). Needs root and iproute2; BitTorrent needs aria2, opentracker and
 //! mktorrent (`scripts/setup-bench` installs them).
 //!
+//! `weightcast-bench link`: one parent and one child at the link's limit
+//! (see `weightcast_bench::link`); needs iperf3, and root for the emulated
+//! link and the cgroup limit.
+//!
 //! `weightcast-bench hf-hub`: serves a directory as one repo of a
 //! Hugging Face–compatible test hub (see `weightcast_testkit::hf_hub`), for
 //! running the real `huggingface_hub` client or weightcast against it.
@@ -41,6 +45,10 @@ enum Command {
     /// Load one real `weightcast scheduler` process on loopback with
     /// thousands of gRPC sessions of simulated peers.
     SchedLoad(SchedLoadArgs),
+    /// One parent, one child: weightcast against iperf3 and the hashing
+    /// ceiling on loopback, against iperf3 on an emulated link, and the
+    /// daemons' memory from small to large files under a cgroup limit.
+    Link(weightcast_bench::link::LinkArgs),
 }
 
 #[derive(clap::Args)]
@@ -137,24 +145,6 @@ struct HfHubArgs {
     tree_page_size: usize,
 }
 
-/// `100mbit`, `1gbit`, `500kbit`, or plain bits per second.
-fn parse_bits(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = t.strip_suffix("gbit") {
-        (n, 1e9)
-    } else if let Some(n) = t.strip_suffix("mbit") {
-        (n, 1e6)
-    } else if let Some(n) = t.strip_suffix("kbit") {
-        (n, 1e3)
-    } else {
-        (t.as_str(), 1.0)
-    };
-    num.trim()
-        .parse::<f64>()
-        .map(|n| (n * mult) as u64)
-        .map_err(|_| format!("invalid bandwidth {s:?}: use e.g. 100mbit"))
-}
-
 #[derive(clap::Args)]
 struct ClusterArgs {
     /// Scenarios to run (default: all four).
@@ -170,7 +160,7 @@ struct ClusterArgs {
     #[arg(long, default_value = "256MiB", value_parser = byte_size::parse)]
     size: u64,
     /// Every host's upload and download cap (B), e.g. 100mbit.
-    #[arg(long, default_value = "100mbit", value_parser = parse_bits)]
+    #[arg(long, default_value = "100mbit", value_parser = netns::parse_bits)]
     bandwidth: u64,
     /// The weightcast binary (default: beside this one).
     #[arg(long)]
@@ -352,6 +342,7 @@ fn main() {
     });
     let result = match command {
         Command::Cluster(a) => cluster(a),
+        Command::Link(a) => weightcast_bench::link::run(a),
         Command::HfHub(_) | Command::Origin(_) | Command::Simulate(_) | Command::SchedLoad(_) => {
             unreachable!("handled above")
         }
