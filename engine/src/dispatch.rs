@@ -5,9 +5,9 @@
 //! [`cache_orders`].
 
 use crate::cache_orders;
+use crate::download::{DownloadSpec, Mode, TaskEvent};
 use crate::engine::{normalize_url, task_id};
 use crate::held;
-use crate::download::{DownloadSpec, Mode, TaskEvent};
 use crate::peer_transport::PeerTransport;
 use crate::runs::Runs;
 use crate::scheduler_link::LinkEvent;

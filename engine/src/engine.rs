@@ -6,8 +6,8 @@
 use crate::address;
 use crate::config::EngineConfig;
 use crate::dispatch;
-use crate::held;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
+use crate::held;
 use crate::load_report;
 use crate::metrics::EngineMetrics;
 use crate::object_pin::ObjectPins;

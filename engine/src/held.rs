@@ -66,6 +66,9 @@ pub(crate) async fn announce(runs: &Runs) {
         told += 1;
     }
     if told > 0 {
-        tracing::info!(tasks = told, "told the scheduler which finished tasks this peer holds");
+        tracing::info!(
+            tasks = told,
+            "told the scheduler which finished tasks this peer holds"
+        );
     }
 }

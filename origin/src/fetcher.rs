@@ -18,8 +18,8 @@ use crate::retry::{Backoff, RetryPolicy};
 use crate::sequential::SequentialBody;
 use crate::stats::OriginStats;
 use reqwest::Url;
-use std::ops::Range;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -353,8 +353,7 @@ impl OriginFetcher {
         }
         let call = self.call(url, auth)?;
         let expect = self.seen().get(call.url.as_str()).cloned();
-        let mut sink =
-            RangeSink::new(url, dst, Some(&*call.limit), &self.stats).expecting(expect);
+        let mut sink = RangeSink::new(url, dst, Some(&*call.limit), &self.stats).expecting(expect);
         let body = self.sequential().get(call.url.as_str()).cloned();
         if let Some(body) = body {
             self.read_sequential(&call, body, range, &mut sink).await?;

@@ -331,11 +331,20 @@ mod tests {
         h.insert("etag", "\"v1\"".parse().unwrap());
         assert!(check_identity("u", &was, Some(100), &h).is_ok());
         let e = check_identity("u", &was, Some(101), &h).unwrap_err();
-        assert!(matches!(e, OriginError::Changed { what: "length", .. }), "{e}");
-        assert!(!e.retryable(), "a changed object is not retried into a mixed file");
+        assert!(
+            matches!(e, OriginError::Changed { what: "length", .. }),
+            "{e}"
+        );
+        assert!(
+            !e.retryable(),
+            "a changed object is not retried into a mixed file"
+        );
         h.insert("etag", "\"v2\"".parse().unwrap());
         let e = check_identity("u", &was, Some(100), &h).unwrap_err();
-        assert!(matches!(e, OriginError::Changed { what: "ETag", .. }), "{e}");
+        assert!(
+            matches!(e, OriginError::Changed { what: "ETag", .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("run the command again"), "{e}");
         // An origin without ETags is checked by length only.
         let plain = Identity {

@@ -119,28 +119,17 @@ impl Task {
             && self.peers.get(peer).is_some_and(|p| !p.done)
     }
 
-    /// Some peer holds every piece, as the trusted digests confirm.
     fn someone_complete(&self) -> bool {
-        self.peers.values().any(|p| self.holds_all(p))
-    }
-
-    /// `p` said it is done and its confirmed pieces back that up (all of
-    /// them when the length is known): a peer that merely claims to be done
-    /// does not stop the task from getting a source.
-    fn holds_all(&self, p: &TaskPeer) -> bool {
-        p.done
-            && !p.pieces.is_empty()
-            && self
-                .piece_count()
-                .is_none_or(|n| p.pieces.len() as u64 >= n as u64)
+        self.peers.values().any(|p| p.done)
     }
 
     /// `p` holds or claims every piece, by the task's length or, while
     /// that is unknown, the length it claims.
     fn covers_whole(&self, p: &TaskPeer) -> bool {
-        let count = self
-            .piece_count()
-            .or_else(|| p.claimed_length.map(|l| PieceLayout::for_length(l).piece_count()));
+        let count = self.piece_count().or_else(|| {
+            p.claimed_length
+                .map(|l| PieceLayout::for_length(l).piece_count())
+        });
         count.is_some_and(|n| n > 0 && (p.pieces.len() + p.claims.len()) as u64 >= n as u64)
     }
 
@@ -381,7 +370,11 @@ impl Core {
         let length = tp.claimed_length.take();
         let mut out = Vec::new();
         if let Some(l) = length.filter(|&l| l > 0) {
-            if self.tasks.get(&id).is_some_and(|t| t.content_length.is_none()) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.content_length.is_none())
+            {
                 out.extend(self.learn_length(peer, id, l));
             }
         }
@@ -547,7 +540,11 @@ impl Core {
         let content_length = content_length.filter(|&l| l > 0);
         if self.trusted(&id, peer) {
             if let Some(l) = content_length {
-                if self.tasks.get(&id).is_some_and(|t| t.content_length.is_none()) {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.content_length.is_none())
+                {
                     out.extend(self.learn_length(peer, id, l));
                 }
             }
@@ -567,6 +564,9 @@ impl Core {
         // announced again after a restart of either side) is done; it
         // serves once the trusted digests confirm its pieces.
         let whole = task.peers.get(peer).is_some_and(|tp| task.covers_whole(tp));
+        // ... and one whose pieces nobody trusted confirmed yet needs a
+        // source all the same: the seed, or itself with no seed around.
+        let unconfirmed = task.peers.get(peer).is_some_and(|tp| !tp.claims.is_empty());
         if whole {
             if let Some(tp) = task.peers.get_mut(peer) {
                 tp.done = true;
@@ -579,7 +579,7 @@ impl Core {
             .is_some_and(|s| self.hosts.contains_key(s));
         // With the whole task on some peer, nobody needs the origin: the
         // newcomer is served by the peers that hold it.
-        if !source_alive && !task.someone_complete() {
+        if !source_alive && (!task.someone_complete() || (whole && unconfirmed)) {
             out.extend(self.choose_source(id, peer, SourceReason::NoSeed, now));
         }
         if self.tasks.get(&id).is_some_and(|t| !t.is_source(peer)) {

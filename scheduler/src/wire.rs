@@ -443,7 +443,6 @@ mod tests {
         );
         assert_eq!(
             out(ToPeer::Meta { content_length: 9 }),
-            digest: vec![],
             SchedMsg::Meta(pb::TaskMeta {
                 task_id: id().to_hex(),
                 content_length: 9

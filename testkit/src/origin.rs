@@ -76,7 +76,9 @@ fn cut_halfway(resp: Response) -> Response {
         left -= keep;
         Ok(chunk.slice(..keep))
     });
-    parts.headers.insert(header::CONNECTION, "close".parse().expect("a valid header"));
+    parts
+        .headers
+        .insert(header::CONNECTION, "close".parse().expect("a valid header"));
     Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 

@@ -956,7 +956,10 @@ fn a_peer_cannot_set_a_tasks_length_or_digests_before_its_source_does() {
         },
         t0(),
     );
-    assert!(out.is_empty(), "an unconfirmed piece is offered to nobody: {out:?}");
+    assert!(
+        out.is_empty(),
+        "an unconfirmed piece is offered to nobody: {out:?}"
+    );
     // The source's word is the task's.
     let out = core.handle(
         "seed",
@@ -968,12 +971,18 @@ fn a_peer_cannot_set_a_tasks_length_or_digests_before_its_source_does() {
     );
     assert_eq!(meta_to(&out, "a"), Some(2 << 20));
     done(&mut core, "seed", 0);
-    assert_eq!(core.stats.digest_conflicts, 1, "the liar's claim was refuted");
+    assert_eq!(
+        core.stats.digest_conflicts, 1,
+        "the liar's claim was refuted"
+    );
     hello(&mut core, host("late", false, 8));
     let out = register(&mut core, "late");
     let seed = entry(&out, "late", "seed").expect("the seed is a parent");
     assert_eq!(seed.pieces, vec![(0, [0; 32])], "with the source's digest");
-    assert!(entry(&out, "late", "liar").is_none(), "the liar holds nothing");
+    assert!(
+        entry(&out, "late", "liar").is_none(),
+        "the liar holds nothing"
+    );
 }
 
 #[test]
@@ -985,12 +994,17 @@ fn a_claim_counts_once_the_source_reports_the_same_digest() {
     register_with(&mut core, "b", &[1], None, t0());
     hello(&mut core, host("a", false, 8));
     let out = register(&mut core, "a");
-    assert!(entry(&out, "a", "b").is_none(), "b's claim is not confirmed yet");
+    assert!(
+        entry(&out, "a", "b").is_none(),
+        "b's claim is not confirmed yet"
+    );
     let out = done(&mut core, "seed", 1);
     // Confirmed: b becomes a parent of whoever is short of parents.
     assert!(
         core.parents_of(&task(), "a").contains(&"b".to_string())
-            || out.iter().any(|o| matches!(&o.msg, ToPeer::Available { parent, .. } if parent == "b")),
+            || out
+                .iter()
+                .any(|o| matches!(&o.msg, ToPeer::Available { parent, .. } if parent == "b")),
         "{out:?}"
     );
     hello(&mut core, host("c", false, 8));
@@ -1012,7 +1026,10 @@ fn after_a_scheduler_restart_a_peer_announcing_the_whole_task_serves_newcomers()
     }
     hello(&mut core, host("new", false, 8));
     let out = register(&mut core, "new");
-    assert!(!back_to_source(&out, "new"), "the origin is not needed: {out:?}");
+    assert!(
+        !back_to_source(&out, "new"),
+        "the origin is not needed: {out:?}"
+    );
     assert_eq!(meta_to(&out, "new"), Some(len));
     let mut parents = core.parents_of(&task(), "new");
     parents.sort();
@@ -1056,7 +1073,11 @@ fn a_tasks_digest_reaches_its_seed_only_when_the_task_id_is_that_digests() {
         hello(&mut core, host("seed", true, 8));
         hello(&mut core, host("a", false, 8));
         let d = [9u8; 32];
-        let id = if keyed { TaskId::from_sha256(&d) } else { task() };
+        let id = if keyed {
+            TaskId::from_sha256(&d)
+        } else {
+            task()
+        };
         let out = core.handle(
             "a",
             PeerEvent::Register {
