@@ -390,7 +390,15 @@ fn without_a_scheduler_get_falls_back_to_the_origin_unless_told_not_to() {
 fn origin_throttling_is_retried_after_its_retry_after() {
     let mut c = Cluster::new(BIN).unwrap();
     let (files, sha) = model(&c, 2 * MIB);
-    let (origin, addr) = c.origin(&files, Faults { fail_first: 2 }).unwrap();
+    let (origin, addr) = c
+        .origin(
+            &files,
+            Faults {
+                fail_first: 2,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
     let out = c.path("out.bin");
     let t0 = Instant::now();
     let s = summary(&get(

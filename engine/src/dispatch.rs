@@ -6,6 +6,8 @@
 
 use crate::cache_orders;
 use crate::download::{DownloadSpec, Mode, TaskEvent};
+use crate::engine::{normalize_url, task_id};
+use crate::held;
 use crate::peer_transport::PeerTransport;
 use crate::runs::Runs;
 use crate::scheduler_link::LinkEvent;
@@ -21,10 +23,12 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
     let peers = &runs.deps().peers;
     while let Some(ev) = events.recv().await {
         match ev {
+            LinkEvent::Connected => held::announce(&runs).await,
             LinkEvent::Reconnected => {
                 for run in runs.all() {
                     let _ = run.events.send(TaskEvent::Reconnected).await;
                 }
+                held::announce(&runs).await;
             }
             LinkEvent::Lost => {
                 for run in runs.all() {
@@ -32,11 +36,10 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                 }
             }
             LinkEvent::Message(SchedMsg::SeedTask(s)) => {
-                let Ok(id) = s.task_id.parse::<TaskId>() else {
-                    tracing::debug!(task = %s.task_id, "ignoring a seed order with a malformed task id");
+                let Some((id, url, digest)) = seed_order(s) else {
                     continue;
                 };
-                tracing::info!(task = %id, url = %s.url, "seeding task from its origin");
+                tracing::info!(task = %id, %url, "seeding task from its origin");
                 // Already downloading it from peers (a get, a preheat): that
                 // download becomes the source instead of waiting for one.
                 if cache_orders::become_source(&runs, &id).await {
@@ -44,8 +47,8 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                 }
                 runs.ensure(DownloadSpec {
                     id,
-                    url: s.url,
-                    digest: None,
+                    url,
+                    digest,
                     mode: Mode::Source,
                     back_to_source: true,
                     auth: None,
@@ -75,6 +78,34 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
             }
         }
     }
+}
+
+/// A seed order's task, URL and whole-file digest, when the order is one
+/// to obey: its task id must be the id of its URL or of its digest (the
+/// rule of [`weightcast_types::task_key`]). Otherwise whoever sent it could
+/// make this seed fetch one URL and serve its bytes under another task's
+/// name; such an order is refused (`None`) with a warning.
+fn seed_order(s: pb::SeedTask) -> Option<(TaskId, String, Option<[u8; 32]>)> {
+    let Ok(id) = s.task_id.parse::<TaskId>() else {
+        tracing::debug!(task = %s.task_id, "ignoring a seed order with a malformed task id");
+        return None;
+    };
+    let url = match normalize_url(&s.url) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(task = %id, url = %s.url, error = %e, "refusing a seed order with an unusable URL");
+            return None;
+        }
+    };
+    let digest = digest_from_slice(&s.digest);
+    let by_url = task_id(&url, None).is_ok_and(|u| u == id);
+    let by_digest = digest.is_some_and(|d| TaskId::from_sha256(&d) == id);
+    if !by_url && !by_digest {
+        tracing::warn!(task = %id, %url, "refusing a seed order whose task id is neither its URL's nor its digest's");
+        return None;
+    }
+    // A URL-keyed task is not held to a digest its id does not name.
+    Some((id, url, digest.filter(|_| by_digest)))
 }
 
 fn piece_list(pieces: Vec<pb::Piece>) -> Vec<(u32, [u8; 32])> {
@@ -146,5 +177,39 @@ fn decode(m: SchedMsg, peers: &PeerTransport) -> Option<(TaskId, SchedulerEvent)
             tracing::debug!(%task, "ignoring a scheduler message with a malformed task id");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(task_id: TaskId, url: &str, digest: Option<[u8; 32]>) -> pb::SeedTask {
+        pb::SeedTask {
+            task_id: task_id.to_hex(),
+            url: url.into(),
+            digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn a_seed_obeys_an_order_only_when_the_task_id_is_the_urls_or_the_digests() {
+        let url = "http://origin:8000/model.safetensors";
+        let by_url = task_id(url, None).unwrap();
+        let got = seed_order(order(by_url, url, None)).unwrap();
+        assert_eq!((got.0, got.2), (by_url, None));
+        let d = [7u8; 32];
+        let by_digest = TaskId::from_sha256(&d);
+        assert_eq!(
+            seed_order(order(by_digest, url, Some(d))).unwrap().2,
+            Some(d),
+            "a digest-keyed task is fetched and checked against its digest"
+        );
+        // Another task's id with this URL, or a digest that is not the id's.
+        let other = task_id("http://origin:8000/other.safetensors", None).unwrap();
+        assert!(seed_order(order(other, url, None)).is_none());
+        assert!(seed_order(order(by_digest, url, Some([8; 32]))).is_none());
+        assert!(seed_order(order(by_digest, url, None)).is_none());
+        assert!(seed_order(order(by_url, "not a url", None)).is_none());
     }
 }

@@ -283,6 +283,7 @@ impl Shell {
                 url: self.spec.url.clone(),
                 have: have.into_iter().map(|(n, d)| piece(n, d)).collect(),
                 content_length,
+                digest: self.spec.digest.map(|d| d.to_vec()).unwrap_or_default(),
             }),
             ToScheduler::Meta { content_length } => PeerMsg::Meta(pb::TaskMeta {
                 task_id,
@@ -371,16 +372,18 @@ impl Shell {
                     }
                 });
             }
-            Command::Discard => {
-                // Evicted: its RDMA region goes with it.
-                if let Some(node) = self.deps.peers.rdma_node() {
-                    node.evict(&self.spec.id);
-                }
-                self.deps.store.discard(&self.spec.id);
-            }
+            Command::Discard => self.discard(),
             Command::Finish(r) => return Some(self.finish(r)),
         }
         None
+    }
+
+    /// Deletes the task's files; its RDMA region goes with them.
+    fn discard(&self) {
+        if let Some(node) = self.deps.peers.rdma_node() {
+            node.evict(&self.spec.id);
+        }
+        self.deps.store.discard(&self.spec.id);
     }
 
     fn finish(&self, r: Result<(), Failure<ShellError>>) -> Result<Arc<TaskFile>, DownloadError> {
@@ -390,7 +393,14 @@ impl Shell {
                 url,
                 what: "finished without a file".into(),
             }),
-            Err(Failure::Shell(ShellError::Origin(e))) => Err(DownloadError::Origin(e)),
+            Err(Failure::Shell(ShellError::Origin(e))) => {
+                if matches!(e, OriginError::Changed { .. }) {
+                    // Its pieces are of two versions: none may be resumed
+                    // or served.
+                    self.discard();
+                }
+                Err(DownloadError::Origin(e))
+            }
             Err(Failure::Shell(ShellError::Store(e))) => Err(DownloadError::Store(e)),
             Err(Failure::Shell(ShellError::Panicked(what))) => {
                 Err(DownloadError::Internal { url, what })

@@ -7,6 +7,7 @@ use crate::address;
 use crate::config::EngineConfig;
 use crate::dispatch;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
+use crate::held;
 use crate::load_report;
 use crate::metrics::EngineMetrics;
 use crate::object_pin::ObjectPins;
@@ -129,6 +130,13 @@ impl Engine {
         if let (true, Some(hold)) = (config.seed, config.seed_send_once) {
             server = server.with_send_once(hold);
         }
+        // Test builds only: WEIGHTCAST_FAULT_CORRUPT_UPLOADS makes this peer
+        // a parent that sends corrupt pieces (the fault suite's bad peer).
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("WEIGHTCAST_FAULT_CORRUPT_UPLOADS").is_some() {
+            tracing::warn!("fault injection: every piece this peer uploads over TCP is corrupted (WEIGHTCAST_FAULT_CORRUPT_UPLOADS)");
+            server = server.with_corrupt_uploads();
+        }
         if let Some(node) = &rdma {
             server = server.with_rdma(Arc::new(StoreRdma {
                 node: node.clone(),
@@ -194,6 +202,25 @@ impl Engine {
                 _ = dispatch::run(r, link_rx) => {}
             }
         });
+        if link.is_some() {
+            // What finished before a restart is served and announced again.
+            let stop = cancel.clone();
+            let r = runs.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = async {
+                        let complete = held::open_on_disk(r.deps().store.clone()).await;
+                        if complete > 0 {
+                            tracing::info!(tasks = complete, "finished swarm tasks on disk are served again");
+                        }
+                        if r.deps().link.as_ref().is_some_and(|l| l.is_connected()) {
+                            held::announce(&r).await;
+                        }
+                    } => {}
+                }
+            });
+        }
         if let Some(link) = link {
             let stop = cancel.clone();
             tracker.spawn(async move {

@@ -85,8 +85,8 @@ async fn file(
     let Some(path) = safe_join(&r.dir, &rel) else {
         return (StatusCode::BAD_REQUEST, "bad path\n").into_response();
     };
-    let len = match tokio::fs::metadata(&path).await {
-        Ok(m) if m.is_file() => m.len(),
+    let (len, etag) = match tokio::fs::metadata(&path).await {
+        Ok(m) if m.is_file() => (m.len(), etag_of(&m)),
         _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
     };
     let stats = r.stats.clone();
@@ -95,12 +95,23 @@ async fn file(
         &headers,
         &Content::File(path),
         len,
-        None,
+        Some(&etag),
         move |n| {
             stats.bytes_served.fetch_add(n, Ordering::Relaxed);
         },
     )
     .await
+}
+
+/// A file's `ETag`, as nginx makes one: its modification time and length,
+/// so a file rewritten in place gets another one and a downloader notices.
+fn etag_of(m: &std::fs::Metadata) -> String {
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("\"{mtime:x}-{:x}\"", m.len())
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //!   table, placing outputs) is the `weightcast-store` crate.
 //! - back-to-source (per-origin limits, retries, the Hub and registry
 //!   clients) is the `weightcast-origin` crate.
+//! - `held`: the finished tasks this peer holds, announced again on every
+//!   connection to a scheduler (after a restart of either side).
 //! - `cache_orders`: a scheduler's cache jobs (preheat a task, evict one).
 //! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
 //!   it told of this peer's upload load.
@@ -40,6 +42,7 @@ mod dispatch;
 pub mod download;
 pub mod engine;
 pub mod file_server;
+mod held;
 pub mod hf_endpoint;
 pub mod http_body;
 mod load_report;

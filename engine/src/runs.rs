@@ -87,6 +87,7 @@ impl Runs {
         m.inc(&m.tasks_active, 1);
         let runs = self.clone();
         let (id, url) = (spec.id, spec.url.clone());
+        let shared = spec.swarm && self.deps.link.is_some();
         let task = download::run(
             self.deps.clone(),
             spec,
@@ -113,6 +114,11 @@ impl Runs {
             let outcome = match r {
                 Ok(file) => {
                     m.inc(&m.tasks_completed, 1);
+                    if shared {
+                        if let Err(e) = runs.deps.store.mark_shared(&id) {
+                            tracing::warn!(task = %id, error = %e, "cannot mark the task as shared; after a restart this peer will not announce it");
+                        }
+                    }
                     let p = progress_alive.borrow().clone();
                     tracing::info!(task = %id, %url, from_peers = p.from_peers, from_origin = p.from_origin, "task complete");
                     Ok(file)

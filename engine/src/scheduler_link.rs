@@ -12,7 +12,8 @@
 //! Each stream reconnects by itself with backoff. When the set of connected
 //! schedulers changes after the first connection (one came back, or one
 //! died while others remain), the link emits [`LinkEvent::Reconnected`], so
-//! every running task registers again, with its owner now: the tasks of a
+//! every running task registers again, with its owner now (and the
+//! finished tasks this peer holds are announced again: `held`): the tasks of a
 //! dead scheduler move to the others and their downloads go on. Only when
 //! no scheduler is left does it emit [`LinkEvent::Lost`]. Messages sent
 //! while disconnected are dropped: re-registration carries the state.
@@ -45,6 +46,8 @@ pub const INBOUND_QUEUE: usize = 1024;
 #[derive(Debug)]
 pub enum LinkEvent {
     Message(SchedMsg),
+    /// The first stream came up: tell it what this peer holds.
+    Connected,
     /// The stream came back, or the set of connected schedulers changed:
     /// register again (each task with its owner).
     Reconnected,
@@ -197,9 +200,11 @@ impl SchedulerLink {
                     // The first connection needs no re-registration; any
                     // later one does (a scheduler may have restarted, or
                     // tasks may belong to this one now).
-                    if self.ever_connected.swap(true, Ordering::AcqRel)
-                        && self.events.send(LinkEvent::Reconnected).await.is_err()
-                    {
+                    let ev = match self.ever_connected.swap(true, Ordering::AcqRel) {
+                        true => LinkEvent::Reconnected,
+                        false => LinkEvent::Connected,
+                    };
+                    if self.events.send(ev).await.is_err() {
                         return;
                     }
                     while let Some(m) = inbound.next().await {

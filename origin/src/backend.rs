@@ -41,6 +41,9 @@ pub struct Stat {
     pub version: Option<String>,
     /// When the origin says the object last changed.
     pub last_modified: Option<SystemTime>,
+    /// The origin ignores `Range`: pieces are read from one plain GET in
+    /// order (see `sequential`).
+    pub sequential: bool,
 }
 
 /// One entry of a listing.
@@ -64,6 +67,16 @@ pub struct Target<'a> {
     pub authorization: Option<&'a str>,
 }
 
+/// What a ranged read must still find at the origin: the object as its
+/// stat saw it. A range from a changed object would make a file of two
+/// versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub content_length: u64,
+    /// The stat's `ETag`, when the origin sent one.
+    pub etag: Option<String>,
+}
+
 /// Where a ranged read puts its bytes: the caller's slice, filled in
 /// order. It survives attempts, so a retry resumes where the last attempt
 /// broke off ([`RangeSink::filled`]); it paces bytes by the origin's rate
@@ -74,6 +87,7 @@ pub struct RangeSink<'a> {
     filled: usize,
     limit: Option<&'a OriginLimit>,
     stats: &'a OriginStats,
+    expect: Option<Identity>,
 }
 
 impl<'a> RangeSink<'a> {
@@ -89,7 +103,18 @@ impl<'a> RangeSink<'a> {
             filled: 0,
             limit,
             stats,
+            expect: None,
         }
+    }
+
+    /// The object every answer must still be (see [`Identity`]).
+    pub fn expecting(mut self, expect: Option<Identity>) -> Self {
+        self.expect = expect;
+        self
+    }
+
+    pub fn expected(&self) -> Option<&Identity> {
+        self.expect.as_ref()
     }
 
     /// Bytes already in place.
@@ -158,6 +183,16 @@ pub trait Backend: Send + Sync {
 
     /// The object's length and what the origin says identifies it.
     async fn stat(&self, target: Target<'_>) -> Result<Stat, OriginError>;
+
+    /// A plain GET of the whole object, for an origin that ignores `Range`
+    /// ([`Stat::sequential`]).
+    async fn open_body(&self, target: Target<'_>) -> Result<reqwest::Response, OriginError> {
+        Err(OriginError::Unsupported {
+            url: target.url.to_string(),
+            backend: self.name(),
+            operation: "read an object without ranges",
+        })
+    }
 
     /// Reads `range` of the object into `sink`, in order. `range` starts
     /// where the sink is filled to (a retry asks for the rest only).

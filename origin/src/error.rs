@@ -71,6 +71,13 @@ pub enum OriginError {
     UnknownLength { url: String },
     #[error("{url} sent {got} bytes for a {want}-byte range")]
     ShortBody { url: String, got: u64, want: u64 },
+    #[error("{url} changed while it was being downloaded (its {what} was {was}, now {now}): the partial download was discarded, so that no file mixes two versions; run the command again to fetch the new version")]
+    Changed {
+        url: String,
+        what: &'static str,
+        was: String,
+        now: String,
+    },
     #[error("{url}: the origin refused the request ({status}): check the credentials (--hf-token for the Hub; --registry-user/--registry-password or ~/.docker/config.json for a registry)")]
     Unauthorized {
         url: String,
@@ -148,6 +155,7 @@ impl OriginError {
             OriginError::NoRangeSupport { .. }
             | OriginError::UnknownLength { .. }
             | OriginError::ShortBody { .. }
+            | OriginError::Changed { .. }
             | OriginError::TooLarge { .. }
             | OriginError::BadJson { .. }
             | OriginError::BadAnswer { .. } => ErrorKind::BadAnswer,

@@ -10,15 +10,17 @@
 //! ([`RegistryTokens`]) and retried at once.
 
 use crate::auth::{OriginAuth, RegistryTokens};
-use crate::backend::{Backend, Backends, Entry, RangeSink, Stat, Target};
+use crate::backend::{Backend, Backends, Entry, Identity, RangeSink, Stat, Target};
 use crate::error::OriginError;
 use crate::limits::{OriginLimit, OriginLimits};
 use crate::origin_key::OriginKey;
 use crate::retry::{Backoff, RetryPolicy};
+use crate::sequential::SequentialBody;
 use crate::stats::OriginStats;
 use reqwest::Url;
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -64,7 +66,18 @@ pub struct OriginFetcher {
     limits: OriginLimits,
     tokens: RegistryTokens,
     stats: Arc<OriginStats>,
+    /// Plain HTTP objects as their last stat saw them: every ranged read
+    /// of one must still find that object (see [`Identity`]).
+    seen: Mutex<HashMap<String, Identity>>,
+    /// The bodies of objects whose origin ignores `Range`, each read in
+    /// order by its pieces (see `sequential`).
+    sequential: Mutex<HashMap<String, Arc<tokio::sync::Mutex<SequentialBody>>>>,
 }
+
+/// Objects [`OriginFetcher::seen`] remembers before it starts over (a stat
+/// comes before every download, so forgetting costs only the check of the
+/// downloads under way).
+const SEEN_CAP: usize = 4096;
 
 /// One request's state across attempts.
 struct Call<'a> {
@@ -92,7 +105,64 @@ impl OriginFetcher {
             backends,
             config,
             stats,
+            seen: Mutex::new(HashMap::new()),
+            sequential: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn sequential(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<SequentialBody>>>> {
+        // Every update is a single insert, remove or clear.
+        self.sequential.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `range` of an object whose origin ignores `Range` from its one
+    /// body, retrying (from a new GET) as ranged reads retry.
+    async fn read_sequential(
+        &self,
+        call: &Call<'_>,
+        body: Arc<tokio::sync::Mutex<SequentialBody>>,
+        range: Range<u64>,
+        sink: &mut RangeSink<'_>,
+    ) -> Result<(), OriginError> {
+        let url = call.url.as_str();
+        let expect = self.seen().get(url).cloned();
+        let mut backoff = Backoff::new(self.config.retry_policy(), &self.stats, url);
+        // Pieces queue here in the order they asked (tokio's mutex is fair).
+        let mut body = body.lock().await;
+        loop {
+            let authorization = self.authorization(call);
+            let target = Target {
+                url: &call.url,
+                authorization: authorization.as_deref(),
+            };
+            let rest = range.start + sink.filled() as u64..range.end;
+            let result = {
+                let _slot = call.limit.slot().await;
+                let open = || async {
+                    OriginStats::add(&self.stats.requests, 1);
+                    let resp = call.backend.open_body(target).await?;
+                    if let Some(e) = &expect {
+                        crate::http::check_identity(url, e, resp.content_length(), resp.headers())?;
+                    }
+                    Ok::<_, OriginError>(resp)
+                };
+                body.read(url, rest, sink, open).await
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    body.reset();
+                    backoff.after(e).await?;
+                }
+            }
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Identity>> {
+        // Every update is a single insert or clear.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `url` parsed, when a builtin backend serves it: what a task URL may be.
@@ -227,10 +297,38 @@ impl OriginFetcher {
     /// The object's length and identity.
     pub async fn stat(&self, url: &str, auth: Option<&OriginAuth>) -> Result<Stat, OriginError> {
         let call = self.call(url, auth)?;
-        match self.run(&call, Op::Stat).await? {
-            Done::Stat(s) => Ok(s),
+        let stat = match self.run(&call, Op::Stat).await? {
+            Done::Stat(s) => s,
             _ => unreachable!("a stat is done with a Stat"),
+        };
+        // Plain HTTP only: the other backends name their objects by a
+        // version or digest already, and answer from other hosts (a CDN)
+        // with ETags of their own.
+        if call.backend.name() == "http" {
+            let mut bodies = self.sequential();
+            if !stat.sequential {
+                bodies.remove(call.url.as_str());
+            } else if !bodies.contains_key(call.url.as_str()) {
+                if bodies.len() >= SEEN_CAP {
+                    bodies.clear();
+                }
+                tracing::info!(url = %call.url, "the origin ignores Range requests: this object's pieces are read in order from one GET");
+                bodies.insert(call.url.to_string(), Arc::default());
+            }
+            drop(bodies);
+            let mut seen = self.seen();
+            if seen.len() >= SEEN_CAP {
+                seen.clear();
+            }
+            seen.insert(
+                call.url.to_string(),
+                Identity {
+                    content_length: stat.content_length,
+                    etag: stat.etag.clone(),
+                },
+            );
         }
+        Ok(stat)
     }
 
     /// Fetches `range` of `url` into `dst` (whose length is the range's).
@@ -254,15 +352,37 @@ impl OriginFetcher {
             return Ok(0);
         }
         let call = self.call(url, auth)?;
-        let mut sink = RangeSink::new(url, dst, Some(&*call.limit), &self.stats);
-        self.run(
-            &call,
-            Op::Read {
-                range,
-                sink: &mut sink,
-            },
-        )
-        .await?;
+        let expect = self.seen().get(call.url.as_str()).cloned();
+        let mut sink = RangeSink::new(url, dst, Some(&*call.limit), &self.stats).expecting(expect);
+        let body = self.sequential().get(call.url.as_str()).cloned();
+        if let Some(body) = body {
+            self.read_sequential(&call, body, range, &mut sink).await?;
+            return Ok(want);
+        }
+        let read = self
+            .run(
+                &call,
+                Op::Read {
+                    range: range.clone(),
+                    sink: &mut sink,
+                },
+            )
+            .await;
+        match read {
+            // A peer that never stat'ed the object (it learned the length
+            // from the swarm) meets an origin without Range support here.
+            Err(OriginError::NoRangeSupport { .. }) if call.backend.name() == "http" => {
+                let body: Arc<tokio::sync::Mutex<SequentialBody>> = self
+                    .sequential()
+                    .entry(call.url.to_string())
+                    .or_default()
+                    .clone();
+                self.read_sequential(&call, body, range, &mut sink).await?;
+            }
+            r => {
+                r?;
+            }
+        }
         Ok(want)
     }
 

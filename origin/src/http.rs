@@ -8,7 +8,7 @@
 //! HTTP, so it is [`OriginError::Unsupported`].
 
 use crate::auth::bearer_challenge;
-use crate::backend::{Backend, Entry, RangeSink, Stat, Target};
+use crate::backend::{Backend, Entry, Identity, RangeSink, Stat, Target};
 use crate::error::OriginError;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, ETAG, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -124,8 +124,12 @@ pub async fn stream_range(
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         return Err(no_range());
     }
-    if content_range(resp.headers()).is_some_and(|(a, _, _)| a != range.start) {
+    let answered = content_range(resp.headers());
+    if answered.is_some_and(|(a, _, _)| a != range.start) {
         return Err(no_range());
+    }
+    if let Some(e) = sink.expected() {
+        check_identity(url, e, answered.map(|(_, _, total)| total), resp.headers())?;
     }
     let start = sink.filled();
     while let Some(chunk) = resp
@@ -143,6 +147,35 @@ pub async fn stream_range(
             got,
             want,
         });
+    }
+    Ok(())
+}
+
+/// Fails with [`OriginError::Changed`] when an answer is not of the object
+/// `expected` describes: another total length, or another `ETag`.
+pub(crate) fn check_identity(
+    url: &str,
+    expected: &Identity,
+    total: Option<u64>,
+    headers: &HeaderMap,
+) -> Result<(), OriginError> {
+    let changed = |what, was: String, now: String| OriginError::Changed {
+        url: url.to_string(),
+        what,
+        was,
+        now,
+    };
+    if let Some(total) = total.filter(|t| *t != expected.content_length) {
+        return Err(changed(
+            "length",
+            expected.content_length.to_string(),
+            total.to_string(),
+        ));
+    }
+    if let (Some(was), (Some(now), _)) = (&expected.etag, identity(headers)) {
+        if *was != now {
+            return Err(changed("ETag", was.clone(), now));
+        }
     }
     Ok(())
 }
@@ -195,8 +228,19 @@ impl Backend for HttpBackend {
         } else if status.is_success() {
             match resp.content_length() {
                 Some(len) if len <= 1 => len,
-                _ => {
-                    return Err(OriginError::NoRangeSupport {
+                // No Range support: the whole body came. Its pieces are
+                // read from one plain GET in order (`sequential`).
+                Some(len) => {
+                    return Ok(Stat {
+                        content_length: len,
+                        etag,
+                        digest,
+                        sequential: true,
+                        ..Stat::default()
+                    })
+                }
+                None => {
+                    return Err(OriginError::UnknownLength {
                         url: url.to_string(),
                     })
                 }
@@ -232,6 +276,19 @@ impl Backend for HttpBackend {
         stream_range(url, resp, range, sink).await
     }
 
+    async fn open_body(&self, target: Target<'_>) -> Result<reqwest::Response, OriginError> {
+        let url = target.url.as_str();
+        let resp = self
+            .get(target)
+            .send()
+            .await
+            .map_err(|e| OriginError::transport(url, e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(url, &resp));
+        }
+        Ok(resp)
+    }
+
     async fn list(&self, target: Target<'_>) -> Result<Vec<Entry>, OriginError> {
         Err(OriginError::Unsupported {
             url: target.url.to_string(),
@@ -262,6 +319,39 @@ mod tests {
         assert!(check_url("file:///etc/passwd").is_err());
         assert!(check_url("not a url").is_err());
         assert!(check_url("mailto:a@example.com").is_err());
+    }
+
+    #[test]
+    fn an_answer_of_another_length_or_etag_is_a_changed_object() {
+        let was = Identity {
+            content_length: 100,
+            etag: Some("v1".into()),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("etag", "\"v1\"".parse().unwrap());
+        assert!(check_identity("u", &was, Some(100), &h).is_ok());
+        let e = check_identity("u", &was, Some(101), &h).unwrap_err();
+        assert!(
+            matches!(e, OriginError::Changed { what: "length", .. }),
+            "{e}"
+        );
+        assert!(
+            !e.retryable(),
+            "a changed object is not retried into a mixed file"
+        );
+        h.insert("etag", "\"v2\"".parse().unwrap());
+        let e = check_identity("u", &was, Some(100), &h).unwrap_err();
+        assert!(
+            matches!(e, OriginError::Changed { what: "ETag", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("run the command again"), "{e}");
+        // An origin without ETags is checked by length only.
+        let plain = Identity {
+            content_length: 100,
+            etag: None,
+        };
+        assert!(check_identity("u", &plain, Some(100), &h).is_ok());
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!
 //! - [`backend`]: the [`Backend`] trait (stat, ranged read into the
 //!   caller's slice, list) and [`Backends`], the registry by scheme.
-//! - [`http`]: plain HTTP(S) ranged GETs, redirects, header parsing.
+//! - [`http`]: plain HTTP(S) ranged GETs, redirects, header parsing;
+//!   `sequential`: an origin that ignores `Range`, read in order from one
+//!   GET. Every ranged read of a plain HTTP object checks it is still the
+//!   object its stat saw (length, `ETag`): a changed object is an error,
+//!   never a file of two versions.
 //! - [`hub`]: the Hugging Face Hub (revision, tree, file HEAD) and the Hub
 //!   as an `hf://` backend.
 //! - [`registry`]: OCI registries (manifests checked against their digest,
@@ -42,10 +46,11 @@ pub mod object;
 pub mod origin_key;
 pub mod registry;
 pub mod retry;
+mod sequential;
 pub mod stats;
 
 pub use auth::{OriginAuth, RegistryTokens};
-pub use backend::{Backend, Backends, Entry, RangeSink, Stat, Target};
+pub use backend::{Backend, Backends, Entry, Identity, RangeSink, Stat, Target};
 pub use error::{error_chain, ErrorKind, OriginError};
 pub use fetcher::{OriginConfig, OriginFetcher, Pinned};
 pub use hub::{HubBackend, HubClient, HubError};

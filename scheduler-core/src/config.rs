@@ -40,6 +40,12 @@ pub struct Config {
     /// Cluster-wide byte-rate budgets towards origins, by host (`host` or
     /// `host:port`), split evenly among the peers fetching from one now.
     pub origin_rate_limits: BTreeMap<String, u64>,
+    /// After the scheduler starts (its first hello), how long a task whose
+    /// peers already hold pieces waits for a seed before one of them is sent
+    /// to the origin: a restarted scheduler hears its peers register again
+    /// in whatever order they reconnect, and a seed a moment late must not
+    /// cost the origin a copy. Peers reconnect within 5 s (their backoff).
+    pub seed_grace: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +59,7 @@ impl Default for Config {
             weights: Weights::default(),
             max_back_to_source: 2,
             origin_rate_limits: BTreeMap::new(),
+            seed_grace: Duration::from_secs(6),
         }
     }
 }

@@ -56,7 +56,14 @@ struct Host {
 
 #[derive(Default)]
 struct TaskPeer {
+    /// Pieces it holds whose digest matches the task's trusted one.
     pieces: BTreeSet<u32>,
+    /// Pieces it says it holds whose digest nobody trusted has reported
+    /// yet (see [`Core::trusted`]): it is not offered as their parent until
+    /// the source's digest confirms them.
+    claims: BTreeMap<u32, PieceDigest>,
+    /// The content length it reported, not yet confirmed by the source.
+    claimed_length: Option<u64>,
     /// Parents this peer reported, with when it last did.
     blocked: BTreeMap<PeerId, Instant>,
     done: bool,
@@ -64,6 +71,9 @@ struct TaskPeer {
 
 struct Task {
     url: String,
+    /// The whole file's sha256, for a task keyed by it (checked against
+    /// the task id).
+    digest: Option<PieceDigest>,
     content_length: Option<u64>,
     digests: BTreeMap<u32, PieceDigest>,
     /// The peer that fetches this task from the origin for the swarm: its
@@ -80,6 +90,20 @@ struct Task {
 }
 
 impl Task {
+    fn new(url: String) -> Self {
+        Task {
+            url,
+            digest: None,
+            content_length: None,
+            digests: BTreeMap::new(),
+            source: None,
+            granted: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            order: Vec::new(),
+            eligible: Vec::new(),
+        }
+    }
+
     fn piece_count(&self) -> Option<u32> {
         self.content_length
             .map(|l| PieceLayout::for_length(l).piece_count())
@@ -99,11 +123,49 @@ impl Task {
         self.peers.values().any(|p| p.done)
     }
 
+    /// `p` holds or claims every piece, by the task's length or, while
+    /// that is unknown, the length it claims.
+    fn covers_whole(&self, p: &TaskPeer) -> bool {
+        let count = self.piece_count().or_else(|| {
+            p.claimed_length
+                .map(|l| PieceLayout::for_length(l).piece_count())
+        });
+        count.is_some_and(|n| n > 0 && (p.pieces.len() + p.claims.len()) as u64 >= n as u64)
+    }
+
+    /// The peer to stand in as the source when no seed can: the one that
+    /// holds or claims the most pieces (`prefer` on ties), and how much.
+    fn most_advanced(&self, prefer: &str) -> Option<(PeerId, Advance)> {
+        let held = |tp: &TaskPeer| tp.pieces.len() + tp.claims.len();
+        let (p, tp) = self.peers.iter().max_by_key(|(p, tp)| {
+            (
+                tp.done && held(tp) > 0,
+                held(tp),
+                p.as_str() == prefer,
+                std::cmp::Reverse((*p).clone()),
+            )
+        })?;
+        let advance = match (tp.done, held(tp)) {
+            (_, 0) => Advance::Nothing,
+            (true, _) => Advance::Whole,
+            (false, _) => Advance::Partial,
+        };
+        Some((p.clone(), advance))
+    }
+
     fn make_eligible(&mut self, peer: &str) {
         if !self.eligible.iter().any(|p| p == peer) {
             self.eligible.push(peer.to_string());
         }
     }
+}
+
+/// How much of a task a peer holds or claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advance {
+    Nothing,
+    Partial,
+    Whole,
 }
 
 /// The scheduler's whole state: hosts, tasks, the peer graph, the seed ring.
@@ -115,6 +177,9 @@ pub struct Core {
     graph: Graph,
     seeds: SeedRing,
     budgets: OriginBudgets,
+    /// The first hello: when this scheduler started, as far as its peers
+    /// can tell (see [`Config::seed_grace`]).
+    started: Option<Instant>,
     /// Preheats and evictions in progress (see `cache_jobs`).
     jobs: cache_jobs::CacheJobs,
     pub stats: Stats,
@@ -211,6 +276,114 @@ impl Core {
             .collect()
     }
 
+    /// Whether what `peer` says about the bytes of `id` (its length, its
+    /// piece digests) is believed: the task's source and the peers granted
+    /// the origin fetch those bytes from the origin themselves, and a seed
+    /// peer only ever fetches from an origin. Anyone else's report is a
+    /// claim until a trusted digest confirms it, so a peer that lies about
+    /// a task first cannot make the swarm serve its bytes.
+    fn trusted(&self, id: &TaskId, peer: &str) -> bool {
+        self.hosts.get(peer).is_some_and(|h| h.info.seed)
+            || self
+                .tasks
+                .get(id)
+                .is_some_and(|t| t.is_source(peer) || t.granted.contains(peer))
+    }
+
+    /// `peer` reports piece `num` of `id` with `digest` (a register's
+    /// `have`, or a piece it verified): recorded as held when it matches
+    /// the trusted digest, as a claim when none is known and `peer` is not
+    /// trusted, and as the task's digest when `peer` is trusted (which
+    /// confirms the matching claims of others).
+    fn report_piece(
+        &mut self,
+        peer: &str,
+        id: TaskId,
+        num: u32,
+        digest: PieceDigest,
+        now: Instant,
+    ) -> Vec<Outbound> {
+        let trusted = self.trusted(&id, peer);
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        if task.piece_count().is_some_and(|n| num >= n) {
+            self.stats.digest_conflicts += 1;
+            return Vec::new();
+        }
+        let mut confirmed = Vec::new();
+        match task.digests.get(&num) {
+            Some(known) if *known != digest => {
+                // Only the trusted digest counts; a peer that disagrees is
+                // not offered as a parent for this piece.
+                self.stats.digest_conflicts += 1;
+                return Vec::new();
+            }
+            Some(_) => {}
+            None if trusted => {
+                task.digests.insert(num, digest);
+                for (p, tp) in task.peers.iter_mut() {
+                    match tp.claims.remove(&num) {
+                        Some(c) if c == digest => confirmed.push(p.clone()),
+                        Some(_) => self.stats.digest_conflicts += 1,
+                        None => {}
+                    }
+                }
+            }
+            None => {
+                if let Some(tp) = task.peers.get_mut(peer) {
+                    tp.claims.insert(num, digest);
+                }
+                return Vec::new();
+            }
+        }
+        let mut out = self.gained(peer, id, num, digest, now);
+        for p in confirmed {
+            if p != peer {
+                out.extend(self.gained(&p, id, num, digest, now));
+            }
+        }
+        out
+    }
+
+    /// The task's content length is known now (from a trusted peer): every
+    /// other peer of the task is told.
+    fn learn_length(&mut self, from: &str, id: TaskId, content_length: u64) -> Vec<Outbound> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        task.content_length = Some(content_length);
+        task.peers
+            .keys()
+            .filter(|p| p.as_str() != from)
+            .map(|p| msg(p, id, ToPeer::Meta { content_length }))
+            .collect()
+    }
+
+    /// `peer` became the task's source: what it claimed (from a resumed or
+    /// finished download) is now what the task is.
+    fn promote_claims(&mut self, peer: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
+        let Some(tp) = self.tasks.get_mut(&id).and_then(|t| t.peers.get_mut(peer)) else {
+            return Vec::new();
+        };
+        let claims = std::mem::take(&mut tp.claims);
+        let length = tp.claimed_length.take();
+        let mut out = Vec::new();
+        if let Some(l) = length.filter(|&l| l > 0) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.content_length.is_none())
+            {
+                out.extend(self.learn_length(peer, id, l));
+            }
+        }
+        for (num, digest) in claims {
+            out.extend(self.report_piece(peer, id, num, digest, now));
+        }
+        out
+    }
+
     pub fn host_count(&self) -> usize {
         self.hosts.len()
     }
@@ -232,6 +405,7 @@ impl Core {
     /// A peer opened its stream.
     pub fn hello(&mut self, info: HostInfo, now: Instant) -> Vec<Outbound> {
         let id = info.peer_id.clone();
+        self.started.get_or_insert(now);
         let mut out = Vec::new();
         if self.hosts.contains_key(&id) {
             // A reconnect with the same id: start from a clean slate.
@@ -250,14 +424,14 @@ impl Core {
             },
         );
         if seed {
-            out.extend(self.adopt_orphans());
+            out.extend(self.adopt_orphans(now));
         }
         out
     }
 
     /// Tasks whose peers wait without a source (it left, and no seed or
     /// budget could replace it): a seed that connects now takes them.
-    fn adopt_orphans(&mut self) -> Vec<Outbound> {
+    fn adopt_orphans(&mut self, now: Instant) -> Vec<Outbound> {
         let orphans: Vec<(TaskId, PeerId)> = self
             .tasks
             .iter()
@@ -271,7 +445,7 @@ impl Core {
             .collect();
         let mut out = Vec::new();
         for (id, waiting) in orphans {
-            out.extend(self.choose_source(id, &waiting, SourceReason::NoSeed));
+            out.extend(self.choose_source(id, &waiting, SourceReason::NoSeed, now));
         }
         out
     }
@@ -307,7 +481,17 @@ impl Core {
                 url,
                 have,
                 content_length,
-            } => self.register(from, task, url, &have, content_length, now),
+                digest,
+            } => {
+                // A digest counts only when the task id is that digest's:
+                // nobody can pin a task to bytes it is not named by.
+                let digest = digest.filter(|d| TaskId::from_sha256(d) == task);
+                let t = self.tasks.entry(task).or_insert_with(|| Task::new(url));
+                if let Some(d) = digest {
+                    t.digest.get_or_insert(d);
+                }
+                self.register(from, task, &have, content_length, now)
+            }
             PeerEvent::Meta {
                 task,
                 content_length,
@@ -333,50 +517,61 @@ impl Core {
         self.jobs_after(from, seen, out)
     }
 
+    /// `peer` joins task `id` (its entry made by the caller).
     fn register(
         &mut self,
         peer: &str,
         id: TaskId,
-        url: String,
         have: &[(u32, PieceDigest)],
         content_length: Option<u64>,
         now: Instant,
     ) -> Vec<Outbound> {
         let mut out = Vec::new();
-        let task = self.tasks.entry(id).or_insert_with(|| Task {
-            url,
-            content_length: None,
-            digests: BTreeMap::new(),
-            source: None,
-            granted: BTreeSet::new(),
-            peers: BTreeMap::new(),
-            order: Vec::new(),
-            eligible: Vec::new(),
-        });
-        if task.content_length.is_none() {
-            task.content_length = content_length.filter(|&l| l > 0);
-        }
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return out;
+        };
         if !task.peers.contains_key(peer) {
             task.order.push(peer.to_string());
         }
-        let tp = task.peers.entry(peer.to_string()).or_default();
-        for &(num, d) in have {
-            match task.digests.get(&num) {
-                Some(known) if *known != d => self.stats.digest_conflicts += 1,
-                _ => {
-                    task.digests.insert(num, d);
-                    tp.pieces.insert(num);
+        task.peers.entry(peer.to_string()).or_default();
+        if let Some(h) = self.hosts.get_mut(peer) {
+            h.tasks.insert(id);
+        }
+        let content_length = content_length.filter(|&l| l > 0);
+        if self.trusted(&id, peer) {
+            if let Some(l) = content_length {
+                if self
+                    .tasks
+                    .get(&id)
+                    .is_some_and(|t| t.content_length.is_none())
+                {
+                    out.extend(self.learn_length(peer, id, l));
                 }
             }
+        } else if let Some(tp) = self.tasks.get_mut(&id).and_then(|t| t.peers.get_mut(peer)) {
+            tp.claimed_length = content_length;
         }
-        if !tp.pieces.is_empty() {
-            task.make_eligible(peer);
+        for &(num, d) in have {
+            out.extend(self.report_piece(peer, id, num, d, now));
         }
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return out;
+        };
         if let Some(content_length) = task.content_length {
             out.push(msg(peer, id, ToPeer::Meta { content_length }));
         }
-        if let Some(h) = self.hosts.get_mut(peer) {
-            h.tasks.insert(id);
+        // A peer that registers with the whole task (a finished task
+        // announced again after a restart of either side) is done; it
+        // serves once the trusted digests confirm its pieces.
+        let whole = task.peers.get(peer).is_some_and(|tp| task.covers_whole(tp));
+        // ... and one whose pieces nobody trusted confirmed yet needs a
+        // source all the same: the seed, or itself with no seed around.
+        let unconfirmed = task.peers.get(peer).is_some_and(|tp| !tp.claims.is_empty());
+        if whole {
+            if let Some(tp) = task.peers.get_mut(peer) {
+                tp.done = true;
+            }
+            self.graph.remove_parents(id, peer);
         }
         let source_alive = task
             .source
@@ -384,8 +579,8 @@ impl Core {
             .is_some_and(|s| self.hosts.contains_key(s));
         // With the whole task on some peer, nobody needs the origin: the
         // newcomer is served by the peers that hold it.
-        if !source_alive && !task.someone_complete() {
-            out.extend(self.choose_source(id, peer, SourceReason::NoSeed));
+        if !source_alive && (!task.someone_complete() || (whole && unconfirmed)) {
+            out.extend(self.choose_source(id, peer, SourceReason::NoSeed, now));
         }
         if self.tasks.get(&id).is_some_and(|t| !t.is_source(peer)) {
             out.extend(self.plan(id, peer, now));
@@ -396,13 +591,42 @@ impl Core {
     /// Picks who goes back to source for `id`: the seed the ring names, or,
     /// with no seed in the cluster, the peer `fallback` itself (`why` says
     /// what made it needed).
-    fn choose_source(&mut self, id: TaskId, fallback: &str, why: SourceReason) -> Vec<Outbound> {
+    fn choose_source(
+        &mut self,
+        id: TaskId,
+        fallback: &str,
+        why: SourceReason,
+        now: Instant,
+    ) -> Vec<Outbound> {
         let hosts = &self.hosts;
         let seed = self.seeds.pick(&id, |s| !hosts.contains_key(s)).cloned();
         let over_budget = self.origin_fetchers(&id) >= self.config.max_back_to_source;
+        let in_grace = self
+            .started
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.seed_grace);
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
+        // Without a seed, the peer that holds (or claims) the most of the
+        // task is its source: one that holds all of it costs the origin
+        // nothing, and one that holds part fetches only the rest.
+        let best = match &seed {
+            Some(_) => None,
+            None => task.most_advanced(fallback),
+        };
+        let fallback = best.as_ref().map_or(fallback, |(p, _)| p.as_str());
+        if seed.is_none() {
+            if let Some((_, Advance::Partial)) = best {
+                if in_grace && why == SourceReason::NoSeed {
+                    // Peers with pieces registering at a scheduler that just
+                    // started: it restarted, and the seed may be a moment
+                    // from reconnecting. It takes the task then
+                    // (`adopt_orphans`), or a stalled peer asks again.
+                    task.source = None;
+                    return Vec::new();
+                }
+            }
+        }
         let mut out: Vec<Outbound> = match seed {
             Some(seed) if seed != fallback => {
                 task.source = Some(seed.clone());
@@ -416,7 +640,8 @@ impl Core {
                 }
                 self.stats.seeds_triggered += 1;
                 let url = task.url.clone();
-                vec![msg(&seed, id, ToPeer::SeedTask { url })]
+                let digest = task.digest;
+                vec![msg(&seed, id, ToPeer::SeedTask { url, digest })]
             }
             None if over_budget => {
                 // No seed, and the task's back-to-source budget is spent:
@@ -436,7 +661,9 @@ impl Core {
                     Some(_) => SourceReason::IsTheSeed,
                     None => why,
                 };
-                vec![msg(fallback, id, ToPeer::BackToSource { reason })]
+                let mut out = vec![msg(fallback, id, ToPeer::BackToSource { reason })];
+                out.extend(self.promote_claims(fallback, id, now));
+                out
             }
         };
         // The budget share goes first, so the new fetcher is paced from its
@@ -461,7 +688,7 @@ impl Core {
             .as_ref()
             .is_some_and(|s| self.hosts.contains_key(s));
         if !source_alive && !task.someone_complete() {
-            return self.choose_source(id, child, SourceReason::NoSeed);
+            return self.choose_source(id, child, SourceReason::NoSeed, now);
         }
         let replanned = self.plan(id, child, now);
         if !replanned.is_empty() {
@@ -489,19 +716,23 @@ impl Core {
         out
     }
 
+    /// The task's length, as its source learned it from the origin. From
+    /// anyone else it is only a claim.
     fn meta(&mut self, peer: &str, id: TaskId, content_length: u64) -> Vec<Outbound> {
+        let trusted = self.trusted(&id, peer);
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
+        if !trusted {
+            if let Some(tp) = task.peers.get_mut(peer) {
+                tp.claimed_length = Some(content_length);
+            }
+            return Vec::new();
+        }
         if task.content_length.is_some() && !task.is_source(peer) {
             return Vec::new();
         }
-        task.content_length = Some(content_length);
-        task.peers
-            .keys()
-            .filter(|p| p.as_str() != peer)
-            .map(|p| msg(p, id, ToPeer::Meta { content_length }))
-            .collect()
+        self.learn_length(peer, id, content_length)
     }
 
     fn piece_done(
@@ -512,21 +743,23 @@ impl Core {
         digest: PieceDigest,
         now: Instant,
     ) -> Vec<Outbound> {
+        self.report_piece(peer, id, num, digest, now)
+    }
+
+    /// `peer` holds piece `num` (its digest confirmed): its children hear of
+    /// it, and a peer that became a parent just now tops up the children
+    /// short of parents.
+    fn gained(
+        &mut self,
+        peer: &str,
+        id: TaskId,
+        num: u32,
+        digest: PieceDigest,
+        now: Instant,
+    ) -> Vec<Outbound> {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
-        match task.digests.get(&num) {
-            Some(known) if *known != digest => {
-                // Only the first (source) digest is trusted; a peer that
-                // disagrees is not offered as a parent for this piece.
-                self.stats.digest_conflicts += 1;
-                return Vec::new();
-            }
-            Some(_) => {}
-            None => {
-                task.digests.insert(num, digest);
-            }
-        }
         let Some(tp) = task.peers.get_mut(peer) else {
             return Vec::new();
         };
@@ -676,7 +909,7 @@ impl Core {
                     .max_by_key(|(p, tp)| (tp.pieces.len(), std::cmp::Reverse((*p).clone())))
                     .map(|(p, _)| p.clone());
                 if let Some(f) = fallback {
-                    out.extend(self.choose_source(id, &f, SourceReason::SourceLeft));
+                    out.extend(self.choose_source(id, &f, SourceReason::SourceLeft, now));
                 } else {
                     out.extend(self.rebalance_origin(id));
                 }

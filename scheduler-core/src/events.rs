@@ -67,6 +67,9 @@ pub enum PeerEvent {
         have: Vec<(u32, PieceDigest)>,
         /// Known content length (a resume).
         content_length: Option<u64>,
+        /// The whole file's sha256 when the task is keyed by it: kept only
+        /// when `task` is that digest's id, and handed to the task's seed.
+        digest: Option<PieceDigest>,
     },
     /// The task's source learned the content length from the origin.
     Meta { task: TaskId, content_length: u64 },
@@ -114,8 +117,14 @@ pub struct Outbound {
 /// What the scheduler tells a peer about a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToPeer {
-    /// To a seed: fetch this task from its origin and serve it.
-    SeedTask { url: String },
+    /// To a seed: fetch this task from its origin and serve it. `digest`:
+    /// the whole file's sha256 when the task is keyed by it, so that the
+    /// seed can check the order (its task id must be the URL's or the
+    /// digest's) and the bytes.
+    SeedTask {
+        url: String,
+        digest: Option<PieceDigest>,
+    },
     /// The task's content length.
     Meta { content_length: u64 },
     /// New candidate parents (phase 1's answer).

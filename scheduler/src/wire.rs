@@ -170,6 +170,7 @@ pub fn peer_event(m: pb::PeerMessage) -> Result<PeerEvent, Rejected> {
                 .map(|p| Ok((p.num, digest(p.num, &p.digest)?)))
                 .collect::<Result<_, Rejected>>()?,
             content_length: (r.content_length > 0).then_some(r.content_length),
+            digest: digest_from_slice(&r.digest),
         },
         PeerMsg::Meta(m) => PeerEvent::Meta {
             task: task_id(&m.task_id)?,
@@ -231,7 +232,11 @@ fn parent(p: ParentEntry) -> pb::Parent {
 pub fn scheduler_message(o: Outbound) -> pb::SchedulerMessage {
     let task_id = o.task.to_hex();
     let msg = match o.msg {
-        ToPeer::SeedTask { url } => SchedMsg::SeedTask(pb::SeedTask { task_id, url }),
+        ToPeer::SeedTask { url, digest } => SchedMsg::SeedTask(pb::SeedTask {
+            task_id,
+            url,
+            digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+        }),
         ToPeer::Meta { content_length } => SchedMsg::Meta(pb::TaskMeta {
             task_id,
             content_length,
@@ -304,6 +309,7 @@ mod tests {
                 digest: vec![7; 32],
             }],
             content_length: 0,
+            digest: vec![],
         }));
         assert_eq!(
             peer_event(register).unwrap(),
@@ -312,6 +318,7 @@ mod tests {
                 url: "https://origin/m".into(),
                 have: vec![(3, [7; 32])],
                 content_length: None,
+                digest: None,
             }
         );
         let done = wrap(PeerMsg::PieceDone(pb::PieceDone {
@@ -424,10 +431,14 @@ mod tests {
             })
         );
         assert_eq!(
-            out(ToPeer::SeedTask { url: "u".into() }),
+            out(ToPeer::SeedTask {
+                url: "u".into(),
+                digest: Some([5; 32])
+            }),
             SchedMsg::SeedTask(pb::SeedTask {
                 task_id: id().to_hex(),
-                url: "u".into()
+                url: "u".into(),
+                digest: vec![5; 32],
             })
         );
         assert_eq!(

@@ -59,6 +59,7 @@ fn register(task: &TaskId) -> pb::PeerMessage {
             url: format!("https://origin/{task}"),
             have: vec![],
             content_length: 0,
+            digest: vec![],
         })),
     }
 }

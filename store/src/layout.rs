@@ -5,6 +5,7 @@
 //! <data-dir>/tasks/<task-id>/data       the file's bytes (fallocate'd, mmap'd)
 //! <data-dir>/tasks/<task-id>/meta.json  url, content length, piece size
 //! <data-dir>/tasks/<task-id>/pieces     the piece table (see piece_table)
+//! <data-dir>/tasks/<task-id>/shared     present: a swarm task, announced again after a restart
 //! ```
 //! `meta.json` is written last when a task is created, so a directory
 //! without it (a crash mid-creation) is never resumed.
@@ -60,6 +61,12 @@ impl TaskDir {
 
     pub fn pieces(&self) -> PathBuf {
         self.dir.join("pieces")
+    }
+
+    /// Present when the task was downloaded in the swarm (not a private
+    /// download): a restarted peer announces only such tasks again.
+    pub fn shared_marker(&self) -> PathBuf {
+        self.dir.join("shared")
     }
 
     /// The task's metadata, if the directory is complete enough to resume.

@@ -115,6 +115,39 @@ impl Store {
         t.is_complete().then_some(t)
     }
 
+    /// Records that the task is shared with the swarm, so that after a
+    /// restart this peer tells its scheduler it holds it.
+    pub fn mark_shared(&self, id: &TaskId) -> Result<(), StoreError> {
+        let path = self.layout.task(id).shared_marker();
+        std::fs::write(&path, b"").map_err(io_err(&path))
+    }
+
+    /// The swarm tasks on disk (see [`Store::mark_shared`]), complete or
+    /// not; unreadable entries are skipped.
+    pub fn shared_on_disk(&self) -> Vec<TaskId> {
+        let Ok(entries) = std::fs::read_dir(self.layout.tasks_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<TaskId>().ok())
+            .filter(|id| self.layout.task(id).shared_marker().exists())
+            .collect()
+    }
+
+    /// The open tasks that are complete.
+    pub fn open_complete_tasks(&self) -> Vec<Arc<TaskFile>> {
+        self.open_tasks()
+            .values()
+            .filter(|t| t.is_complete())
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the task is shared with the swarm (see [`Store::mark_shared`]).
+    pub fn is_shared(&self, id: &TaskId) -> bool {
+        self.layout.task(id).shared_marker().exists()
+    }
+
     /// Deletes a task whose content turned out wrong, so a retry starts
     /// clean. Files still open (an upload in progress) keep their bytes
     /// until they are dropped.
@@ -262,6 +295,27 @@ mod tests {
         let empty = store.open_or_create(TaskId::from_url("e"), "e", 0).unwrap();
         assert!(empty.is_complete(), "an empty file has no pieces to fetch");
         assert!(empty.begin_write(0).is_none());
+    }
+
+    #[test]
+    fn shared_tasks_are_listed_after_a_reopen_and_private_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, private) = (TaskId::from_url("s"), TaskId::from_url("p"));
+        {
+            let store = Store::new(dir.path()).unwrap();
+            for (id, url) in [(shared, "s"), (private, "p")] {
+                let t = store.open_or_create(id, url, 10).unwrap();
+                t.begin_write(0).unwrap().commit(None).unwrap();
+            }
+            store.mark_shared(&shared).unwrap();
+            assert_eq!(store.open_complete_tasks().len(), 2);
+        }
+        let store = Store::new(dir.path()).unwrap();
+        assert!(store.open_complete_tasks().is_empty(), "nothing open yet");
+        assert_eq!(store.shared_on_disk(), vec![shared]);
+        assert!(store.is_shared(&shared) && !store.is_shared(&private));
+        store.discard(&shared);
+        assert!(store.shared_on_disk().is_empty());
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct PieceServer<S> {
     pub stats: Arc<UploadStats>,
     rdma: Option<Arc<dyn RdmaResponder>>,
     send_once: Option<Arc<SendOnce>>,
+    /// See [`PieceServer::with_corrupt_uploads`].
+    #[cfg(feature = "fault-injection")]
+    corrupt_uploads: bool,
 }
 
 /// Requests queued per upload slot before a request is answered `Busy`.
@@ -123,7 +126,18 @@ impl<S: PieceSource> PieceServer<S> {
             stats,
             rdma: None,
             send_once: None,
+            #[cfg(feature = "fault-injection")]
+            corrupt_uploads: false,
         }
+    }
+
+    /// Fault injection (test builds only): every piece served over TCP has
+    /// its first byte flipped, as a peer with bad memory or a liar would
+    /// send it. Children must detect each one and fetch it elsewhere.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_corrupt_uploads(mut self) -> Self {
+        self.corrupt_uploads = true;
+        self
     }
 
     /// Sends each piece about once per `hold` (what a seed does; see
@@ -370,6 +384,14 @@ impl<S: PieceSource> PieceServer<S> {
             }
             Some(piece) => {
                 let bytes = piece.as_ref();
+                #[cfg(feature = "fault-injection")]
+                let flipped = (self.corrupt_uploads && !bytes.is_empty()).then(|| {
+                    let mut v = bytes.to_vec();
+                    v[0] ^= 0xff;
+                    v
+                });
+                #[cfg(feature = "fault-injection")]
+                let bytes = flipped.as_deref().unwrap_or(bytes);
                 stream
                     .write_all(&header(Status::Ok, bytes.len() as u64).encode())
                     .await?;

@@ -393,12 +393,25 @@ impl Cluster {
         name: &str,
         extra: &[&str],
     ) -> Result<(String, String)> {
+        let listen = format!("{}:0", place.ip);
+        self.scheduler_listening(place, name, &listen, extra)
+    }
+
+    /// A scheduler named `name` listening on `listen` (`ip:port`): a
+    /// scheduler restarted where its peers look for it.
+    pub fn scheduler_listening(
+        &mut self,
+        place: &Place,
+        name: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<(String, String)> {
         let ready = self.path(&format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
         let mut args: Vec<String> = vec![
             "scheduler".into(),
             "--listen".into(),
-            format!("{}:0", place.ip),
+            listen.into(),
             "--metrics-listen".into(),
             format!("{}:0", place.ip),
             "--ready-file".into(),

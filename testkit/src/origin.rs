@@ -15,8 +15,14 @@ use weightcast_engine::file_server::{self, ServedStats, StatsSnapshot};
 /// Faults the origin injects.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    /// Answer the first N file requests with `503` and `Retry-After: 1`.
+    /// Answer the first N file requests with `fail_status` and
+    /// `Retry-After: 1`.
     pub fail_first: u32,
+    /// The status of those answers; 0: `503`.
+    pub fail_status: u16,
+    /// Cut the connection halfway through the body of the first N ranged
+    /// answers of more than one byte (a reset mid-body).
+    pub reset_first: u32,
 }
 
 /// What the origin counted, faults included.
@@ -38,26 +44,69 @@ impl OriginStats {
 struct FaultState {
     stats: Arc<OriginStats>,
     fail_left: AtomicU32,
+    fail_status: StatusCode,
+    reset_left: AtomicU32,
+}
+
+fn take_one(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// `resp` with its body cut after half its length: the client sees the
+/// connection end mid-body.
+fn cut_halfway(resp: Response) -> Response {
+    use futures::StreamExt;
+    let len = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let (mut parts, body) = resp.into_parts();
+    let mut left = len / 2;
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        if left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset on purpose",
+            ));
+        }
+        let keep = chunk.len().min(left);
+        left -= keep;
+        Ok(chunk.slice(..keep))
+    });
+    parts
+        .headers
+        .insert(header::CONNECTION, "close".parse().expect("a valid header"));
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 async fn inject(State(f): State<Arc<FaultState>>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/_stats" {
         return axum::Json(f.stats.snapshot()).into_response();
     }
-    if f.fail_left
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if take_one(&f.fail_left) {
         f.stats.served.requests.fetch_add(1, Ordering::Relaxed);
         f.stats.refused_on_purpose.fetch_add(1, Ordering::Relaxed);
         return (
-            StatusCode::SERVICE_UNAVAILABLE,
+            f.fail_status,
             [(header::RETRY_AFTER, "1")],
-            "busy on purpose\n",
+            "failing on purpose\n",
         )
             .into_response();
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    let long = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|l| l > 1);
+    if resp.status() == StatusCode::PARTIAL_CONTENT && long && take_one(&f.reset_left) {
+        f.stats.refused_on_purpose.fetch_add(1, Ordering::Relaxed);
+        return cut_halfway(resp);
+    }
+    resp
 }
 
 /// Serves `root` on `listener` with `faults` until the task is dropped or
@@ -71,6 +120,11 @@ pub fn serve(
     let state = Arc::new(FaultState {
         stats: stats.clone(),
         fail_left: AtomicU32::new(faults.fail_first),
+        fail_status: match faults.fail_status {
+            0 => StatusCode::SERVICE_UNAVAILABLE,
+            s => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        },
+        reset_left: AtomicU32::new(faults.reset_first),
     });
     let app = file_server::router(root, stats.served.clone())
         .layer(axum::middleware::from_fn_with_state(state, inject));

@@ -102,6 +102,7 @@ fn origin(a: OriginArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         let faults = weightcast_testkit::origin::Faults {
             fail_first: a.fail_first,
+            ..Default::default()
         };
         let (_stats, task) = weightcast_testkit::origin::serve(listener, a.dir, faults);
         if let Some(f) = &a.ready_file {

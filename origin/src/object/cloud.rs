@@ -178,6 +178,7 @@ impl Backend for CloudBackend {
             digest: None,
             version: meta.version,
             last_modified: Some(meta.last_modified.into()),
+            sequential: false,
         })
     }
 

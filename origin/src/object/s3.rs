@@ -438,6 +438,7 @@ impl Backend for S3Backend {
             digest: full_object_sha256(h),
             version: text(HeaderName::from_static("x-amz-version-id")).filter(|v| v != "null"),
             last_modified: text(LAST_MODIFIED).as_deref().and_then(http_date),
+            sequential: false,
         })
     }
 

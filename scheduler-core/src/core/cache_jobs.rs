@@ -375,7 +375,7 @@ impl Core {
         }
         out.into_iter()
             .map(|o| match &o.msg {
-                ToPeer::SeedTask { url } => match self.warming(&o.task) {
+                ToPeer::SeedTask { url, .. } => match self.warming(&o.task) {
                     Some(w) => Outbound {
                         msg: ToPeer::Preheat {
                             url: url.clone(),
@@ -602,6 +602,7 @@ mod tests {
             url: w.url.clone(),
             have: vec![],
             content_length: None,
+            digest: None,
         };
         let out = c.handle(&seed, reg.clone(), t0());
         assert!(out
@@ -636,6 +637,7 @@ mod tests {
                 url: w.url.clone(),
                 have: vec![],
                 content_length: None,
+                digest: None,
             },
             t0(),
         );
@@ -681,6 +683,7 @@ mod tests {
                 url: "https://o/x".into(),
                 have: vec![],
                 content_length: None,
+                digest: None,
             },
             t0(),
         );
@@ -737,6 +740,7 @@ mod tests {
                 url: w.url.clone(),
                 have: vec![],
                 content_length: Some(10),
+                digest: None,
             },
             t0(),
         );

@@ -42,6 +42,7 @@ fn register_task(core: &mut Core, peer: &str, t: TaskId, now: Instant) -> Vec<Ou
             url: "https://origin/model.bin".into(),
             have: vec![],
             content_length: None,
+            digest: None,
         },
         now,
     )
@@ -123,7 +124,8 @@ fn first_child_triggers_the_seed_and_waits_for_it() {
         && o.task == task()
         && o.msg
             == ToPeer::SeedTask {
-                url: "https://origin/model.bin".into()
+                url: "https://origin/model.bin".into(),
+                digest: None,
             }));
     assert_eq!(parents_in(&out, "a"), vec!["seed"]);
     assert_eq!(core.stats.seeds_triggered, 1);
@@ -251,6 +253,8 @@ fn hosts_that_share_a_host_name_but_not_an_address_form_a_swarm() {
         "the seed is a parent"
     );
     register(&mut core, "b");
+    // The seed's digest first: a piece counts only once its source reported it.
+    done(&mut core, "seed", 0);
     done(&mut core, "a", 0);
     let mut pb = core.parents_of(&task(), "b");
     pb.sort();
@@ -310,6 +314,7 @@ fn a_stalled_peer_gets_other_parents_first_then_a_grant_within_the_budget() {
         hello(&mut core, host(p, false, 8));
         register(&mut core, p);
     }
+    done(&mut core, "seed", 0);
     done(&mut core, "b", 0);
     // c reported b broken; once that block expires, c's request finds b
     // again: other parents, no grant.
@@ -399,6 +404,8 @@ fn with_the_seed_gone_complete_peers_serve_a_newcomer() {
     for p in ["a", "b"] {
         hello(&mut core, host(p, false, 8));
         register(&mut core, p);
+        // The seed (the source) reports the piece before the others do.
+        done(&mut core, "seed", 0);
         done(&mut core, p, 0);
         core.handle(p, PeerEvent::TaskDone { task: task() }, t0());
     }
@@ -445,6 +452,7 @@ fn an_origin_budget_is_shared_by_the_peers_fetching_from_it() {
                 url: url.into(),
                 have: vec![],
                 content_length: None,
+                digest: None,
             },
             t0(),
         )
@@ -875,4 +883,216 @@ fn ten_thousand_peers_deterministic_acyclic_and_within_capacity() {
         .peers
         .keys()
         .all(|p| core.graph.parents(task(), p).len() <= 4));
+}
+
+// ---- Lying peers, restarts: whose word about a task's bytes counts ----
+
+fn register_with(
+    core: &mut Core,
+    peer: &str,
+    have: &[u32],
+    content_length: Option<u64>,
+    now: Instant,
+) -> Vec<Outbound> {
+    core.handle(
+        peer,
+        PeerEvent::Register {
+            task: task(),
+            url: "https://origin/model.bin".into(),
+            have: have.iter().map(|n| (*n, [*n as u8; 32])).collect(),
+            content_length,
+            digest: None,
+        },
+        now,
+    )
+}
+
+fn back_to_source(out: &[Outbound], to: &str) -> bool {
+    out.iter()
+        .any(|o| o.to == to && matches!(o.msg, ToPeer::BackToSource { .. }))
+}
+
+fn meta_to(out: &[Outbound], to: &str) -> Option<u64> {
+    out.iter().find_map(|o| match o.msg {
+        ToPeer::Meta { content_length } if o.to == to => Some(content_length),
+        _ => None,
+    })
+}
+
+/// The parent entry `parent` has in the Parents message to `child`.
+fn entry(out: &[Outbound], child: &str, parent: &str) -> Option<ParentEntry> {
+    out.iter()
+        .filter(|o| o.to == child)
+        .find_map(|o| match &o.msg {
+            ToPeer::Parents(p) => p.iter().find(|e| e.peer_id == parent).cloned(),
+            _ => None,
+        })
+}
+
+#[test]
+fn a_peer_cannot_set_a_tasks_length_or_digests_before_its_source_does() {
+    let mut core = Core::default();
+    hello(&mut core, host("seed", true, 8));
+    for p in ["a", "liar"] {
+        hello(&mut core, host(p, false, 8));
+        register(&mut core, p);
+    }
+    // The liar speaks first: a length and a digest of its own.
+    let out = core.handle(
+        "liar",
+        PeerEvent::Meta {
+            task: task(),
+            content_length: 999,
+        },
+        t0(),
+    );
+    assert_eq!(meta_to(&out, "a"), None, "a liar's length reaches nobody");
+    let out = core.handle(
+        "liar",
+        PeerEvent::PieceDone {
+            task: task(),
+            num: 0,
+            digest: [0xEE; 32],
+        },
+        t0(),
+    );
+    assert!(
+        out.is_empty(),
+        "an unconfirmed piece is offered to nobody: {out:?}"
+    );
+    // The source's word is the task's.
+    let out = core.handle(
+        "seed",
+        PeerEvent::Meta {
+            task: task(),
+            content_length: 2 << 20,
+        },
+        t0(),
+    );
+    assert_eq!(meta_to(&out, "a"), Some(2 << 20));
+    done(&mut core, "seed", 0);
+    assert_eq!(
+        core.stats.digest_conflicts, 1,
+        "the liar's claim was refuted"
+    );
+    hello(&mut core, host("late", false, 8));
+    let out = register(&mut core, "late");
+    let seed = entry(&out, "late", "seed").expect("the seed is a parent");
+    assert_eq!(seed.pieces, vec![(0, [0; 32])], "with the source's digest");
+    assert!(
+        entry(&out, "late", "liar").is_none(),
+        "the liar holds nothing"
+    );
+}
+
+#[test]
+fn a_claim_counts_once_the_source_reports_the_same_digest() {
+    let mut core = Core::default();
+    hello(&mut core, host("seed", true, 8));
+    hello(&mut core, host("b", false, 8));
+    // b resumes with piece 1 on disk before the seed has reported it.
+    register_with(&mut core, "b", &[1], None, t0());
+    hello(&mut core, host("a", false, 8));
+    let out = register(&mut core, "a");
+    assert!(
+        entry(&out, "a", "b").is_none(),
+        "b's claim is not confirmed yet"
+    );
+    let out = done(&mut core, "seed", 1);
+    // Confirmed: b becomes a parent of whoever is short of parents.
+    assert!(
+        core.parents_of(&task(), "a").contains(&"b".to_string())
+            || out
+                .iter()
+                .any(|o| matches!(&o.msg, ToPeer::Available { parent, .. } if parent == "b")),
+        "{out:?}"
+    );
+    hello(&mut core, host("c", false, 8));
+    let out = register(&mut core, "c");
+    assert_eq!(entry(&out, "c", "b").unwrap().pieces, vec![(1, [1; 32])]);
+}
+
+#[test]
+fn after_a_scheduler_restart_a_peer_announcing_the_whole_task_serves_newcomers() {
+    let mut core = Core::default();
+    let len = 3 << 20;
+    for p in ["a", "b"] {
+        hello(&mut core, host(p, false, 8));
+        let out = register_with(&mut core, p, &[0, 1, 2], Some(len), t0());
+        assert!(!out
+            .iter()
+            .any(|o| o.to != p && matches!(o.msg, ToPeer::BackToSource { .. })));
+        core.handle(p, PeerEvent::TaskDone { task: task() }, t0());
+    }
+    hello(&mut core, host("new", false, 8));
+    let out = register(&mut core, "new");
+    assert!(
+        !back_to_source(&out, "new"),
+        "the origin is not needed: {out:?}"
+    );
+    assert_eq!(meta_to(&out, "new"), Some(len));
+    let mut parents = core.parents_of(&task(), "new");
+    parents.sort();
+    assert_eq!(parents, vec!["a", "b"]);
+    assert_eq!(entry(&out, "new", "a").unwrap().pieces.len(), 3);
+}
+
+#[test]
+fn a_restarted_scheduler_waits_for_the_seed_before_sending_a_peer_with_pieces_to_the_origin() {
+    let grace = Config::default().seed_grace;
+    let mut core = Core::default();
+    hello(&mut core, host("a", false, 8));
+    // a was mid-download when the old scheduler died.
+    let out = register_with(&mut core, "a", &[0], None, t0());
+    assert!(!back_to_source(&out, "a"), "{out:?}");
+    // The seed reconnects a moment later and takes the task.
+    let out = hello(&mut core, host("seed", true, 8));
+    assert!(
+        out.iter()
+            .any(|o| o.to == "seed" && matches!(o.msg, ToPeer::SeedTask { .. })),
+        "{out:?}"
+    );
+    // Without a seed, after the grace, a stalled peer with pieces goes.
+    let mut core = Core::default();
+    hello(&mut core, host("a", false, 8));
+    register_with(&mut core, "a", &[0], None, t0());
+    assert!(back_to_source(
+        &source_request(&mut core, "a", t0() + grace),
+        "a"
+    ));
+    // A newcomer with nothing is not held back by the grace.
+    let mut core = Core::default();
+    hello(&mut core, host("n", false, 8));
+    assert!(back_to_source(&register(&mut core, "n"), "n"));
+}
+
+#[test]
+fn a_tasks_digest_reaches_its_seed_only_when_the_task_id_is_that_digests() {
+    for (keyed, want) in [(true, true), (false, false)] {
+        let mut core = Core::default();
+        hello(&mut core, host("seed", true, 8));
+        hello(&mut core, host("a", false, 8));
+        let d = [9u8; 32];
+        let id = if keyed {
+            TaskId::from_sha256(&d)
+        } else {
+            task()
+        };
+        let out = core.handle(
+            "a",
+            PeerEvent::Register {
+                task: id,
+                url: "https://origin/model.bin".into(),
+                have: vec![],
+                content_length: None,
+                digest: Some(d),
+            },
+            t0(),
+        );
+        let sent = out.iter().find_map(|o| match &o.msg {
+            ToPeer::SeedTask { digest, .. } => Some(*digest),
+            _ => None,
+        });
+        assert_eq!(sent, Some(want.then_some(d)), "keyed by digest: {keyed}");
+    }
 }
