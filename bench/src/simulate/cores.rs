@@ -371,6 +371,8 @@ impl PeerDownload {
                     url: self.url.clone(),
                     have,
                     content_length: (content_length > 0).then_some(content_length),
+                    // The simulated tasks are keyed by URL.
+                    digest: None,
                 },
                 dl::ToScheduler::Meta { content_length } => PeerEvent::Meta {
                     task,
