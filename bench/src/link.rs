@@ -732,8 +732,11 @@ struct MemoryRow {
     parent: Mem,
     child: Mem,
     /// Per cgroup (parent, child): OOM kills, peak, limit hits.
-    cg: Option<[(Option<u64>, Option<u64>, Option<u64>); 2]>,
+    cg: Option<[CgroupFigures; 2]>,
 }
+
+/// A cgroup's OOM kills, peak and limit hits, when it could read them.
+type CgroupFigures = (Option<u64>, Option<u64>, Option<u64>);
 
 fn memory(a: &LinkArgs, bin: &Path, md: &mut String) -> Result<()> {
     let place = Place::loopback();

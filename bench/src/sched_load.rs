@@ -341,6 +341,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
             url: url.clone(),
             have: Vec::new(),
             content_length: 0,
+            digest: Vec::new(),
         }))
         .await?;
         send(PeerMsg::Meta(pb::TaskMeta {
@@ -366,6 +367,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
                     url: url.clone(),
                     have: Vec::new(),
                     content_length: 0,
+                    digest: Vec::new(),
                 })),
             )
         });
@@ -415,10 +417,10 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
         let before = messages(&metrics_addr)?;
         let t_burst = Instant::now();
         let mut burst = 0u64;
-        for i in 1..n {
+        for (i, session) in sessions.iter().enumerate().take(n).skip(1) {
             for k in per_peer..pieces {
                 let num = (i as u32).wrapping_mul(7).wrapping_add(k) % pieces;
-                sessions[i]
+                session
                     .tx
                     .send(msg(PeerMsg::PieceDone(pb::PieceDone {
                         task_id: task.clone(),

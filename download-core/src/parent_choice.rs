@@ -651,9 +651,8 @@ mod tests {
                 v.throughput = 1e6 * (1 + rnd(1000)) as f64;
                 v.load = rnd(5) as u32;
                 if rnd(4) == 0 {
-                    v.busy_until = Some(
-                        now + Duration::from_millis(rnd(200) as u64) - Duration::from_millis(100),
-                    );
+                    v.busy_until =
+                        Some(now + Duration::from_millis(rnd(200)) - Duration::from_millis(100));
                 }
                 for _ in 0..rnd(4) {
                     let n = rnd(pieces as u64) as u32;

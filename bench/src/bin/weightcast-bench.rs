@@ -229,7 +229,7 @@ struct SimulateArgs {
     #[arg(long, default_value = "10GiB", value_parser = byte_size::parse)]
     size: u64,
     /// Every host's upload and download capacity (B).
-    #[arg(long, default_value = "25gbit", value_parser = parse_bits)]
+    #[arg(long, default_value = "25gbit", value_parser = netns::parse_bits)]
     bandwidth: u64,
     /// Piece size: `auto` only, the rule every component shares
     /// (`PieceLayout::for_length`: about 500 pieces, 4 to 64 MiB).
@@ -239,7 +239,7 @@ struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     zones: usize,
     /// Each zone's link out and in (default: 1/16 of its hosts' bandwidth).
-    #[arg(long, value_parser = parse_bits)]
+    #[arg(long, value_parser = netns::parse_bits)]
     zone_bandwidth: Option<u64>,
     /// A quarter of the peers upload at B/10.
     #[arg(long)]
@@ -250,7 +250,7 @@ struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     seeds: usize,
     /// The origin host's upload cap (default: B).
-    #[arg(long, value_parser = parse_bits)]
+    #[arg(long, value_parser = netns::parse_bits)]
     origin_bandwidth: Option<u64>,
     /// Run the first seed on the origin's host, as the emulator does.
     #[arg(long)]

@@ -294,8 +294,12 @@ impl PeerDownload {
                 reason: reason.as_str().to_string(),
             },
             // The seed order is the world's (it starts a download); the
-            // origin has no rate budget in the simulation.
-            ToPeer::SeedTask { .. } | ToPeer::OriginBudget { .. } => return,
+            // origin has no rate budget in the simulation, and there are
+            // no cache jobs.
+            ToPeer::SeedTask { .. }
+            | ToPeer::OriginBudget { .. }
+            | ToPeer::Preheat { .. }
+            | ToPeer::DeleteCache => return,
         };
         self.input(now, dl::Input::Scheduler(ev));
     }

@@ -55,7 +55,7 @@ pub fn markdown(results: &[SimResult]) -> String {
 
 /// `25 Gbit/s`-style.
 pub fn bits(b: u64) -> String {
-    if b >= 1_000_000_000 && b % 1_000_000_000 == 0 {
+    if b >= 1_000_000_000 && b.is_multiple_of(1_000_000_000) {
         format!("{} Gbit/s", b / 1_000_000_000)
     } else if b >= 1_000_000 {
         format!("{} Mbit/s", b / 1_000_000)
@@ -214,7 +214,7 @@ pub fn timeline_svg(r: &SimResult, path: &Path) -> Result<()> {
         .y_desc("fraction")
         .draw()?;
     let n = r.peers.max(1) as f64;
-    let series: [(&str, RGBColor, &dyn Fn(&super::world::Sample) -> f64); 5] = [
+    let series: [Series<'_>; 5] = [
         ("goodput / (N·B)", BLUE, &|s| s.goodput),
         ("upload slots busy", RED, &|s| s.upload_slots_busy),
         ("peers done", BLACK, &|s| s.done as f64 / n),
@@ -241,3 +241,6 @@ pub fn timeline_svg(r: &SimResult, path: &Path) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// A timeline plot's line: its label, colour and what it reads off a sample.
+type Series<'a> = (&'a str, RGBColor, &'a dyn Fn(&super::world::Sample) -> f64);

@@ -484,7 +484,7 @@ impl World {
         }
         for i in 0..p.peers {
             let zone = i % zones;
-            let slow = p.heterogeneous && mix(i as u64) % 4 == 0;
+            let slow = p.heterogeneous && mix(i as u64).is_multiple_of(4);
             let up = if slow { p.bandwidth / 10 } else { p.bandwidth };
             let host = add_host(&mut net, up, zone);
             nodes.push(node(format!("peer-{i:05}"), host, zone, false, slow));
@@ -680,7 +680,7 @@ impl World {
                 let out = self.scheduler.disconnect(&id, self.now);
                 self.send_out(out);
             }
-            Ev::ToNode(n, msg) => self.to_node(n, msg),
+            Ev::ToNode(n, msg) => self.deliver_to_node(n, msg),
             Ev::Request(t) => self.request(t),
             Ev::Answer(t) => self.answer(t),
             Ev::FlowDone(k) => self.flow_done(k),
@@ -778,7 +778,7 @@ impl World {
         }
     }
 
-    fn to_node(&mut self, n: usize, msg: ToPeer) {
+    fn deliver_to_node(&mut self, n: usize, msg: ToPeer) {
         let now = self.now;
         let node = &mut self.nodes[n];
         if !node.alive {
