@@ -566,6 +566,20 @@ pub fn weightcast_bin(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Ok(std::path::absolute(bin)?)
 }
 
+/// Asserts that the test origin at `addr` sent at most 1.1 copies of a
+/// `size`-byte file (the swarm, not every peer, went to it); `why` says
+/// what that shows. Returns the bytes it sent.
+pub fn assert_origin_sent_about_one_copy(addr: &str, size: u64, why: &str) -> u64 {
+    let served = origin_stats(addr)
+        .expect("the test origin answers /_stats")
+        .bytes_served;
+    assert!(
+        served as f64 <= 1.1 * size as f64,
+        "the origin sent {served} bytes for a {size}-byte file: {why}"
+    );
+    served
+}
+
 /// `GET /_stats` of the test origin.
 pub fn origin_stats(addr: &str) -> Result<weightcast_engine::file_server::StatsSnapshot> {
     Ok(serde_json::from_str(&http_get(addr, "/_stats")?)?)
