@@ -37,32 +37,34 @@ struct Fleet {
     seed: Daemon,
 }
 
-fn fleet(nodes: usize) -> Fleet {
+fn fleet(nodes: usize, scheduler_extra: &[&str]) -> Fleet {
     let mut c = Cluster::new(BIN).unwrap();
     let files = c.path("files");
     std::fs::create_dir_all(&files).unwrap();
     safetensors_gen::write(&files.join("small.safetensors"), 3 * MIB + 11, 3).unwrap();
     safetensors_gen::write(&files.join("big.safetensors"), 64 * MIB, 5).unwrap();
-    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
+    let (origin, origin_addr) = c.origin(&files, Faults::default()).unwrap();
     let manager = c
         .manager(
             "manager",
             &["--keepalive-ttl", "5", "--root-password", PASSWORD],
         )
         .unwrap();
+    let budget = scheduler_extra
+        .iter()
+        .map(|a| a.replace("ORIGIN", &origin_addr))
+        .collect::<Vec<_>>();
+    let mut sched_args = vec![
+        "--manager",
+        manager.as_str(),
+        "--cluster",
+        "gpu-a",
+        "--keepalive-interval",
+        "1",
+    ];
+    sched_args.extend(budget.iter().map(String::as_str));
     let (_, scheduler_metrics) = c
-        .scheduler_named(
-            &Place::loopback(),
-            "scheduler",
-            &[
-                "--manager",
-                &manager,
-                "--cluster",
-                "gpu-a",
-                "--keepalive-interval",
-                "1",
-            ],
-        )
+        .scheduler_named(&Place::loopback(), "scheduler", &sched_args)
         .unwrap();
     let m = [
         "--manager",
@@ -241,7 +243,7 @@ async fn the_console_in_chromium_preheats_shows_a_rollout_and_evicts() {
         .status()
         .expect("run scripts/setup-browser");
     assert!(ok.success(), "scripts/setup-browser failed");
-    let f = fleet(2);
+    let f = fleet(2, &[]);
     let mgr = f.manager.clone();
     let mgr_addr = mgr.trim_start_matches("http://").to_string();
     let driver = chromedriver(&f.c.path("chromedriver.log"));
@@ -574,26 +576,37 @@ fn every_metric_the_grafana_dashboard_queries_exists() {
         "the dashboard queries {} metrics",
         wanted.len()
     );
-    let f = fleet(1);
-    let out =
+    // A scheduler-set origin budget, so that the budget gauge exists
+    // while a download runs; scraped all along the download.
+    let f = fleet(1, &["--origin-rate-limit", "ORIGIN=40MB/s"]);
+    let mgr = f.manager.trim_start_matches("http://").to_string();
+    let mut get =
         f.c.get_command(
             &f.nodes[0],
-            &format!("{}/small.safetensors", f.origin),
+            &format!("{}/big.safetensors", f.origin),
             &f.c.path("o"),
         )
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    f.c.assert_ok("get", &out);
-    let mgr = f.manager.trim_start_matches("http://").to_string();
     let mut have = BTreeSet::new();
-    for text in [
-        f.c.metrics(&f.nodes[0]).unwrap(),
-        f.c.metrics(&f.seed).unwrap(),
-        http_get(&f.scheduler_metrics, "/metrics").unwrap(),
-        http_get(&mgr, "/metrics").unwrap(),
-    ] {
-        have.extend(exposed(&text));
+    loop {
+        let done = get.try_wait().unwrap().is_some();
+        for text in [
+            f.c.metrics(&f.nodes[0]).unwrap(),
+            f.c.metrics(&f.seed).unwrap(),
+            http_get(&f.scheduler_metrics, "/metrics").unwrap(),
+            http_get(&mgr, "/metrics").unwrap(),
+        ] {
+            have.extend(exposed(&text));
+        }
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(get.wait().unwrap().success(), "the get during the scrapes");
     let missing: Vec<&String> = wanted.iter().filter(|m| !have.contains(*m)).collect();
     assert!(
         missing.is_empty(),
