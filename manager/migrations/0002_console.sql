@@ -1,5 +1,5 @@
 -- The console's users (a root user for now) and their sign-in sessions.
--- Passwords are stored as argon2id PHC strings; session cookies only as
+-- Passwords are stored as argon2id PHC strings, and session cookies only as
 -- their sha256, with the CSRF token every form of that session carries.
 CREATE TABLE users (
     id BIGSERIAL PRIMARY KEY,
