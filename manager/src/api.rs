@@ -4,7 +4,7 @@
 //! seeds, the scheduler list daemons ask for).
 
 use crate::db::{Db, DbError};
-use crate::jobs::{self, CreateJob, PreheatArgs, TaskArgs};
+use crate::jobs::{self, CreateJob};
 use crate::tokens::{self, AuthError, Denied};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -94,40 +94,21 @@ async fn create_job(
         Ok(r) => r,
         Err(e) => return unprocessable(&e.to_string()),
     };
-    let args = match req.kind.as_str() {
-        jobs::PREHEAT => match serde_json::from_value::<PreheatArgs>(req.args.clone()) {
-            Ok(a) => match a.validate() {
-                Ok(()) => req.args.clone(),
-                Err(e) => return unprocessable(&e.0),
-            },
-            Err(e) => return unprocessable(&e.to_string()),
-        },
-        jobs::GET_TASK | jobs::DELETE_TASK => {
-            match serde_json::from_value::<TaskArgs>(req.args.clone()) {
-                Ok(a) => match crate::worker::task_of(&a) {
-                    Ok(_) => req.args.clone(),
-                    Err(e) => return unprocessable(&e),
-                },
-                Err(e) => return unprocessable(&e.to_string()),
-            }
-        }
-        _ => return unprocessable("Unknow type"),
+    let args = match jobs::checked_args(&req.kind, &req.args) {
+        Ok(a) => a,
+        Err(e) => return unprocessable(&e),
     };
     let ids = req.scheduler_cluster_ids.unwrap_or_default();
     let _ = req.seed_peer_cluster_ids;
-    let group: [u8; 16] = rand::random();
-    let group = hex::encode(group);
-    let row = match s
-        .db
-        .insert_job(
-            &req.kind,
-            req.bio.as_deref().unwrap_or(""),
-            req.user_id.unwrap_or(0),
-            &args.to_string(),
-            &serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()),
-            &group,
-        )
-        .await
+    let row = match jobs::enqueue(
+        &s.db,
+        &req.kind,
+        req.bio.as_deref().unwrap_or(""),
+        req.user_id.unwrap_or(0),
+        &args,
+        &ids,
+    )
+    .await
     {
         Ok(r) => r,
         Err(e) => return internal(e),

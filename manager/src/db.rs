@@ -14,7 +14,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The embedded migrations, in order.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_console.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -71,6 +74,21 @@ pub struct TokenRow {
     pub scopes: Vec<String>,
     pub state: String,
     pub expires_at: Option<i64>,
+}
+
+/// A token as the console lists it (never its hash).
+#[derive(Debug, Clone)]
+pub struct TokenListing {
+    pub row: TokenRow,
+    pub created_at: i64,
+}
+
+/// A signed-in console session.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub user: String,
+    pub csrf: String,
+    pub expires_at: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -181,7 +199,7 @@ impl Db {
             };
             let mut tx = self.pool.begin().await?;
             for stmt in statements(&sql) {
-                sqlx::query(stmt).execute(&mut *tx).await?;
+                sqlx::query(&stmt).execute(&mut *tx).await?;
             }
             sqlx::query("INSERT INTO weightcast_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(*version)
@@ -363,6 +381,132 @@ impl Db {
         Ok(r.rows_affected() > 0)
     }
 
+    /// A page of tokens, newest first, and how many there are.
+    pub async fn tokens(
+        &self,
+        page: i64,
+        per_page: i64,
+    ) -> Result<(Vec<TokenListing>, i64), DbError> {
+        let rows = sqlx::query("SELECT id, name, scopes, state, expires_at, created_at FROM personal_access_tokens ORDER BY id DESC LIMIT $1 OFFSET $2")
+            .bind(per_page)
+            .bind((page - 1).max(0) * per_page)
+            .fetch_all(&self.pool)
+            .await?;
+        let total = sqlx::query("SELECT COUNT(*) AS n FROM personal_access_tokens")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let list = rows
+            .iter()
+            .map(|r| {
+                let scopes: String = r.try_get("scopes")?;
+                Ok(TokenListing {
+                    row: TokenRow {
+                        id: r.try_get("id")?,
+                        name: r.try_get("name")?,
+                        scopes: scopes
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                        state: r.try_get("state")?,
+                        expires_at: r.try_get("expires_at")?,
+                    },
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((list, total))
+    }
+
+    // ---- console users and sessions ----
+
+    /// Sets `name`'s password hash, creating the user if needed.
+    pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<(), DbError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO users (name, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        // A new password ends the sessions opened with the old one.
+        sqlx::query("DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE name = $1)")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `(user id, password hash)` of `name`.
+    pub async fn user_password(&self, name: &str) -> Result<Option<(i64, String)>, DbError> {
+        let row = sqlx::query("SELECT id, password_hash FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some((r.try_get("id")?, r.try_get("password_hash")?)))
+    }
+
+    pub async fn user_count(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+
+    pub async fn create_session(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<(), DbError> {
+        let now = now_ms();
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, csrf, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(csrf)
+            .bind(expires_at)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The unexpired session whose cookie hashes to `token_hash`.
+    pub async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT u.name, s.csrf, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(SessionRow {
+            user: r.try_get("name")?,
+            csrf: r.try_get("csrf")?,
+            expires_at: r.try_get("expires_at")?,
+        }))
+    }
+
+    pub async fn delete_session(&self, token_hash: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ---- jobs ----
 
     pub async fn insert_job(
@@ -487,13 +631,17 @@ impl Db {
 }
 
 /// The statements of a migration file (`;`-separated, comments dropped).
-fn statements(sql: &str) -> Vec<&str> {
-    sql.split(';')
-        .map(|s| s.trim())
-        .filter(|s| {
-            !s.lines()
-                .all(|l| l.trim().is_empty() || l.trim().starts_with("--"))
-        })
+fn statements(sql: &str) -> Vec<String> {
+    // Whole-line comments go first, so that a ';' written in a comment
+    // cannot cut a statement in two (the splitter does not parse SQL).
+    let code: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    code.split(';')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
         .collect()
 }
 
@@ -504,9 +652,9 @@ mod tests {
     #[test]
     fn migration_files_split_into_statements() {
         let s = statements(
-            "-- a comment\nCREATE TABLE a (x INT);\n\nCREATE INDEX i ON a (x);\n-- end\n",
+            "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\nCREATE INDEX i ON a (x);\n-- end\n",
         );
         assert_eq!(s.len(), 2);
-        assert!(s[0].ends_with("CREATE TABLE a (x INT)"));
+        assert_eq!(s[0], "CREATE TABLE a (x INT)");
     }
 }

@@ -75,6 +75,46 @@ pub struct TaskArgs {
     pub timeout: Option<i64>,
 }
 
+/// The `args` of a new job of type `kind`, checked (the open API and the
+/// console create jobs through this one gate); the error says what is wrong.
+pub fn checked_args(kind: &str, args: &Value) -> Result<Value, String> {
+    match kind {
+        PREHEAT => {
+            let a =
+                serde_json::from_value::<PreheatArgs>(args.clone()).map_err(|e| e.to_string())?;
+            a.validate().map_err(|e| e.0)?;
+        }
+        GET_TASK | DELETE_TASK => {
+            let a = serde_json::from_value::<TaskArgs>(args.clone()).map_err(|e| e.to_string())?;
+            crate::worker::task_of(&a)?;
+        }
+        _ => return Err("Unknow type".into()),
+    }
+    Ok(args.clone())
+}
+
+/// Queues a job whose `args` passed [`checked_args`], for `cluster_ids`
+/// (empty: every cluster with an active scheduler).
+pub async fn enqueue(
+    db: &crate::db::Db,
+    kind: &str,
+    bio: &str,
+    user_id: i64,
+    args: &Value,
+    cluster_ids: &[i64],
+) -> Result<JobRow, crate::db::DbError> {
+    let group = hex::encode(rand::random::<[u8; 16]>());
+    db.insert_job(
+        kind,
+        bio,
+        user_id,
+        &args.to_string(),
+        &serde_json::to_string(cluster_ids).unwrap_or_else(|_| "[]".into()),
+        &group,
+    )
+    .await
+}
+
 /// A 422 with Dragonfly's `{"errors": ...}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

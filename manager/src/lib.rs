@@ -8,6 +8,8 @@
 //! - [`api`]: the HTTP server: Dragonfly's open API as Harbor ≥ 2.12 calls
 //!   it (`/healthy`, `/oapi/v1/jobs`, `/oapi/v1/clusters`), and the cluster
 //!   registry's keepalives and scheduler lists.
+//! - [`console`]: the web console at `/` (sign-in, clusters, rollout,
+//!   preheat jobs, tasks, tokens), its assets embedded in the binary.
 //! - [`tokens`]: personal access tokens (hashed, scoped, expiring).
 //! - [`jobs`]: the job shapes (create body, args, answer and result).
 //! - [`resolve`]: a preheat's source (image manifest URL, `oci://`, `hf://`,
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod client;
+pub mod console;
 pub mod db;
 pub mod jobs;
 pub mod resolve;
@@ -47,6 +50,9 @@ pub struct ManagerConfig {
     /// The Hub `hf://` preheats resolve against by default.
     pub hf_endpoint: String,
     pub hf_token: Option<String>,
+    /// Sets the console's root password at start if no user has one yet
+    /// (first start); later changes go through `manager user set-password`.
+    pub root_password: Option<String>,
 }
 
 /// A running manager.
@@ -65,6 +71,14 @@ impl Manager {
             source,
         })?;
         let db = Db::open(config.database.as_deref(), &config.data_dir).await?;
+        if let Some(pw) = &config.root_password {
+            if db.user_password(console::session::ROOT).await?.is_none() {
+                console::session::set_password(&db, console::session::ROOT, pw)
+                    .await
+                    .map_err(|e| DbError::Conflict(e.to_string()))?;
+                tracing::info!("console: root password set (first start)");
+            }
+        }
         let shared = Arc::new(api::Shared {
             db: db.clone(),
             ttl: config.keepalive_ttl,
@@ -72,7 +86,11 @@ impl Manager {
         });
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        let app = api::router(shared.clone());
+        let app = api::router(shared.clone()).merge(console::router(Arc::new(console::Console {
+            shared: shared.clone(),
+            hf_endpoint: config.hf_endpoint.clone(),
+            hf_token: config.hf_token.clone(),
+        })));
         let stop = cancel.clone();
         tasks.spawn(async move {
             if let Err(e) = axum::serve(listener, app)

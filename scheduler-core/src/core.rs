@@ -48,6 +48,16 @@ pub struct Stats {
     pub piece_failures: u64,
 }
 
+/// A connected peer: what it said in hello and what it does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSummary {
+    pub info: HostInfo,
+    /// Uploads it reported running.
+    pub active_uploads: u32,
+    /// Tasks it holds or fetches.
+    pub tasks: u64,
+}
+
 struct Host {
     info: HostInfo,
     active_uploads: u32,
@@ -395,6 +405,27 @@ impl Core {
     /// Sum of active uploads peers reported.
     pub fn upload_load(&self) -> u64 {
         self.hosts.values().map(|h| h.active_uploads as u64).sum()
+    }
+
+    /// Every connected peer as an operator lists them (the manager's
+    /// console), in peer id order.
+    pub fn peers(&self) -> Vec<PeerSummary> {
+        let mut out: Vec<PeerSummary> = self
+            .hosts
+            .values()
+            .map(|h| PeerSummary {
+                info: h.info.clone(),
+                active_uploads: h.active_uploads,
+                tasks: h.tasks.len() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.info.peer_id.cmp(&b.info.peer_id));
+        out
+    }
+
+    /// A task's length, once a peer has learned it.
+    pub fn task_length(&self, task: &TaskId) -> Option<u64> {
+        self.tasks.get(task).and_then(|t| t.content_length)
     }
 
     /// Parents currently planned for `child` on `task` (for tests and simulators).

@@ -47,6 +47,6 @@ pub use crate::cache_job::{
     TaskResults, WarmTask,
 };
 pub use crate::config::{Config, Weights};
-pub use crate::core::{Core, Stats};
+pub use crate::core::{Core, PeerSummary, Stats};
 pub use crate::events::{HostInfo, Outbound, ParentEntry, PeerEvent, SourceReason, ToPeer};
 pub use weightcast_types::{PeerId, TaskId};

@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
 use weightcast_scheduler_core::{
-    Config, Core, HostInfo, JobId, JobRefused, Outbound, PeerEvent, PeerId, PeerResult, PreheatJob,
+    Config, Core, HostInfo, JobId, JobRefused, Outbound, PeerEvent, PeerId, PeerResult,
+    PeerSummary, PreheatJob,
 };
 use weightcast_types::ids::InvalidTaskId;
 use weightcast_types::TaskId;
@@ -71,7 +72,10 @@ enum Event {
     },
     StatTask {
         task: TaskId,
-        reply: oneshot::Sender<Vec<PeerResult>>,
+        reply: oneshot::Sender<(Vec<PeerResult>, Option<u64>)>,
+    },
+    ListPeers {
+        reply: oneshot::Sender<Vec<PeerSummary>>,
     },
 }
 
@@ -161,7 +165,11 @@ impl Actor {
                 }
             }
             Event::StatTask { task, reply } => {
-                let _ = reply.send(self.core.task_holders(&task));
+                let _ = reply.send((self.core.task_holders(&task), self.core.task_length(&task)));
+                return;
+            }
+            Event::ListPeers { reply } => {
+                let _ = reply.send(self.core.peers());
                 return;
             }
         };
@@ -434,11 +442,29 @@ impl pb::scheduler_server::Scheduler for Service {
             .send(Event::StatTask { task, reply })
             .await
             .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
-        let peers = answer
+        let (peers, length) = answer
             .await
             .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
         Ok(Response::new(pb::StatTaskReply {
             peers: peers.into_iter().map(wire::peer_result).collect(),
+            content_length: length.unwrap_or(0),
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        _request: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersReply>, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::ListPeers { reply })
+            .await
+            .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
+        let peers = answer
+            .await
+            .map_err(|_| Status::unavailable("scheduler is shutting down"))?;
+        Ok(Response::new(pb::ListPeersReply {
+            peers: peers.into_iter().map(wire::peer_summary).collect(),
         }))
     }
 

@@ -13,8 +13,8 @@ use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
 use weightcast_scheduler_core::{
-    HostInfo, JobStatus, Outbound, ParentEntry, PeerEvent, PeerFilter, PeerResult, PreheatJob,
-    ResultState, Scope, ToPeer, WarmTask,
+    HostInfo, JobStatus, Outbound, ParentEntry, PeerEvent, PeerFilter, PeerResult, PeerSummary,
+    PreheatJob, ResultState, Scope, ToPeer, WarmTask,
 };
 use weightcast_types::ids::InvalidTaskId;
 use weightcast_types::piece::{digest_from_slice, PieceDigest};
@@ -143,6 +143,25 @@ pub fn host_info(h: pb::HostInfo) -> HostInfo {
         upload_slots: h.upload_slots,
         rdma: h.rdma,
         host_id: h.host_id,
+    }
+}
+
+pub fn peer_summary(p: PeerSummary) -> pb::PeerSummary {
+    let h = p.info;
+    pb::PeerSummary {
+        host: Some(pb::HostInfo {
+            peer_id: h.peer_id,
+            hostname: h.hostname,
+            piece_addr: h.piece_addr,
+            zone: h.zone,
+            rack: h.rack,
+            seed: h.seed,
+            upload_slots: h.upload_slots,
+            rdma: h.rdma,
+            host_id: h.host_id,
+        }),
+        active_uploads: p.active_uploads,
+        tasks: p.tasks,
     }
 }
 

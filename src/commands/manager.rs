@@ -1,5 +1,5 @@
 //! `weightcast manager` (the open API, cluster registry and job queue) and
-//! `weightcast manager token create`.
+//! `weightcast manager token create`, `weightcast manager user set-password`.
 
 use super::ready_file;
 use anyhow::Context;
@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use weightcast_manager::{tokens, Db, Manager, ManagerConfig};
+use weightcast_manager::{console, tokens, Db, Manager, ManagerConfig};
 use weightcast_origin::hub::DEFAULT_ENDPOINT;
 
 #[derive(Args, Debug)]
@@ -47,6 +47,10 @@ pub struct ManagerArgs {
     pub hf_endpoint: String,
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub hf_token: Option<String>,
+    /// The console's root password, set at the first start (when no user
+    /// has one); change it later with `weightcast manager user set-password`.
+    #[arg(long, env = "WEIGHTCAST_MANAGER_ROOT_PASSWORD", hide_env_values = true)]
+    pub root_password: Option<String>,
     /// Write {"addr"} here once serving (for scripts using port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -58,6 +62,22 @@ pub enum ManagerCommand {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Users of the web console.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Sets a console user's password (creating the user) and ends its
+    /// sessions. The password comes from WEIGHTCAST_MANAGER_PASSWORD, else
+    /// the first line of standard input.
+    SetPassword {
+        #[arg(long, default_value = "root")]
+        name: String,
     },
 }
 
@@ -85,6 +105,9 @@ pub async fn run(a: ManagerArgs) -> anyhow::Result<()> {
     match a.command {
         Some(ManagerCommand::Token { command }) => {
             token(&a.data_dir, a.database.as_deref(), command).await
+        }
+        Some(ManagerCommand::User { command }) => {
+            user(&a.data_dir, a.database.as_deref(), command).await
         }
         None => serve(a).await,
     }
@@ -132,6 +155,28 @@ async fn token(
     Ok(())
 }
 
+async fn user(
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+    c: UserCommand,
+) -> anyhow::Result<()> {
+    let UserCommand::SetPassword { name } = c;
+    let password = match std::env::var("WEIGHTCAST_MANAGER_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    let db = Db::open(database, data_dir).await?;
+    console::session::set_password(&db, &name, &password).await?;
+    eprintln!("console user {name:?}: password set; its sessions are signed out");
+    Ok(())
+}
+
 async fn serve(a: ManagerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -142,6 +187,7 @@ async fn serve(a: ManagerArgs) -> anyhow::Result<()> {
         keepalive_ttl: Duration::from_secs(a.keepalive_ttl.max(1)),
         hf_endpoint: a.hf_endpoint.clone(),
         hf_token: a.hf_token.clone(),
+        root_password: a.root_password.clone(),
     };
     let manager = Manager::start(config, listener)
         .await
