@@ -51,6 +51,8 @@ enum Command {
     Preheat(commands::preheat::PreheatArgs),
     /// Which peers hold a task (ls), or evict it everywhere (rm).
     Task(commands::task::TaskArgsCli),
+    /// This node's cache: list it (ls), remove a task (rm), collect now (gc).
+    Cache(commands::cache::CacheArgsCli),
     /// Run an origin, a scheduler, a seed and N peers in this process on loopback and compare.
     Demo(commands::demo::DemoArgs),
 }
@@ -69,7 +71,8 @@ fn main() -> std::process::ExitCode {
         | Command::Demo(_)
         | Command::Inspect(_)
         | Command::Preheat(_)
-        | Command::Task(_) => "warn",
+        | Command::Task(_)
+        | Command::Cache(_) => "warn",
     };
     commands::logging::init(default_log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -92,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Preheat(a) => commands::preheat::run(a).await,
             Command::Task(a) => commands::task::run(a).await,
             Command::Demo(a) => commands::demo::run(a).await,
+            Command::Cache(a) => commands::cache::run(a).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use weightcast_origin::OriginConfig;
 use weightcast_rdma::TransportMode;
+use weightcast_store::CachePolicy;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -56,6 +57,10 @@ pub struct EngineConfig {
     /// RDMA device to use (`--rdma-device`); default: the first with an
     /// active port.
     pub rdma_device: Option<String>,
+    /// What bounds the cache (`--cache-size`, `--cache-ttl`, watermarks).
+    pub cache: CachePolicy,
+    /// How often the cache is collected between downloads.
+    pub cache_gc_every: Duration,
 }
 
 impl EngineConfig {
@@ -82,6 +87,8 @@ impl EngineConfig {
             origin: OriginConfig::default(),
             transport: TransportMode::Auto,
             rdma_device: None,
+            cache: CachePolicy::default(),
+            cache_gc_every: Duration::from_secs(60),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! stops them all, letting the pieces in flight land first.
 
 use crate::address;
+use crate::cache_gc::{self, EngineCacheHooks};
 use crate::config::EngineConfig;
 use crate::dispatch;
 use crate::download::{DownloadDeps, DownloadSpec, Mode, Progress};
@@ -104,8 +105,10 @@ impl Engine {
     /// Binds the upload server and, with a scheduler configured, starts the
     /// link to it (connecting in the background).
     pub async fn start(config: EngineConfig) -> Result<Arc<Engine>, StartError> {
-        let store =
-            Arc::new(Store::new(&config.data_dir)?.with_mapped_window(config.mapped_window));
+        let store = Arc::new(
+            Store::with_policy(&config.data_dir, config.cache.clone())?
+                .with_mapped_window(config.mapped_window),
+        );
         let metrics = Arc::new(EngineMetrics::default());
         let rdma = open_rdma(&config)?;
         metrics.inc(&metrics.rdma_enabled, rdma.is_some() as u64);
@@ -194,6 +197,17 @@ impl Engine {
             metrics: metrics.clone(),
         });
         let runs = Arc::new(Runs::new(deps.clone(), tracker.clone(), cancel.clone()));
+        deps.store.set_hooks(Arc::new(EngineCacheHooks {
+            runs: Arc::downgrade(&runs),
+            handle: tokio::runtime::Handle::current(),
+        }));
+        if config.cache.is_bounded() {
+            tracker.spawn(cache_gc::run(
+                deps.store.clone(),
+                config.cache_gc_every,
+                cancel.clone(),
+            ));
+        }
         let stop = cancel.clone();
         let r = runs.clone();
         tracker.spawn(async move {
@@ -243,6 +257,11 @@ impl Engine {
         }))
     }
 
+    /// The piece store (what `weightcast cache` looks at).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.deps.store
+    }
+
     pub fn metrics(&self) -> &EngineMetrics {
         &self.deps.metrics
     }
@@ -287,6 +306,32 @@ impl Engine {
             );
         }
         page.push_str(&budgets.finish());
+        let store = &self.deps.store;
+        let mut cache = weightcast_proto::metrics_text::MetricsText::default();
+        cache.sample(
+            "weightcast_cache_used_bytes",
+            "gauge",
+            "Bytes the tasks in this peer's cache hold (each data file is preallocated to its length).",
+            &[],
+            store.report().used_bytes as f64,
+        );
+        if let Some(max) = store.policy().max_bytes {
+            cache.sample(
+                "weightcast_cache_max_bytes",
+                "gauge",
+                "The cache's bound (--cache-size).",
+                &[],
+                max as f64,
+            );
+        }
+        cache.sample(
+            "weightcast_cache_evictions_total",
+            "counter",
+            "Tasks evicted from the cache by its bound or TTL since start.",
+            &[],
+            store.evictions() as f64,
+        );
+        page.push_str(&cache.finish());
         page
     }
 
@@ -490,6 +535,9 @@ impl Engine {
                 })?;
         }
         on_progress(&progress);
+        if req.pin {
+            self.deps.store.pin(&id, true)?;
+        }
         let placement = match req.client_places {
             true => None,
             false => Some(export::place(&file.data_path(), &req.output)?),

@@ -85,6 +85,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     hub: HubClient,
+    access: crate::endpoint_access::EndpointAccess,
 ) -> std::io::Result<()> {
     let stop = engine.shutting_down();
     let state = Arc::new(HfEndpoint {
@@ -93,10 +94,19 @@ pub async fn serve(
         api_cache: TtlCache::new(METADATA_TTL, 4096),
         meta_cache: TtlCache::new(METADATA_TTL, 4096),
     });
-    let app = axum::Router::new().fallback(handle).with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            crate::endpoint_access::require,
+        ));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
 }
 
 /// The cache key of a request: what it asks and for whom (a token's hash,

@@ -16,15 +16,19 @@
 //!   clients) is the `weightcast-origin` crate.
 //! - `held`: the finished tasks this peer holds, announced again on every
 //!   connection to a scheduler (after a restart of either side).
-//! - `cache_orders`: a scheduler's cache jobs (preheat a task, evict one).
+//! - `cache_orders`: a scheduler's cache jobs (preheat a task, evict one);
+//!   `cache_gc`: the bounded cache's hooks and periodic collection;
+//!   [`cache_admin`]: `weightcast cache ls|rm|gc`.
 //! - [`scheduler_link`]: the stream to the scheduler; [`load_report`] keeps
 //!   it told of this peer's upload load.
 //! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
 //!   [`upload`]: what the upload server serves; [`address`]: what others dial.
-//! - [`local_api`]: the engine on a unix socket, for `weightcast get`.
+//! - [`local_api`]: the engine on a unix socket, for `weightcast get`;
+//!   [`output_access`]: where a client may have the daemon write.
 //! - [`hf_endpoint`]: the daemon as a Hub endpoint for the real
 //!   `huggingface_hub` client.
-//! - [`registry_mirror`]: the daemon as a pull-through registry mirror.
+//! - [`registry_mirror`]: the daemon as a pull-through registry mirror;
+//!   [`endpoint_access`]: who may use these two (loopback, or a token).
 //! - [`s3_endpoint`]: the daemon as an S3-compatible endpoint (reads only)
 //!   for `aws s3`, boto3 and model servers' repository fetchers;
 //!   [`s3_listing`] answers its listings, [`sigv4`] checks its clients'
@@ -36,10 +40,13 @@
 //! - [`ttl_cache`]: the endpoints' brief metadata cache.
 
 pub mod address;
+pub mod cache_admin;
+mod cache_gc;
 mod cache_orders;
 pub mod config;
 mod dispatch;
 pub mod download;
+pub mod endpoint_access;
 pub mod engine;
 pub mod file_server;
 mod held;
@@ -49,6 +56,7 @@ mod load_report;
 pub mod local_api;
 pub mod metrics;
 mod object_pin;
+pub mod output_access;
 pub mod peer_transport;
 pub mod piece_stream;
 pub mod registry_mirror;

@@ -4,8 +4,16 @@
 //! One request per connection, JSON lines: the client sends a
 //! [`GetRequest`]; the daemon answers with [`ApiEvent::Progress`] lines and
 //! ends with [`ApiEvent::Done`] or [`ApiEvent::Error`].
+//!
+//! The daemon often runs as root and its socket may be mounted into
+//! containers: it places a file itself only where [`output_access`] lets
+//! the connected client (by its kernel credentials) have it written; a
+//! client that places the file itself (`client_places`, what `weightcast
+//! get` does) is only told where the verified cache file is.
 
+use crate::cache_admin::{self, CacheOp, CacheRequest};
 use crate::engine::Engine;
+use crate::output_access::{self, Client, OutputPolicy};
 use crate::request::{ErrorKind, GetRequest, GetSummary};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -18,6 +26,8 @@ pub const SOCKET_NAME: &str = "weightcast.sock";
 
 /// The longest request line read: a `get` request is a few hundred bytes.
 const MAX_REQUEST: u64 = 64 << 10;
+/// The longest answer a client reads (a cache listing of many tasks).
+const MAX_ANSWER: u64 = 64 << 20;
 /// Progress lines at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -33,6 +43,8 @@ pub enum ApiEvent {
         total: Option<u64>,
     },
     Done(GetSummary),
+    /// The answer to a [`CacheRequest`].
+    Cache(weightcast_store::CacheReport),
     Error {
         message: String,
         /// What kind of failure (absent from daemons older than this field).
@@ -58,7 +70,8 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Serves requests until the engine shuts down. Each connection is a task
 /// of its own, owned here: they end with the server. A failed accept is
 /// retried after a pause, never in a busy loop.
-pub async fn serve(listener: UnixListener, engine: Arc<Engine>) {
+pub async fn serve(listener: UnixListener, engine: Arc<Engine>, policy: OutputPolicy) {
+    let policy = Arc::new(policy);
     let stop = engine.shutting_down();
     let mut conns = tokio::task::JoinSet::new();
     let mut pause = Duration::from_millis(50);
@@ -68,9 +81,9 @@ pub async fn serve(listener: UnixListener, engine: Arc<Engine>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     pause = Duration::from_millis(50);
-                    let engine = engine.clone();
+                    let (engine, policy) = (engine.clone(), policy.clone());
                     conns.spawn(async move {
-                        if let Err(e) = handle(stream, engine).await {
+                        if let Err(e) = handle(stream, engine, &policy).await {
                             tracing::debug!(error = %e, "local API connection ended");
                         }
                     });
@@ -92,7 +105,12 @@ async fn write_event(w: &mut (impl AsyncWriteExt + Unpin), ev: &ApiEvent) -> std
     w.write_all(&line).await
 }
 
-async fn handle(stream: UnixStream, engine: Arc<Engine>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    engine: Arc<Engine>,
+    policy: &OutputPolicy,
+) -> std::io::Result<()> {
+    let client = Client::of(&stream)?;
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r.take(MAX_REQUEST))
@@ -102,6 +120,9 @@ async fn handle(stream: UnixStream, engine: Arc<Engine>) -> std::io::Result<()> 
         message,
         kind: Some(ErrorKind::BadRequest),
     };
+    if let Ok(c) = serde_json::from_str::<CacheRequest>(&line) {
+        return write_event(&mut w, &cache_answer(&engine, &client, c.cache).await).await;
+    }
     let req: GetRequest = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => return write_event(&mut w, &refuse(format!("bad request: {e}"))).await,
@@ -110,7 +131,28 @@ async fn handle(stream: UnixStream, engine: Arc<Engine>) -> std::io::Result<()> 
         let message = format!("output path {} must be absolute", req.output.display());
         return write_event(&mut w, &refuse(message)).await;
     }
-    tracing::info!(url = %req.url, output = %req.output.display(), "get via local API");
+    // A file the daemon places itself: checked against the client's own
+    // rights before anything is fetched for it.
+    let target = match req.client_places {
+        true => None,
+        false => match output_access::authorize(policy, &client, &req.output) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(uid = client.uid, output = %req.output.display(), error = %e, "local API: output refused");
+                let refused = ApiEvent::Error {
+                    message: e.to_string(),
+                    kind: Some(ErrorKind::Forbidden),
+                };
+                return write_event(&mut w, &refused).await;
+            }
+        },
+    };
+    tracing::info!(url = %req.url, output = %req.output.display(), uid = client.uid, "get via local API");
+    // The engine never places the file itself here: the checked target does.
+    let req = GetRequest {
+        client_places: true,
+        ..req
+    };
     // Progress is a latest value, not a queue: a slow client sees fewer
     // updates, never a growing backlog.
     let (tx, mut rx) = tokio::sync::watch::channel(None::<(u64, Option<u64>)>);
@@ -135,7 +177,10 @@ async fn handle(stream: UnixStream, engine: Arc<Engine>) -> std::io::Result<()> 
         }
     }
     let ev = match get.await {
-        Ok(Ok(summary)) => ApiEvent::Done(summary),
+        Ok(Ok(summary)) => match target {
+            None => ApiEvent::Done(summary),
+            Some(t) => place(summary, t).await,
+        },
         Ok(Err(e)) => ApiEvent::Error {
             message: weightcast_origin::error_chain(&e),
             kind: Some(e.kind()),
@@ -146,6 +191,63 @@ async fn handle(stream: UnixStream, engine: Arc<Engine>) -> std::io::Result<()> 
         },
     };
     write_event(&mut w, &ev).await
+}
+
+/// Runs a cache operation for `client`: anyone may list, only root and the
+/// daemon's own user may change the cache.
+async fn cache_answer(engine: &Arc<Engine>, client: &Client, op: CacheOp) -> ApiEvent {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if op.changes() && client.uid != 0 && client.uid != me {
+        return ApiEvent::Error {
+            message: format!(
+                "uid {} may not change this daemon's cache: run it as root or as uid {me}",
+                client.uid
+            ),
+            kind: Some(ErrorKind::Forbidden),
+        };
+    }
+    let store = engine.store().clone();
+    match tokio::task::spawn_blocking(move || cache_admin::apply(&store, &op)).await {
+        Ok(Ok(report)) => ApiEvent::Cache(report),
+        Ok(Err(e)) => ApiEvent::Error {
+            message: e.to_string(),
+            kind: Some(ErrorKind::BadRequest),
+        },
+        Err(e) => ApiEvent::Error {
+            message: format!("internal error: {e}"),
+            kind: Some(ErrorKind::Internal),
+        },
+    }
+}
+
+/// Places the verified file through the checked directory, owned by the
+/// client (off the async workers: it may copy gigabytes).
+async fn place(mut summary: GetSummary, target: output_access::Target) -> ApiEvent {
+    let Some(cache) = summary.cache_path.clone() else {
+        return ApiEvent::Error {
+            message: "internal error: the engine named no cache file".into(),
+            kind: Some(ErrorKind::Internal),
+        };
+    };
+    let placed = tokio::task::spawn_blocking(move || {
+        weightcast_store::export::place_owned(&cache, &target.path(), target.owner)
+    })
+    .await;
+    match placed {
+        Ok(Ok(how)) => {
+            summary.placement = Some(how);
+            ApiEvent::Done(summary)
+        }
+        Ok(Err(e)) => ApiEvent::Error {
+            message: e.to_string(),
+            kind: Some(ErrorKind::Io),
+        },
+        Err(e) => ApiEvent::Error {
+            message: format!("internal error: {e}"),
+            kind: Some(ErrorKind::Internal),
+        },
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +266,36 @@ pub enum ClientError {
     },
     #[error("the daemon closed the connection without an answer")]
     NoAnswer,
+}
+
+/// Runs a cache operation through a connected daemon.
+pub async fn cache_via_daemon(
+    stream: UnixStream,
+    path: &Path,
+    op: CacheOp,
+) -> Result<weightcast_store::CacheReport, ClientError> {
+    let io = |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(&CacheRequest { cache: op })
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(io)?;
+    let mut lines = BufReader::new(r.take(MAX_ANSWER)).lines();
+    match lines.next_line().await.map_err(io)? {
+        Some(l) => match serde_json::from_str::<ApiEvent>(&l) {
+            Ok(ApiEvent::Cache(report)) => Ok(report),
+            Ok(ApiEvent::Error { message, kind }) => Err(ClientError::Remote { message, kind }),
+            Ok(_) => Err(ClientError::NoAnswer),
+            Err(e) => Err(ClientError::Remote {
+                message: format!("unreadable answer from the daemon: {e}"),
+                kind: None,
+            }),
+        },
+        None => Err(ClientError::NoAnswer),
+    }
 }
 
 /// Connects to a daemon's socket; `None` when nobody answers there.
@@ -191,6 +323,7 @@ pub async fn get_via_daemon(
         match serde_json::from_str::<ApiEvent>(&l) {
             Ok(ApiEvent::Progress { done, total }) => on_progress(done, total),
             Ok(ApiEvent::Done(s)) => return Ok(s),
+            Ok(ApiEvent::Cache(_)) => return Err(ClientError::NoAnswer),
             Ok(ApiEvent::Error { message, kind }) => {
                 return Err(ClientError::Remote { message, kind })
             }

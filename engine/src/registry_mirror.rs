@@ -78,14 +78,25 @@ impl RegistryMirror {
     }
 
     /// Serves the mirror on `listener` until the engine shuts down.
-    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        access: crate::endpoint_access::EndpointAccess,
+    ) -> std::io::Result<()> {
         let stop = self.engine.shutting_down();
         let app = axum::Router::new()
             .fallback(handle)
-            .with_state(Arc::new(self));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+            .with_state(Arc::new(self))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(access),
+                crate::endpoint_access::require,
+            ));
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
     }
 
     async fn manifest(&self, r: &OciRef) -> Result<CachedManifest, RegistryError> {

@@ -35,6 +35,10 @@ pub struct GetRequest {
     /// a caller in another mount namespace (an init container).
     #[serde(default)]
     pub client_places: bool,
+    /// Keep the task in the cache until it is unpinned (`get --pin`;
+    /// `weightcast cache rm` removes it).
+    #[serde(default)]
+    pub pin: bool,
 }
 
 fn yes() -> bool {
@@ -52,6 +56,7 @@ impl GetRequest {
             validate: None,
             swarm: true,
             client_places: false,
+            pin: false,
         }
     }
 }
@@ -109,6 +114,9 @@ pub enum ErrorKind {
     Io,
     /// The request itself is wrong (a bad URL, digest or path).
     BadRequest,
+    /// The client may not have the daemon write where it asked (see
+    /// `output_access`).
+    Forbidden,
     ShuttingDown,
     /// A bug: a task died.
     Internal,
@@ -169,7 +177,7 @@ pub(crate) fn origin_kind(e: &OriginError) -> ErrorKind {
 
 pub(crate) fn store_kind(e: &StoreError) -> ErrorKind {
     match e {
-        StoreError::DiskFull { .. } => ErrorKind::DiskFull,
+        StoreError::DiskFull { .. } | StoreError::CacheFull { .. } => ErrorKind::DiskFull,
         StoreError::DigestMismatch { .. } => ErrorKind::DigestMismatch,
         StoreError::Io { .. } => ErrorKind::Io,
     }

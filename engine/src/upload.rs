@@ -10,6 +10,9 @@ pub(crate) struct StoreSource(pub Arc<Store>);
 impl PieceSource for StoreSource {
     type Piece = VerifiedPiece;
     fn verified_piece(&self, task: &TaskId, num: u32) -> Option<VerifiedPiece> {
-        self.0.get(task)?.verified_piece(num)
+        let file = self.0.get(task)?;
+        // Served now: recently used, for the cache's LRU order.
+        self.0.note_used(task);
+        file.verified_piece(num)
     }
 }

@@ -8,7 +8,9 @@
 //!   link are refused;
 //! - no directory is created through a symlink that leads out (see
 //!   [`RelPath::join_checked`]);
-//! - permissions keep only the rwx bits (no setuid, setgid or sticky).
+//! - permissions keep only the rwx bits (no setuid, setgid or sticky);
+//! - [`ExtractLimits`]: at most so many entries and so many bytes out (a
+//!   decompression bomb stops at the cap, not at a full disk).
 //!
 //! Everything is extracted into a staging directory inside the destination
 //! first and moved into place only when the whole archive passed, so a
@@ -83,18 +85,63 @@ fn open(archive: &Path, packing: Packing) -> Result<Box<dyn Read>, ExtractError>
     })
 }
 
+/// How much one archive may put on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractLimits {
+    pub max_entries: usize,
+    /// Bytes of file content written, all entries together.
+    pub max_bytes: u64,
+}
+
+/// Entries per archive: far above any model's file count.
+pub const MAX_ENTRIES: usize = 200_000;
+/// Bytes out per byte in, at most (weights barely compress; a bomb of
+/// zeros compresses a thousand times and more).
+pub const MAX_RATIO: u64 = 64;
+/// What any archive may expand to, however small.
+pub const MIN_BYTES_CAP: u64 = 1 << 30;
+
+impl ExtractLimits {
+    /// The caps for an archive of `archive_len` bytes.
+    pub fn for_archive(archive_len: u64) -> Self {
+        Self {
+            max_entries: MAX_ENTRIES,
+            max_bytes: archive_len.saturating_mul(MAX_RATIO).max(MIN_BYTES_CAP),
+        }
+    }
+}
+
 /// Extracts `archive` under `dest/prefix` (or `dest`); returns the paths of
-/// the files and links written, relative to `dest`.
+/// the files and links written, relative to `dest`. The caps are
+/// [`ExtractLimits::for_archive`].
 pub fn extract(
     archive: &Path,
     packing: Packing,
     dest: &Path,
     prefix: Option<&RelPath>,
 ) -> Result<Vec<RelPath>, ExtractError> {
+    let len = std::fs::metadata(archive).map_err(io(archive))?.len();
+    extract_with(
+        archive,
+        packing,
+        dest,
+        prefix,
+        ExtractLimits::for_archive(len),
+    )
+}
+
+/// [`extract`] with explicit caps.
+pub fn extract_with(
+    archive: &Path,
+    packing: Packing,
+    dest: &Path,
+    prefix: Option<&RelPath>,
+    limits: ExtractLimits,
+) -> Result<Vec<RelPath>, ExtractError> {
     std::fs::create_dir_all(dest).map_err(io(dest))?;
     let staging = dest.join(format!(".weightcast-extract-{:016x}", rand_suffix()));
     std::fs::create_dir(&staging).map_err(io(&staging))?;
-    let result = unpack(archive, packing, &staging, prefix).and_then(|written| {
+    let result = unpack(archive, packing, &staging, prefix, limits).and_then(|written| {
         for rel in &written {
             let from = staging.join(rel.as_str());
             let to = rel.join_checked(dest)?;
@@ -143,10 +190,18 @@ fn unpack(
     packing: Packing,
     staging: &Path,
     prefix: Option<&RelPath>,
+    limits: ExtractLimits,
 ) -> Result<Vec<RelPath>, ExtractError> {
     let mut ar = tar::Archive::new(open(archive, packing)?);
     let mut written: Vec<RelPath> = Vec::new();
-    for entry in ar.entries().map_err(io(archive))? {
+    let mut bytes_left = limits.max_bytes;
+    for (n, entry) in ar.entries().map_err(io(archive))?.enumerate() {
+        if n >= limits.max_entries {
+            return Err(refused(
+                "(archive)",
+                format!("it has more than {} entries", limits.max_entries),
+            ));
+        }
         let mut entry = entry.map_err(io(archive))?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8(raw)
@@ -164,8 +219,20 @@ fn unpack(
         let target = rel.join_checked(staging)?;
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.header().size().unwrap_or(u64::MAX);
+                if size > bytes_left {
+                    return Err(refused(
+                        &name,
+                        format!(
+                            "the archive would expand past {} bytes (a decompression bomb?)",
+                            limits.max_bytes
+                        ),
+                    ));
+                }
                 let mut f = std::fs::File::create(&target).map_err(io(&target))?;
-                std::io::copy(&mut entry, &mut f).map_err(io(&target))?;
+                let copied =
+                    std::io::copy(&mut (&mut entry).take(size), &mut f).map_err(io(&target))?;
+                bytes_left -= copied;
                 let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(
@@ -362,5 +429,158 @@ mod tests {
         assert!(link_stays_inside(Path::new("a"), Path::new("../c")));
         assert!(!link_stays_inside(Path::new("a"), Path::new("../../c")));
         assert!(!link_stays_inside(Path::new(""), Path::new("/x")));
+    }
+
+    fn gzip(raw: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(raw).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 MiB of zeros in one entry: about 64 KiB gzipped.
+        let zeros = vec![0u8; 64 << 20];
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(Regular, zeros.len() as u64);
+        h.set_path("bomb.bin").unwrap();
+        h.set_cksum();
+        b.append(&h, zeros.as_slice()).unwrap();
+        let gz = gzip(&b.into_inner().unwrap());
+        assert!(gz.len() < 1 << 20);
+        let archive = dir.path().join("layer.tar.gz");
+        std::fs::write(&archive, &gz).unwrap();
+        let out = dir.path().join("out");
+        let limits = ExtractLimits {
+            max_entries: 10,
+            max_bytes: 8 << 20,
+        };
+        let e = extract_with(&archive, Packing::TarGzip, &out, None, limits).unwrap_err();
+        assert!(e.to_string().contains("decompression bomb"), "{e}");
+        assert!(
+            !out.join("bomb.bin").exists(),
+            "nothing of a refused archive stays"
+        );
+        // The default cap for this archive: 1 GiB at least, 64x its size.
+        let d = ExtractLimits::for_archive(gz.len() as u64);
+        assert_eq!(d.max_bytes, MIN_BYTES_CAP);
+        assert_eq!(ExtractLimits::for_archive(1 << 40).max_bytes, 64 << 40);
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let entries: Vec<(&str, tar::EntryType, &str)> =
+            names.iter().map(|n| (n.as_str(), Regular, "x")).collect();
+        let archive = dir.path().join("layer.tar");
+        std::fs::write(&archive, tar_of(&entries)).unwrap();
+        let limits = ExtractLimits {
+            max_entries: 10,
+            max_bytes: 1 << 20,
+        };
+        let out = dir.path().join("out");
+        let e = extract_with(&archive, Packing::Tar, &out, None, limits).unwrap_err();
+        assert!(e.to_string().contains("more than 10 entries"), "{e}");
+        let limits = ExtractLimits {
+            max_entries: 20,
+            ..limits
+        };
+        assert_eq!(
+            extract_with(&archive, Packing::Tar, &out, None, limits)
+                .unwrap()
+                .len(),
+            20
+        );
+    }
+
+    /// Every path under `root` (symlinks not followed) and that no symlink
+    /// there resolves outside it.
+    fn assert_contained(root: &Path) {
+        let root = std::fs::canonicalize(root).unwrap();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                if meta.file_type().is_symlink() {
+                    if let Ok(real) = std::fs::canonicalize(&p) {
+                        assert!(
+                            real.starts_with(&root),
+                            "{} leads to {}",
+                            p.display(),
+                            real.display()
+                        );
+                    }
+                } else if meta.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+
+    /// Fuzz: mutated tar, tar.gz and tar.zst archives never panic, never
+    /// write outside the output, never expand past the cap.
+    #[test]
+    fn fuzzed_archives_never_escape_or_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let seeds: Vec<Vec<u8>> = vec![
+            tar_of(&[
+                ("a", Directory, ""),
+                ("a/f", Regular, "hello"),
+                ("a/l", Symlink, "f"),
+                ("h", Link, "a/f"),
+            ]),
+            tar_of(&[
+                ("x/../../etc/passwd", Regular, "root"),
+                ("up", Symlink, "../.."),
+            ]),
+            tar_of(&[("d", Symlink, "/tmp"), ("d/f", Regular, "x")]),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let limits = ExtractLimits {
+            max_entries: 64,
+            max_bytes: 1 << 20,
+        };
+        let tries = 600;
+        for i in 0..tries {
+            let mut bytes = seeds[i % seeds.len()].clone();
+            for _ in 0..rng.gen_range(1..12) {
+                let at = rng.gen_range(0..bytes.len());
+                match rng.gen_range(0..4) {
+                    0 => bytes[at] = rng.gen(),
+                    1 => bytes[at] ^= 1 << rng.gen_range(0..8),
+                    2 => bytes.truncate(at.max(1)),
+                    _ => bytes[at] = b"/.0\x00"[rng.gen_range(0..5)],
+                }
+            }
+            let (packing, body) = match i % 3 {
+                0 => (Packing::Tar, bytes),
+                1 => (Packing::TarGzip, gzip(&bytes)),
+                _ => {
+                    let mut z = Vec::new();
+                    ruzstd::encoding::compress(
+                        bytes.as_slice(),
+                        &mut z,
+                        ruzstd::encoding::CompressionLevel::Fastest,
+                    );
+                    (Packing::TarZstd, z)
+                }
+            };
+            let case = dir.path().join(format!("case{i}"));
+            std::fs::create_dir(&case).unwrap();
+            let archive = case.join("layer");
+            std::fs::write(&archive, &body).unwrap();
+            let out = case.join("out");
+            let _ = extract_with(&archive, packing, &out, None, limits);
+            if out.exists() {
+                assert_contained(&out);
+            }
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+        eprintln!("tar fuzz: {tries} archives tried");
     }
 }

@@ -139,6 +139,21 @@ fn token_key(url: &Url) -> String {
     }
 }
 
+/// Whether a Basic login may be sent to a token realm at `url`: over
+/// https, or to this host (loopback) over http.
+pub fn login_may_go_to(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|h| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
+    }
+}
+
 /// Pull tokens from registries' realms, each held until it expires.
 pub struct RegistryTokens {
     client: reqwest::Client,
@@ -193,11 +208,17 @@ impl RegistryTokens {
                 }
             }
         }
+        let login_allowed = login_may_go_to(&realm_url);
         let mut req = self.client.get(realm_url);
         // Only a login goes to the realm; a token held for the registry
-        // means nothing there.
+        // means nothing there. And a login travels encrypted, or stays on
+        // this host: never in clear text across a network.
         if let Some(basic) = login.filter(|v| is_basic(v)) {
-            req = req.header(reqwest::header::AUTHORIZATION, basic);
+            if login_allowed {
+                req = req.header(reqwest::header::AUTHORIZATION, basic);
+            } else {
+                tracing::warn!(%realm, "the registry's token realm is plain http on another host: asking it for a token without the login (serve the realm over https)");
+            }
         }
         let resp = req
             .send()
@@ -237,6 +258,26 @@ impl RegistryTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_goes_only_over_https_or_to_loopback() {
+        for ok in [
+            "https://auth.example/token",
+            "http://127.0.0.1:5000/token",
+            "http://[::1]/t",
+            "http://localhost/t",
+        ] {
+            assert!(login_may_go_to(&Url::parse(ok).unwrap()), "{ok}");
+        }
+        for no in [
+            "http://auth.example/token",
+            "http://10.0.0.5/token",
+            "http://localhost.evil.example/t",
+            "ftp://127.0.0.1/t",
+        ] {
+            assert!(!login_may_go_to(&Url::parse(no).unwrap()), "{no}");
+        }
+    }
 
     #[test]
     fn credentials_stay_with_their_origin() {

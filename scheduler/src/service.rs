@@ -327,6 +327,39 @@ fn outbound(
 }
 
 /// Reads one peer's messages until its stream ends or it is kicked.
+/// Messages one peer may send per second: a fast peer announces a few
+/// thousand pieces a second; far more is a flood, and the session ends
+/// (the peer reconnects and re-registers, a flooder is cut off again).
+pub const MAX_PEER_MESSAGES_PER_SECOND: u32 = 50_000;
+/// Malformed messages one session may send before it is ended.
+pub const MAX_REJECTED_PER_SESSION: u32 = 1_000;
+
+/// Counts a session's messages per one-second window.
+#[derive(Debug)]
+pub struct MessageBudget {
+    window: std::time::Instant,
+    count: u32,
+}
+
+impl MessageBudget {
+    pub fn new(now: std::time::Instant) -> Self {
+        Self {
+            window: now,
+            count: 0,
+        }
+    }
+
+    /// Whether one more message at `now` stays within the rate.
+    pub fn admit(&mut self, now: std::time::Instant) -> bool {
+        if now.duration_since(self.window) >= std::time::Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= MAX_PEER_MESSAGES_PER_SECOND
+    }
+}
+
 async fn read_session(
     mut inbound: Streaming<pb::PeerMessage>,
     conn: u64,
@@ -335,12 +368,18 @@ async fn read_session(
     metrics: Arc<SchedulerMetrics>,
     kick: CancellationToken,
 ) {
+    let mut budget = MessageBudget::new(std::time::Instant::now());
+    let mut rejected = 0u32;
     loop {
         let m = tokio::select! {
             _ = kick.cancelled() => return,
             m = inbound.next() => m,
         };
         let Some(Ok(m)) = m else { break };
+        if !budget.admit(std::time::Instant::now()) {
+            tracing::warn!(%peer, limit = MAX_PEER_MESSAGES_PER_SECOND, "a peer sends more messages per second than allowed; ending its session");
+            break;
+        }
         match wire::peer_event(m) {
             Ok(event) => {
                 let ev = Event::Message {
@@ -355,6 +394,11 @@ async fn read_session(
             Err(error) => {
                 tracing::debug!(%peer, %error, "dropped a peer message");
                 metrics.update(|s| s.rejected_messages += 1);
+                rejected += 1;
+                if rejected > MAX_REJECTED_PER_SESSION {
+                    tracing::warn!(%peer, "a peer sent too many malformed messages; ending its session");
+                    break;
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use weightcast_engine::endpoint_access::EndpointAccess;
 use weightcast_engine::registry_mirror::RegistryMirror;
 use weightcast_engine::s3_endpoint::{S3Endpoint, S3EndpointConfig};
 use weightcast_engine::sigv4::AccessKeys;
@@ -22,6 +23,18 @@ pub struct DaemonArgs {
     /// init containers). Default: <data-dir>/weightcast.sock.
     #[arg(long, env = "WEIGHTCAST_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// A directory under which the daemon itself may place files that local
+    /// API clients ask for (repeat it, or comma-separate in the
+    /// environment); each file only where the client's own uid could write
+    /// (checked by its socket credentials), and given to that uid. Without
+    /// one the daemon places no file itself: `weightcast get` places its
+    /// file as the calling user, which needs no root.
+    #[arg(
+        long = "output-root",
+        env = "WEIGHTCAST_OUTPUT_ROOTS",
+        value_delimiter = ','
+    )]
+    pub output_roots: Vec<PathBuf>,
     /// Act as a seed peer: the scheduler hands this peer tasks to fetch from their origin.
     #[arg(long, env = "WEIGHTCAST_SEED")]
     pub seed: bool,
@@ -70,6 +83,12 @@ pub struct DaemonArgs {
     /// Seconds between refreshes of the scheduler list (and a seed's keepalives).
     #[arg(long, env = "WEIGHTCAST_MANAGER_REFRESH", default_value_t = 10)]
     pub manager_refresh: u64,
+    /// The access token that clients on other hosts present to the Hugging
+    /// Face endpoint and the registry mirror (X-Weightcast-Token, a Basic
+    /// login's password, or HF_ENDPOINT=http://node:7410/t/<token>).
+    /// Without it both may listen on loopback only.
+    #[arg(long, env = "WEIGHTCAST_ENDPOINT_TOKEN", hide_env_values = true)]
+    pub endpoint_token: Option<String>,
     #[command(flatten)]
     pub s3: S3EndpointArgs,
     #[command(flatten)]
@@ -153,6 +172,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket dir {}", dir.display()))?;
     }
+    let policy = weightcast_engine::output_access::OutputPolicy::new(&a.output_roots)?;
     let api = local_api::bind(&socket)
         .await
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
@@ -197,9 +217,16 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
     servers.spawn(engine.clone().serve_metrics(metrics_listener));
     let e = engine.clone();
     servers.spawn(async move {
-        local_api::serve(api, e).await;
+        local_api::serve(api, e, policy).await;
         Ok(())
     });
+    let access = EndpointAccess::new(a.endpoint_token.as_deref());
+    if let Some(addr) = a.registry_listen {
+        access.check_bind("--registry-listen", addr)?;
+    }
+    if let Some(addr) = a.hf_listen {
+        access.check_bind("--hf-listen", addr)?;
+    }
     let registry_addr = match (a.registry_listen, &upstream) {
         (Some(addr), Some((url, host))) => {
             let mirror = RegistryMirror::new(engine.clone(), url, a.registry.credentials(host)?)?;
@@ -208,7 +235,7 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} for the registry mirror"))?;
             let bound = listener.local_addr()?;
             tracing::info!(addr = %bound, upstream = %url, "registry mirror ready");
-            servers.spawn(mirror.serve(listener));
+            servers.spawn(mirror.serve(listener, access.clone()));
             Some(bound.to_string())
         }
         _ => None,
@@ -251,7 +278,12 @@ pub async fn run(a: DaemonArgs) -> anyhow::Result<()> {
                 anyhow::bail!("--hf-endpoint {} is this daemon's own --hf-listen: point it at the origin Hub (HF_ENDPOINT in the daemon's environment is read as the origin)", hub.endpoint());
             }
             tracing::info!(addr = %bound, origin = %hub.endpoint(), "Hugging Face endpoint ready");
-            servers.spawn(hf_endpoint::serve(listener, engine.clone(), hub));
+            servers.spawn(hf_endpoint::serve(
+                listener,
+                engine.clone(),
+                hub,
+                access.clone(),
+            ));
             Some(bound.to_string())
         }
         None => None,

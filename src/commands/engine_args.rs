@@ -7,6 +7,7 @@ use weightcast_engine::{EngineConfig, TransportMode};
 use weightcast_modelpack::oci_artifact::LayerFilter;
 use weightcast_origin::hub::DEFAULT_ENDPOINT;
 use weightcast_origin::{Credentials, HubClient, OriginAuth, OriginConfig};
+use weightcast_store::{cache, CachePolicy};
 use weightcast_types::byte_size;
 
 /// Which part of an oci:// artifact to fetch.
@@ -117,6 +118,68 @@ impl HfArgs {
     }
 }
 
+/// How much the cache may hold, and for how long.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// The most the cache may hold: bytes (50GiB) or a share of the data
+    /// dir's filesystem (80%). The least recently used tasks that are not
+    /// in use (downloading, served, read) or pinned are evicted to make
+    /// room; a task that cannot fit is refused. Default: no bound.
+    #[arg(long, env = "WEIGHTCAST_CACHE_SIZE")]
+    pub cache_size: Option<String>,
+    /// Evict tasks unused for this long, e.g. 3600s, 90m, 24h, 7d. Default: never.
+    #[arg(long, env = "WEIGHTCAST_CACHE_TTL", value_parser = parse_duration)]
+    pub cache_ttl: Option<Duration>,
+    /// Eviction starts when the cache holds more than this percentage of --cache-size...
+    #[arg(long, env = "WEIGHTCAST_CACHE_HIGH_WATERMARK", default_value_t = 90)]
+    pub cache_high_watermark: u8,
+    /// ...and goes on until it holds less than this percentage.
+    #[arg(long, env = "WEIGHTCAST_CACHE_LOW_WATERMARK", default_value_t = 80)]
+    pub cache_low_watermark: u8,
+    /// How often the cache is collected between downloads (TTL, watermarks).
+    #[arg(long, env = "WEIGHTCAST_CACHE_GC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub cache_gc_interval: Duration,
+}
+
+impl CacheArgs {
+    /// The policy for a cache in `data_dir`.
+    pub fn policy(&self, data_dir: &std::path::Path) -> anyhow::Result<CachePolicy> {
+        if self.cache_low_watermark > self.cache_high_watermark || self.cache_high_watermark > 100 {
+            anyhow::bail!("--cache-low-watermark must be at most --cache-high-watermark, and both at most 100");
+        }
+        let max_bytes = match &self.cache_size {
+            Some(s) => {
+                std::fs::create_dir_all(data_dir)?;
+                Some(cache::parse_cache_size(s, data_dir).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        };
+        Ok(CachePolicy {
+            max_bytes,
+            high_watermark: self.cache_high_watermark as f64 / 100.0,
+            low_watermark: self.cache_low_watermark as f64 / 100.0,
+            ttl: self.cache_ttl,
+        })
+    }
+}
+
+/// `90`, `90s`, `15m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 15m, 24h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("invalid duration {s:?}: the unit is s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Scheduler endpoint, e.g. http://10.0.0.5:7400 (several, comma-separated:
@@ -186,6 +249,8 @@ pub struct EngineArgs {
     /// RDMA device (e.g. mlx5_0, rxe0). Default: the first with an active port.
     #[arg(long, env = "WEIGHTCAST_RDMA_DEVICE")]
     pub rdma_device: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 impl EngineArgs {
@@ -198,7 +263,10 @@ impl EngineArgs {
         seed: bool,
         hf: &HfArgs,
     ) -> anyhow::Result<EngineConfig> {
+        let cache = self.cache.policy(&data_dir)?;
         let mut c = EngineConfig::new(data_dir);
+        c.cache = cache;
+        c.cache_gc_every = self.cache.cache_gc_interval.max(Duration::from_millis(100));
         c.listen = listen;
         c.advertise_addr = self.advertise_addr.clone();
         if let Some(h) = &self.hostname {

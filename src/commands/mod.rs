@@ -1,5 +1,6 @@
 //! One module per subcommand, plus what they share.
 
+pub mod cache;
 pub mod config_file;
 pub mod daemon;
 pub mod demo;

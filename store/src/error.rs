@@ -8,6 +8,8 @@ pub enum StoreError {
         "not enough disk space in {dir} for {bytes} bytes: free space or choose another --data-dir"
     )]
     DiskFull { dir: PathBuf, bytes: u64 },
+    #[error("the cache (--cache-size {max} bytes) has no room for {bytes} more bytes: {held} bytes are held by tasks in use or pinned; raise --cache-size, or unpin or remove tasks (weightcast cache ls, rm)")]
+    CacheFull { bytes: u64, max: u64, held: u64 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -61,6 +61,18 @@ pub enum Placement {
 
 /// Places a copy of `cache_file` at `output`, atomically.
 pub fn place(cache_file: &Path, output: &Path) -> Result<Placement, ExportError> {
+    place_owned(cache_file, output, None)
+}
+
+/// [`place`], the new file owned by `owner` (uid, gid) before it gets its
+/// name: what a daemon running as root does for a local API client, so
+/// that the client owns what it asked for and no file at `output` is ever
+/// root's, not even for an instant.
+pub fn place_owned(
+    cache_file: &Path,
+    output: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Placement, ExportError> {
     let out_err = |source| ExportError::Output {
         path: output.to_path_buf(),
         source,
@@ -95,6 +107,9 @@ pub fn place(cache_file: &Path, output: &Path) -> Result<Placement, ExportError>
         .create_new(true)
         .open(&tmp)
         .and_then(|dst| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&dst, Some(uid), Some(gid))?;
+            }
             let how = match reflink(&src, &dst) {
                 Ok(()) => Placement::Reflink,
                 Err(_) => {

@@ -8,7 +8,8 @@
 //!   owned [`WritePermit`](weightcast_types::WritePermit) a DMA transport
 //!   holds) and [`VerifiedPiece`] (read-only, verified pieces only).
 //! - [`task_file`]: one task's file, its piece states, creation and resume.
-//! - [`store`]: tasks opened on demand and shared; discard.
+//! - [`store`]: tasks opened on demand and shared; discard; the bounded
+//!   cache's admission and eviction, whose policy is [`cache`].
 //! - [`resident`]: the mapped working set: verified pieces that fall out
 //!   of a small window are unmapped and dropped from the page cache, so a
 //!   daemon's memory stays flat whatever the file's size.
@@ -21,6 +22,7 @@
 //! get slices from the guards, and a transport that writes by DMA gets a
 //! file, a byte range and an owned guard, and maps the file itself.
 
+pub mod cache;
 pub mod error;
 pub mod export;
 pub mod file_digest;
@@ -32,6 +34,7 @@ pub mod running_hash;
 pub mod store;
 pub mod task_file;
 
+pub use cache::{CacheEntry, CacheHooks, CachePolicy, CacheReport};
 pub use error::StoreError;
 pub use export::{ExportError, Placement};
 pub use file_digest::sha256_file;
@@ -39,5 +42,5 @@ pub use layout::TaskMeta;
 pub use mapping::{PieceWrite, VerifiedPiece};
 pub use resident::DEFAULT_WINDOW as DEFAULT_MAPPED_WINDOW;
 pub use running_hash::RunningSha256;
-pub use store::Store;
+pub use store::{RemoveError, Store};
 pub use task_file::TaskFile;

@@ -2,15 +2,21 @@
 //! fits, else creating and preallocating), keeps the open ones shared, and
 //! deletes a task whose content turned out wrong.
 
+use crate::cache::{self, CacheEntry, CacheHooks, CachePolicy, CacheReport, EvictReason};
 use crate::error::{io_err, StoreError};
 use crate::layout::{StoreLayout, TaskMeta};
 use crate::resident::DEFAULT_WINDOW;
 use crate::task_file::TaskFile;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 use weightcast_types::piece::PieceLayout;
 use weightcast_types::TaskId;
+
+/// A served task's `used` marker is touched at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Store {
     layout: StoreLayout,
@@ -18,16 +24,42 @@ pub struct Store {
     /// Bytes of verified pieces each task file keeps mapped (see
     /// [`resident`](crate::resident)); 0 keeps everything.
     mapped_window: u64,
+    policy: CachePolicy,
+    hooks: OnceLock<Arc<dyn CacheHooks>>,
+    /// One collection (or admission) at a time: two new tasks cannot both
+    /// take the last free bytes.
+    collecting: Mutex<()>,
+    touched: Mutex<HashMap<TaskId, Instant>>,
+    evictions: AtomicU64,
+}
+
+/// Why `weightcast cache rm` did not remove a task.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("task {0} is in use (downloading, being served or read): try again when it is idle")]
+    InUse(TaskId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Store {
     pub fn new(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::with_policy(data_dir, CachePolicy::default())
+    }
+
+    /// A store whose tasks stay within `policy`.
+    pub fn with_policy(data_dir: &Path, policy: CachePolicy) -> Result<Self, StoreError> {
         let layout = StoreLayout::new(data_dir);
         std::fs::create_dir_all(layout.tasks_dir()).map_err(io_err(layout.tasks_dir()))?;
         Ok(Self {
             layout,
             open: Mutex::new(HashMap::new()),
             mapped_window: DEFAULT_WINDOW,
+            policy,
+            hooks: OnceLock::new(),
+            collecting: Mutex::new(()),
+            touched: Mutex::new(HashMap::new()),
+            evictions: AtomicU64::new(0),
         })
     }
 
@@ -37,6 +69,170 @@ impl Store {
     pub fn with_mapped_window(mut self, bytes: u64) -> Self {
         self.mapped_window = bytes;
         self
+    }
+
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
+    }
+
+    /// What the engine is asked about tasks before they go (set once).
+    pub fn set_hooks(&self, hooks: Arc<dyn CacheHooks>) {
+        if self.hooks.set(hooks).is_err() {
+            tracing::warn!("the store's cache hooks were set twice; keeping the first");
+        }
+    }
+
+    /// Tasks evicted since start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Whether a task may not be evicted now: a download runs, or its file
+    /// is held by someone besides the store (a writer, a piece being
+    /// served, a streaming reader).
+    pub fn in_use(&self, id: &TaskId) -> bool {
+        if self.hooks.get().is_some_and(|h| h.in_use(id)) {
+            return true;
+        }
+        self.open_tasks()
+            .get(id)
+            .is_some_and(|t| Arc::strong_count(t) > 1)
+    }
+
+    /// Marks a task used (for the LRU order), at most once a minute.
+    pub fn note_used(&self, id: &TaskId) {
+        let now = Instant::now();
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched.get(id).is_some_and(|t| now - *t < TOUCH_EVERY) {
+                return;
+            }
+            if touched.len() > 65536 {
+                touched.clear();
+            }
+            touched.insert(*id, now);
+        }
+        self.layout.task(id).touch();
+    }
+
+    /// Evicts what the policy says must go, so that `reserve` more bytes
+    /// fit; the tasks evicted.
+    pub fn collect(&self, reserve: u64) -> Vec<(TaskId, EvictReason)> {
+        let _one = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        self.collect_locked(reserve).0
+    }
+
+    /// [`Store::collect`] under the collection lock; also the bytes held after.
+    fn collect_locked(&self, reserve: u64) -> (Vec<(TaskId, EvictReason)>, u64) {
+        let tasks = cache::scan(&self.layout);
+        let victims =
+            cache::choose_victims(&self.policy, &tasks, reserve, SystemTime::now(), |id| {
+                self.in_use(id)
+            });
+        let mut used: u64 = tasks.iter().map(|t| t.bytes).sum();
+        for (id, why) in &victims {
+            // Checked again: a task may have been taken up meanwhile.
+            if self.in_use(id) {
+                continue;
+            }
+            let bytes = tasks.iter().find(|t| t.id == *id).map_or(0, |t| t.bytes);
+            self.discard(id);
+            used = used.saturating_sub(bytes);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(task = %id, bytes, reason = ?why, "evicted from the cache");
+            if let Some(h) = self.hooks.get() {
+                h.evicted(id);
+            }
+        }
+        (victims, used)
+    }
+
+    /// Makes room for a new task of `bytes` (replacing whatever `id` held),
+    /// or says why there is none.
+    fn admit(&self, id: &TaskId, bytes: u64) -> Result<(), StoreError> {
+        let Some(max) = self.policy.max_bytes else {
+            return Ok(());
+        };
+        if bytes > max {
+            // No eviction can make room: evict nothing for it.
+            return Err(StoreError::CacheFull {
+                bytes,
+                max,
+                held: self.report().used_bytes,
+            });
+        }
+        let _one = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        // The task's own old files are replaced, not kept beside.
+        let own = self.peek_meta(id).map_or(0, |m| m.content_length);
+        let (_, used) = self.collect_locked(bytes.saturating_sub(own));
+        let used = used.saturating_sub(own);
+        if used.saturating_add(bytes) > max {
+            return Err(StoreError::CacheFull {
+                bytes,
+                max,
+                held: used,
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps a task from eviction (`get --pin`), or lets it go again.
+    pub fn pin(&self, id: &TaskId, pinned: bool) -> Result<(), StoreError> {
+        self.layout.task(id).set_pinned(pinned)
+    }
+
+    /// Removes a task that is not in use (`weightcast cache rm`), pinned or
+    /// not; `false` when there was none.
+    pub fn remove(&self, id: &TaskId) -> Result<bool, RemoveError> {
+        let _one = self.collecting.lock().unwrap_or_else(|p| p.into_inner());
+        if self.in_use(id) {
+            return Err(RemoveError::InUse(*id));
+        }
+        let held = self.layout.task(id).path().exists();
+        if held {
+            self.discard(id);
+            if let Some(h) = self.hooks.get() {
+                h.evicted(id);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Every task on disk, least recently used first.
+    pub fn report(&self) -> CacheReport {
+        let now = SystemTime::now();
+        let mut tasks = cache::scan(&self.layout);
+        tasks.sort_by_key(|t| t.last_used);
+        let entries: Vec<CacheEntry> = tasks
+            .into_iter()
+            .map(|t| CacheEntry {
+                task_id: t.id.to_hex(),
+                complete: self.is_complete_on_disk(&t.id),
+                in_use: self.in_use(&t.id),
+                url: t.url,
+                bytes: t.bytes,
+                pinned: t.pinned,
+                idle_seconds: now
+                    .duration_since(t.last_used)
+                    .unwrap_or_default()
+                    .as_secs(),
+            })
+            .collect();
+        CacheReport {
+            used_bytes: entries.iter().map(|e| e.bytes).sum(),
+            max_bytes: self.policy.max_bytes,
+            entries,
+            evicted: Vec::new(),
+        }
+    }
+
+    /// Whether a task is complete, by its open file or its piece table on
+    /// disk (without re-hashing it).
+    fn is_complete_on_disk(&self, id: &TaskId) -> bool {
+        if let Some(t) = self.get(id) {
+            return t.is_complete();
+        }
+        crate::task_file::table_says_complete(&self.layout.task(id))
     }
 
     /// The open tasks; a panic while the map was held left it whole.
@@ -82,10 +278,14 @@ impl Store {
         };
         let file = match dir.read_meta() {
             Some(on_disk) if on_disk.resumable_as(&meta) => {
-                TaskFile::resume(id, dir, &meta, self.mapped_window)?
+                TaskFile::resume(id, dir.clone(), &meta, self.mapped_window)?
             }
-            _ => TaskFile::create(id, dir, &meta, self.mapped_window)?,
+            _ => {
+                self.admit(&id, content_length)?;
+                TaskFile::create(id, dir.clone(), &meta, self.mapped_window)?
+            }
         };
+        dir.touch();
         let mut open = self.open_tasks();
         // Someone opened the same task meanwhile: one TaskFile per task, so
         // that one claim table guards its pieces.
@@ -106,6 +306,9 @@ impl Store {
     /// A task on disk that is complete, opened (for cache hits).
     pub fn open_complete(&self, id: TaskId) -> Option<Arc<TaskFile>> {
         if let Some(t) = self.get(&id) {
+            if t.is_complete() {
+                self.layout.task(&id).touch();
+            }
             return t.is_complete().then_some(t);
         }
         let meta = self.peek_meta(&id)?;
@@ -167,6 +370,74 @@ mod tests {
     use std::os::unix::fs::FileExt;
     use weightcast_types::piece::MIN_PIECE_SIZE;
     use weightcast_types::WritePermit;
+
+    #[test]
+    fn a_bounded_store_evicts_idle_tasks_never_held_or_pinned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = CachePolicy {
+            max_bytes: Some(250),
+            ..Default::default()
+        };
+        let store = Store::with_policy(dir.path(), policy).unwrap();
+        let id = |n: &str| TaskId::from_url(n);
+        let a = store.open_or_create(id("a"), "a", 100).unwrap();
+        a.begin_write(0).unwrap().commit(None).unwrap();
+        drop(a);
+        std::thread::sleep(Duration::from_millis(5));
+        let b = store.open_or_create(id("b"), "b", 100).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        // 300 would pass the high watermark (225): the idle, least recently
+        // used task goes; the held one stays.
+        let c = store.open_or_create(id("c"), "c", 100).unwrap();
+        assert!(
+            store.peek_meta(&id("a")).is_none(),
+            "the idle task was evicted"
+        );
+        assert!(store.peek_meta(&id("b")).is_some());
+        assert!(store.in_use(&id("b")), "held by this test");
+        // Everything held: no room, and nothing written past the bound.
+        let e = store.open_or_create(id("d"), "d", 100).err().unwrap();
+        assert!(matches!(e, StoreError::CacheFull { held: 200, .. }), "{e}");
+        assert!(store.peek_meta(&id("d")).is_none());
+        // A pinned task stays when it is idle too.
+        drop((b, c));
+        store.pin(&id("b"), true).unwrap();
+        let d = store.open_or_create(id("d"), "d", 100).unwrap();
+        assert!(store.peek_meta(&id("b")).is_some(), "pinned");
+        assert!(store.peek_meta(&id("c")).is_none(), "idle, unpinned");
+        assert_eq!(store.evictions(), 2);
+        let report = store.report();
+        assert_eq!(report.used_bytes, 200);
+        assert!(report.entries.iter().any(|e| e.pinned && e.url == "b"));
+        // rm: a held task is refused, an idle pinned one goes.
+        assert!(matches!(store.remove(&id("d")), Err(RemoveError::InUse(_))));
+        drop(d);
+        assert!(store.remove(&id("d")).unwrap());
+        assert!(store.remove(&id("b")).unwrap());
+        assert!(!store.remove(&id("b")).unwrap(), "already gone");
+    }
+
+    #[test]
+    fn the_ttl_evicts_idle_tasks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = CachePolicy {
+            ttl: Some(Duration::from_millis(1)),
+            ..Default::default()
+        };
+        let store = Store::with_policy(dir.path(), policy).unwrap();
+        drop(
+            store
+                .open_or_create(TaskId::from_url("idle"), "idle", 10)
+                .unwrap(),
+        );
+        let held = store
+            .open_or_create(TaskId::from_url("held"), "held", 10)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let gone = store.collect(0);
+        assert_eq!(gone, vec![(TaskId::from_url("idle"), EvictReason::Expired)]);
+        assert!(store.peek_meta(&held.id).is_some());
+    }
 
     #[test]
     fn pieces_are_written_once_verified_and_persisted_across_reopen() {

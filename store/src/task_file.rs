@@ -377,3 +377,15 @@ impl TaskFile {
         }
     }
 }
+/// Whether a task directory's piece table claims every piece (what a
+/// listing shows; opening the task re-hashes before trusting it).
+pub(crate) fn table_says_complete(dir: &TaskDir) -> bool {
+    let Some(meta) = dir.read_meta() else {
+        return false;
+    };
+    let pieces = PieceLayout::for_length(meta.content_length).piece_count();
+    match PieceTable::open(&dir.pieces(), pieces) {
+        Ok((_, claimed)) => claimed.iter().all(Option::is_some),
+        Err(_) => false,
+    }
+}

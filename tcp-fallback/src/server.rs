@@ -17,6 +17,47 @@ use weightcast_types::TaskId;
 /// The first pause after a failed accept, doubled up to the maximum.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 const MAX_ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Connections one peer (IP address) may hold open at once: a child uses
+/// one per parent and a few while reconnecting, so more is a flood.
+pub const MAX_CONNS_PER_PEER: u32 = 64;
+/// Connections the server holds open at once, all peers together.
+pub const MAX_CONNS: u32 = 4096;
+
+/// Open connections per peer address; a [`ConnSlot`] gives its own back.
+#[derive(Default)]
+pub(crate) struct ConnCounts(std::sync::Mutex<(u32, HashMap<std::net::IpAddr, u32>)>);
+
+pub(crate) struct ConnSlot(Arc<ConnCounts>, std::net::IpAddr);
+
+impl ConnCounts {
+    /// A slot for a connection from `ip`, unless that peer or the server
+    /// holds its maximum already.
+    pub(crate) fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ConnSlot> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *g;
+        let n = per.entry(ip).or_insert(0);
+        if *n >= MAX_CONNS_PER_PEER || *total >= MAX_CONNS {
+            return None;
+        }
+        *n += 1;
+        *total += 1;
+        Some(ConnSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut g = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Where a verified piece lies in registered memory, for a child's RDMA READ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,14 +250,20 @@ impl<S: PieceSource> PieceServer<S> {
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         let mut conns = tokio::task::JoinSet::new();
         let mut pause = ACCEPT_PAUSE;
+        let counts = Arc::new(ConnCounts::default());
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         pause = ACCEPT_PAUSE;
+                        let Some(slot) = counts.take(peer.ip()) else {
+                            tracing::debug!(%peer, "refusing a connection: the peer holds its maximum open already");
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let me = self.clone();
                         conns.spawn(async move {
+                            let _slot = slot;
                             if let Err(e) = me.serve_connection(stream).await {
                                 tracing::debug!(%peer, error = %e, "piece connection ended");
                             }
@@ -406,6 +453,30 @@ impl<S: PieceSource> PieceServer<S> {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod conn_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_holds_at_most_its_share_of_connections() {
+        let counts = Arc::new(ConnCounts::default());
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<ConnSlot> = (0..MAX_CONNS_PER_PEER)
+            .map(|_| counts.take(a).unwrap())
+            .collect();
+        assert!(counts.take(a).is_none(), "one more from the same peer");
+        let other = counts.take(b).expect("another peer still gets one");
+        drop(held);
+        assert!(
+            counts.take(a).is_some(),
+            "slots come back when connections end"
+        );
+        drop(other);
+        assert!(counts.0.lock().unwrap().1.len() <= 1);
     }
 }
 

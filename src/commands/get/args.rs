@@ -46,6 +46,16 @@ pub struct GetArgs {
     /// The daemon's socket, e.g. one mounted into an init container. It must answer.
     #[arg(long, env = "WEIGHTCAST_DAEMON_SOCKET")]
     pub daemon: Option<PathBuf>,
+    /// Have the daemon place the files itself (it must have an
+    /// --output-root above -o, and this user must be able to write there);
+    /// by default this process places them from the daemon's cache, as the
+    /// calling user.
+    #[arg(long, env = "WEIGHTCAST_DAEMON_PLACES")]
+    pub daemon_places: bool,
+    /// Keep what this get fetches in the cache, never evicted by
+    /// --cache-size or --cache-ttl, until `weightcast cache rm` removes it.
+    #[arg(long)]
+    pub pin: bool,
     /// Require this whole-file digest: sha256:<64 hex>.
     #[arg(long)]
     pub digest: Option<String>,

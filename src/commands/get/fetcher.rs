@@ -9,8 +9,17 @@ use std::sync::Arc;
 use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
 use weightcast_store::export;
 
-/// Where downloads run: the node's daemon, or an engine in this process.
-pub enum Fetcher {
+/// Where downloads run, and what every request of this `get` asks.
+pub struct Fetcher {
+    pub via: Via,
+    /// The daemon places the files (`--daemon-places`), not this process.
+    daemon_places: bool,
+    /// Keep the tasks in the cache (`--pin`).
+    pin: bool,
+}
+
+/// The node's daemon, or an engine in this process.
+pub enum Via {
     Daemon(PathBuf),
     InProcess(Arc<Engine>),
 }
@@ -22,15 +31,20 @@ impl Fetcher {
             Some(s) => (s.clone(), true),
             None => (local_api::socket_path(&data_dir), false),
         };
-        if local_api::connect(&socket).await.is_some() {
+        let via = if local_api::connect(&socket).await.is_some() {
             tracing::info!(socket = %socket.display(), "using the node's daemon");
-            return Ok(Fetcher::Daemon(socket));
-        }
-        if must_answer {
+            Via::Daemon(socket)
+        } else if must_answer {
             bail!("no weightcast daemon answers on {}", socket.display());
-        }
-        let config = a.engine.config(data_dir, a.listen, false, &a.hf)?;
-        Ok(Fetcher::InProcess(Engine::start(config).await?))
+        } else {
+            let config = a.engine.config(data_dir, a.listen, false, &a.hf)?;
+            Via::InProcess(Engine::start(config).await?)
+        };
+        Ok(Self {
+            via,
+            daemon_places: a.daemon_places,
+            pin: a.pin,
+        })
     }
 
     /// Runs one download; `on_progress` sees (bytes done, total when known).
@@ -39,16 +53,27 @@ impl Fetcher {
         req: &GetRequest,
         mut on_progress: impl FnMut(u64, Option<u64>),
     ) -> anyhow::Result<GetSummary> {
-        match self {
-            Fetcher::Daemon(socket) => {
+        let req = GetRequest {
+            pin: req.pin || self.pin,
+            ..req.clone()
+        };
+        match &self.via {
+            Via::Daemon(socket) => {
                 let stream = local_api::connect(socket).await.with_context(|| {
                     format!("the daemon on {} stopped answering", socket.display())
                 })?;
+                if self.daemon_places {
+                    let req = GetRequest {
+                        client_places: false,
+                        ..req
+                    };
+                    return Ok(local_api::get_via_daemon(stream, socket, &req, on_progress).await?);
+                }
                 // The daemon verifies; this process places the file, since
                 // the daemon may not see this filesystem (an init container).
                 let req = GetRequest {
                     client_places: true,
-                    ..req.clone()
+                    ..req
                 };
                 let mut s = local_api::get_via_daemon(stream, socket, &req, on_progress).await?;
                 let cache = s
@@ -64,8 +89,8 @@ impl Fetcher {
                 s.placement = Some(export::place(&cache, &req.output)?);
                 Ok(s)
             }
-            Fetcher::InProcess(engine) => {
-                Ok(engine.get(req, |p| on_progress(p.done, p.total)).await?)
+            Via::InProcess(engine) => {
+                Ok(engine.get(&req, |p| on_progress(p.done, p.total)).await?)
             }
         }
     }
