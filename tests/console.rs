@@ -448,6 +448,29 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
     )
     .await;
 
+    // Where the bytes came from, and when each peer finished: the seed
+    // fetched the one copy from the origin, node0 got it from peers.
+    until(
+        "the sources line and the completion plot",
+        20,
+        || async move { count(b, "svg#cdf[data-done='2']").await == 1 },
+    )
+    .await;
+    let sources = b.find(Locator::Css("p.sources")).await.unwrap();
+    let origin_bytes = sources.attr("data-origin-bytes").await.unwrap();
+    let peer_bytes = sources.attr("data-peer-bytes").await.unwrap();
+    assert_eq!(
+        origin_bytes.as_deref(),
+        Some("67108864"),
+        "one copy from the origin"
+    );
+    assert_eq!(
+        peer_bytes.as_deref(),
+        Some("67108864"),
+        "one copy from peers"
+    );
+    screenshot(b, 1280, 800, "console-rollout-done.png").await;
+
     // Tasks: who holds the preheated file; evict it (with a confirm); gone.
     b.goto(&format!("{mgr}/tasks?q={}", query(&small)))
         .await

@@ -107,6 +107,11 @@ pub struct PeerResult {
     pub bytes: u64,
     /// It holds (or, for an eviction, held) the task.
     pub held: bool,
+    /// It fetched the task from the origin (the task's source, or a peer
+    /// granted back-to-source); the others got their bytes from peers.
+    pub from_origin: bool,
+    /// How long after the task's first registration it finished.
+    pub done_after: Option<std::time::Duration>,
 }
 
 /// A job's results for one task.

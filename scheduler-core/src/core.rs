@@ -27,7 +27,7 @@ use crate::graph::Graph;
 use crate::origin_budget::{origin_of, OriginBudgets};
 use crate::seed_ring::SeedRing;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use weightcast_types::piece::{PieceDigest, PieceLayout};
 use weightcast_types::{PeerId, TaskId};
 
@@ -77,10 +77,18 @@ struct TaskPeer {
     /// Parents this peer reported, with when it last did.
     blocked: BTreeMap<PeerId, Instant>,
     done: bool,
+    /// It finished as the task's source or with a back-to-source grant:
+    /// what it holds came from the origin (the rollout view's split).
+    fetched_from_origin: bool,
+    /// How long after the task's first registration it finished (`None`
+    /// until then, and for a peer that arrived with the whole task).
+    done_after: Option<Duration>,
 }
 
 struct Task {
     url: String,
+    /// When the first peer registered it: completion times count from here.
+    started: Instant,
     /// The whole file's sha256, for a task keyed by it (checked against
     /// the task id).
     digest: Option<PieceDigest>,
@@ -100,9 +108,10 @@ struct Task {
 }
 
 impl Task {
-    fn new(url: String) -> Self {
+    fn new(url: String, started: Instant) -> Self {
         Task {
             url,
+            started,
             digest: None,
             content_length: None,
             digests: BTreeMap::new(),
@@ -517,7 +526,10 @@ impl Core {
                 // A digest counts only when the task id is that digest's:
                 // nobody can pin a task to bytes it is not named by.
                 let digest = digest.filter(|d| TaskId::from_sha256(d) == task);
-                let t = self.tasks.entry(task).or_insert_with(|| Task::new(url));
+                let t = self
+                    .tasks
+                    .entry(task)
+                    .or_insert_with(|| Task::new(url, now));
                 if let Some(d) = digest {
                     t.digest.get_or_insert(d);
                 }
@@ -533,7 +545,7 @@ impl Core {
             PeerEvent::PieceFailed { task, parent, .. } => {
                 self.piece_failed(from, task, &parent, now)
             }
-            PeerEvent::TaskDone { task } => self.task_done(from, task),
+            PeerEvent::TaskDone { task } => self.task_done(from, task, now),
             PeerEvent::SourceRequest { task } => self.source_request(from, task, now),
             PeerEvent::TaskLeft { task } => self.leave_task(from, task, now),
             PeerEvent::Load { active_uploads } => {
@@ -874,15 +886,22 @@ impl Core {
         self.plan(id, child, now)
     }
 
-    fn task_done(&mut self, peer: &str, id: TaskId) -> Vec<Outbound> {
+    fn task_done(&mut self, peer: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Vec::new();
         };
-        let Some(tp) = task.peers.get_mut(peer) else {
+        if !task.peers.contains_key(peer) {
             return Vec::new();
-        };
-        tp.done = true;
+        }
         let fetched = task.granted.remove(peer) || task.is_source(peer);
+        let started = task.started;
+        if let Some(tp) = task.peers.get_mut(peer) {
+            if !tp.done {
+                tp.done_after = Some(now.saturating_duration_since(started));
+            }
+            tp.done = true;
+            tp.fetched_from_origin |= fetched;
+        }
         self.graph.remove_parents(id, peer);
         if fetched {
             self.rebalance_origin(id)

@@ -111,6 +111,8 @@ pub fn peer_result(r: PeerResult) -> pb::PeerResult {
         description: r.description,
         bytes: r.bytes,
         held: r.held,
+        from_origin: r.from_origin,
+        done_after_ms: r.done_after.map(|d| d.as_millis() as u64),
     }
 }
 

@@ -8,6 +8,7 @@
 //! Nothing is readable or writable without a session ([`session`]); every
 //! POST carries the session's CSRF token. The open API stays token-only.
 
+mod cdf;
 pub mod fleet;
 pub mod html;
 mod pages;

@@ -5,7 +5,7 @@
 use super::fleet::{self, NamedTask, TaskHolders};
 use super::html::{self, esc, query_value, Viewer};
 use super::session::{self, COOKIE, LOGIN_COOKIE, ROOT};
-use super::{html_page, same_origin, Console};
+use super::{cdf, html_page, same_origin, Console};
 use crate::db::{now_ms, SessionRow};
 use crate::jobs;
 use axum::extract::{Form, Path, Query, State};
@@ -389,10 +389,40 @@ async fn holders_fragment(c: &Console, tasks: &[NamedTask]) -> String {
         let complete = peers.iter().filter(|(_, p)| p.held).count();
         let held: u64 = peers.iter().map(|(_, p)| p.bytes).sum();
         let length = holders.iter().map(|h| h.content_length).max().unwrap_or(0);
+        // Where the bytes came from: what the peers that went to the origin
+        // hold (the seed, or a peer granted back-to-source) came from it;
+        // the rest came from peers.
+        let from_origin: u64 = peers
+            .iter()
+            .filter(|(_, p)| p.from_origin)
+            .map(|(_, p)| p.bytes)
+            .sum();
+        let seeds: u64 = peers
+            .iter()
+            .filter(|(_, p)| p.seed)
+            .map(|(_, p)| p.bytes)
+            .sum();
+        let copies = if length > 0 {
+            format!(" ({:.2} copies)", from_origin as f64 / length as f64)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            out,
+            r#"<p class="sources" data-origin-bytes="{from_origin}" data-peer-bytes="{from_peers}">From the origin: <strong>{}</strong>{copies} · from peers: <strong>{}</strong> · held by seeds: {}</p>"#,
+            html::bytes(from_origin),
+            html::bytes(held.saturating_sub(from_origin)),
+            html::bytes(seeds),
+            from_peers = held.saturating_sub(from_origin),
+        );
+        let done_ms: Vec<u64> = peers.iter().filter_map(|(_, p)| p.done_after_ms).collect();
+        if let Some(plot) = cdf::svg(&done_ms, peers.len()) {
+            out.push_str(&plot);
+        }
         let _ = write!(
             out,
             r#"<p class="summary"><strong>{complete} of {} peers complete</strong> · {} held{}</p>
-<div class="scroll"><table class="holders"><caption class="visually-hidden">Peers holding {}</caption><thead><tr><th scope="col">Host</th><th scope="col">Cluster</th><th scope="col">Role</th><th scope="col">Progress</th><th scope="col">State</th></tr></thead><tbody>"#,
+<div class="scroll"><table class="holders"><caption class="visually-hidden">Peers holding {}</caption><thead><tr><th scope="col">Host</th><th scope="col">Cluster</th><th scope="col">Role</th><th scope="col">Progress</th><th scope="col">Source</th><th scope="col">Done after</th><th scope="col">State</th></tr></thead><tbody>"#,
             peers.len(),
             html::bytes(held),
             if length > 0 {
@@ -408,7 +438,7 @@ async fn holders_fragment(c: &Console, tasks: &[NamedTask]) -> String {
             let state = if p.held { "complete" } else { "fetching" };
             let _ = write!(
                 out,
-                r#"<tr class="holder" data-peer="{peer}"><td>{host}<br><small>{addr}</small></td><td>{cluster}</td><td>{role}</td><td><progress max="{max}" value="{value}" aria-label="{host}: {pct:.0}%">{pct:.0}%</progress> <span class="pct">{pct:.0}%</span> <small>{held}</small></td><td><span class="badge {state}">{state}</span></td></tr>"#,
+                r#"<tr class="holder" data-peer="{peer}"><td>{host}<br><small>{addr}</small></td><td>{cluster}</td><td>{role}</td><td><progress max="{max}" value="{value}" aria-label="{host}: {pct:.0}%">{pct:.0}%</progress> <span class="pct">{pct:.0}%</span> <small>{held}</small></td><td>{source}</td><td>{done}</td><td><span class="badge {state}">{state}</span></td></tr>"#,
                 peer = esc(&p.peer_id),
                 host = esc(&p.hostname),
                 addr = esc(&p.addr),
@@ -416,6 +446,11 @@ async fn holders_fragment(c: &Console, tasks: &[NamedTask]) -> String {
                 role = if p.seed { "Seed" } else { "Peer" },
                 value = p.bytes,
                 held = html::bytes(p.bytes),
+                source = if p.from_origin { "origin" } else { "peers" },
+                done = p.done_after_ms.map_or(String::from("–"), |ms| format!(
+                    "{:.1} s",
+                    ms as f64 / 1000.0
+                )),
             );
         }
         out.push_str("</tbody></table></div></section>");

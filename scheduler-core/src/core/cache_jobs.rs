@@ -456,6 +456,8 @@ impl Core {
                         description: r.description.clone(),
                         bytes: self.bytes_held(&t.warm.task, p),
                         held: r.held,
+                        from_origin: self.fetched_from_origin(&t.warm.task, p),
+                        done_after: self.done_after(&t.warm.task, p),
                     })
                     .collect();
                 TaskResults {
@@ -489,6 +491,19 @@ impl Core {
 
     /// The connected peers that hold (part of) `task`: success for those
     /// with all of it, pending for those still fetching.
+    /// Whether `peer` fetched `task` from the origin: it finished as its
+    /// source or under a grant, or is fetching from it now.
+    fn fetched_from_origin(&self, task: &TaskId, peer: &str) -> bool {
+        self.tasks.get(task).is_some_and(|t| {
+            t.fetches_from_origin(peer)
+                || t.peers.get(peer).is_some_and(|tp| tp.fetched_from_origin)
+        })
+    }
+
+    fn done_after(&self, task: &TaskId, peer: &str) -> Option<std::time::Duration> {
+        self.tasks.get(task)?.peers.get(peer)?.done_after
+    }
+
     pub fn task_holders(&self, task: &TaskId) -> Vec<PeerResult> {
         let Some(t) = self.tasks.get(task) else {
             return Vec::new();
@@ -510,6 +525,8 @@ impl Core {
                     description: String::new(),
                     bytes: self.bytes_held(task, p),
                     held: tp.done,
+                    from_origin: self.fetched_from_origin(task, p),
+                    done_after: tp.done_after,
                 })
             })
             .collect()
