@@ -29,6 +29,17 @@ struct Cli {
     /// Default: /etc/weightcast/weightcast.env when it exists.
     #[arg(long, global = true, env = "WEIGHTCAST_CONFIG")]
     config: Option<std::path::PathBuf>,
+    /// Export OpenTelemetry traces to this OTLP/HTTP receiver (e.g.
+    /// http://collector:4318; spans go to its /v1/traces). Off by default.
+    /// One `get` is one trace, with spans from the client, the daemon, the
+    /// scheduler, the seed and its origin reads.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIGHTCAST_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,7 +85,21 @@ fn main() -> std::process::ExitCode {
         | Command::Task(_)
         | Command::Cache(_) => "warn",
     };
-    commands::logging::init(default_log);
+    let service = match &cli.command {
+        Command::Get(_) => "weightcast-get",
+        Command::Inspect(_) => "weightcast-inspect",
+        Command::Daemon(_) => "weightcast-daemon",
+        Command::Scheduler(_) => "weightcast-scheduler",
+        Command::Manager(_) => "weightcast-manager",
+        Command::Preheat(_) => "weightcast-preheat",
+        Command::Task(_) => "weightcast-task",
+        Command::Cache(_) => "weightcast-cache",
+        Command::Demo(_) => "weightcast-demo",
+    };
+    let export = weightcast_telemetry::TraceExport {
+        endpoint: cli.otlp_endpoint.clone(),
+        service: service.to_string(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,9 +110,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // The trace exporter is a task of this runtime: set up inside it.
+    let telemetry =
+        match runtime.block_on(async { weightcast_telemetry::init(default_log, &export) }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Get(a) => commands::get::run(a).await,
+            Command::Get(a) => {
+                let span = tracing::info_span!("weightcast get", source = %a.url);
+                tracing::Instrument::instrument(commands::get::run(a), span).await
+            }
             Command::Inspect(a) => commands::inspect::run(a).await,
             Command::Daemon(a) => commands::daemon::run(a).await,
             Command::Scheduler(a) => commands::scheduler::run(a).await,
@@ -98,6 +135,9 @@ fn main() -> std::process::ExitCode {
             Command::Cache(a) => commands::cache::run(a).await,
         }
     });
+    // The last spans leave before the process does (off the workers:
+    // the flush blocks).
+    let _ = runtime.block_on(tokio::task::spawn_blocking(move || telemetry.shutdown()));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -342,6 +342,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
             have: Vec::new(),
             content_length: 0,
             digest: Vec::new(),
+            traceparent: String::new(),
         }))
         .await?;
         send(PeerMsg::Meta(pb::TaskMeta {
@@ -368,6 +369,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
                     have: Vec::new(),
                     content_length: 0,
                     digest: Vec::new(),
+                    traceparent: String::new(),
                 })),
             )
         });

@@ -36,23 +36,29 @@ pub(crate) async fn run(runs: Arc<Runs>, mut events: mpsc::Receiver<LinkEvent>) 
                 }
             }
             LinkEvent::Message(SchedMsg::SeedTask(s)) => {
-                let Some((id, url, digest)) = seed_order(s) else {
+                // The seed's work joins the trace of the download that
+                // made the scheduler order it.
+                let span = tracing::info_span!("seed order", task = %s.task_id);
+                weightcast_telemetry::set_parent(&span, &s.traceparent);
+                let Some((id, url, digest)) = span.in_scope(|| seed_order(s)) else {
                     continue;
                 };
-                tracing::info!(task = %id, %url, "seeding task from its origin");
                 // Already downloading it from peers (a get, a preheat): that
                 // download becomes the source instead of waiting for one.
                 if cache_orders::become_source(&runs, &id).await {
                     continue;
                 }
-                runs.ensure(DownloadSpec {
-                    id,
-                    url,
-                    digest,
-                    mode: Mode::Source,
-                    back_to_source: true,
-                    auth: None,
-                    swarm: true,
+                span.in_scope(|| {
+                    tracing::info!(task = %id, %url, "seeding task from its origin");
+                    runs.ensure(DownloadSpec {
+                        id,
+                        url,
+                        digest,
+                        mode: Mode::Source,
+                        back_to_source: true,
+                        auth: None,
+                        swarm: true,
+                    })
                 });
             }
             LinkEvent::Message(SchedMsg::OriginBudget(b)) => {
@@ -189,6 +195,7 @@ mod tests {
             task_id: task_id.to_hex(),
             url: url.into(),
             digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+            traceparent: String::new(),
         }
     }
 

@@ -263,7 +263,8 @@ impl Shell {
         what: Spawned,
         fut: impl std::future::Future<Output = Joined> + Send + 'static,
     ) {
-        let handle = self.tasks.spawn(fut);
+        // Piece fetches and origin reads stay inside the download's span.
+        let handle = self.tasks.spawn(tracing::Instrument::in_current_span(fut));
         self.spawned.insert(handle.id(), what);
     }
 
@@ -284,6 +285,8 @@ impl Shell {
                 have: have.into_iter().map(|(n, d)| piece(n, d)).collect(),
                 content_length,
                 digest: self.spec.digest.map(|d| d.to_vec()).unwrap_or_default(),
+                // The scheduler's span for this task joins the download's trace.
+                traceparent: weightcast_telemetry::traceparent().unwrap_or_default(),
             }),
             ToScheduler::Meta { content_length } => PeerMsg::Meta(pb::TaskMeta {
                 task_id,

@@ -60,6 +60,7 @@ pub(crate) async fn announce(runs: &Runs) {
             // Only a seed order needs the whole-file digest; a complete
             // holder is never sent one for this task.
             digest: Vec::new(),
+            traceparent: String::new(),
         }))
         .await;
         link.send(PeerMsg::TaskDone(pb::TaskDone { task_id })).await;

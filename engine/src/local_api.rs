@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tracing::Instrument;
 
 pub const SOCKET_NAME: &str = "weightcast.sock";
 
@@ -156,15 +157,22 @@ async fn handle(
     // Progress is a latest value, not a queue: a slow client sees fewer
     // updates, never a growing backlog.
     let (tx, mut rx) = tokio::sync::watch::channel(None::<(u64, Option<u64>)>);
+    let span = tracing::info_span!("daemon get", url = %req.url, uid = client.uid);
+    if let Some(parent) = &req.traceparent {
+        weightcast_telemetry::set_parent(&span, parent);
+    }
     let get = {
         let engine = engine.clone();
-        tokio::spawn(async move {
-            engine
-                .get(&req, |p| {
-                    tx.send_replace(Some((p.done, p.total)));
-                })
-                .await
-        })
+        tokio::spawn(
+            async move {
+                engine
+                    .get(&req, |p| {
+                        tx.send_replace(Some((p.done, p.total)));
+                    })
+                    .await
+            }
+            .instrument(span),
+        )
     };
     let mut last = Instant::now() - PROGRESS_EVERY;
     while rx.changed().await.is_ok() {

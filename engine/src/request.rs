@@ -39,6 +39,10 @@ pub struct GetRequest {
     /// `weightcast cache rm` removes it).
     #[serde(default)]
     pub pin: bool,
+    /// The W3C trace context of the caller's span: the daemon's spans for
+    /// this request join the caller's trace (absent when nothing traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn yes() -> bool {
@@ -57,6 +61,7 @@ impl GetRequest {
             swarm: true,
             client_places: false,
             pin: false,
+            traceparent: None,
         }
     }
 }

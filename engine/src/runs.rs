@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use weightcast_store::TaskFile;
 use weightcast_types::TaskId;
 
@@ -88,13 +89,22 @@ impl Runs {
         let runs = self.clone();
         let (id, url) = (spec.id, spec.url.clone());
         let shared = spec.swarm && self.deps.link.is_some();
+        // The download's span is a child of whoever started it (a get, a
+        // seed order, a preheat): later joiners share the one download.
+        let span = tracing::info_span!(
+            "download",
+            task = %spec.id,
+            url = %spec.url,
+            mode = ?spec.mode,
+        );
         let task = download::run(
             self.deps.clone(),
             spec,
             events_rx,
             progress_tx.clone(),
             self.cancel.child_token(),
-        );
+        )
+        .instrument(span);
         self.tracker.spawn(async move {
             // Readers must never see progress end before the outcome is in:
             // this copy of the sender lives until the outcome is sent.

@@ -295,6 +295,7 @@ impl OriginFetcher {
     }
 
     /// The object's length and identity.
+    #[tracing::instrument(name = "origin stat", level = "info", skip_all, fields(url = %url))]
     pub async fn stat(&self, url: &str, auth: Option<&OriginAuth>) -> Result<Stat, OriginError> {
         let call = self.call(url, auth)?;
         let stat = match self.run(&call, Op::Stat).await? {
@@ -333,6 +334,12 @@ impl OriginFetcher {
 
     /// Fetches `range` of `url` into `dst` (whose length is the range's).
     /// Returns the bytes received.
+    #[tracing::instrument(
+        name = "origin fetch",
+        level = "info",
+        skip_all,
+        fields(url = %url, start = range.start, end = range.end)
+    )]
     pub async fn fetch_range(
         &self,
         url: &str,

@@ -30,7 +30,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use weightcast_proto::pb::{self, peer_message::Msg as PeerMsg};
+use weightcast_proto::pb::{
+    self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
+};
 use weightcast_scheduler_core::{
     Config, Core, HostInfo, JobId, JobRefused, Outbound, PeerEvent, PeerId, PeerResult,
     PeerSummary, PreheatJob,
@@ -60,6 +62,9 @@ enum Event {
         conn: u64,
         peer: PeerId,
         event: PeerEvent,
+        /// The W3C trace context a registration carried (see
+        /// [`Actor::on_event`]).
+        trace: Option<String>,
     },
     Gone {
         conn: u64,
@@ -108,6 +113,21 @@ struct Actor {
 
 impl Actor {
     fn on_event(&mut self, ev: Event, now: Instant) {
+        // A traced registration is handled inside a span of the peer's
+        // trace; so are the messages it causes (a seed order carries it on).
+        let span = match &ev {
+            Event::Message {
+                trace: Some(parent),
+                peer,
+                ..
+            } => {
+                let span = tracing::info_span!("schedule task", %peer);
+                weightcast_telemetry::set_parent(&span, parent);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        let _in_span = span.enter();
         let out = match ev {
             Event::Hello {
                 conn,
@@ -120,7 +140,9 @@ impl Actor {
                     .insert(info.peer_id.clone(), Session { conn, tx, kick });
                 self.core.hello(info, now)
             }
-            Event::Message { conn, peer, event } => {
+            Event::Message {
+                conn, peer, event, ..
+            } => {
                 if self.peers.get(&peer).map(|s| s.conn) != Some(conn) {
                     return; // a stale stream of a peer that reconnected
                 }
@@ -237,7 +259,11 @@ impl Actor {
                 continue;
             };
             let to = o.to.clone();
-            match session.tx.try_send(wire::scheduler_message(o)) {
+            let mut message = wire::scheduler_message(o);
+            if let Some(SchedMsg::SeedTask(order)) = &mut message.msg {
+                order.traceparent = weightcast_telemetry::traceparent().unwrap_or_default();
+            }
+            match session.tx.try_send(message) {
                 Ok(()) => {}
                 // The stream is gone; its `Gone` event is on its way.
                 Err(TrySendError::Closed(_)) => {}
@@ -380,12 +406,17 @@ async fn read_session(
             tracing::warn!(%peer, limit = MAX_PEER_MESSAGES_PER_SECOND, "a peer sends more messages per second than allowed; ending its session");
             break;
         }
+        let trace = match &m.msg {
+            Some(PeerMsg::Register(r)) if !r.traceparent.is_empty() => Some(r.traceparent.clone()),
+            _ => None,
+        };
         match wire::peer_event(m) {
             Ok(event) => {
                 let ev = Event::Message {
                     conn,
                     peer: peer.clone(),
                     event,
+                    trace,
                 };
                 if events.send(ev).await.is_err() {
                     return;

@@ -257,6 +257,7 @@ pub fn scheduler_message(o: Outbound) -> pb::SchedulerMessage {
             task_id,
             url,
             digest: digest.map(|d| d.to_vec()).unwrap_or_default(),
+            traceparent: String::new(),
         }),
         ToPeer::Meta { content_length } => SchedMsg::Meta(pb::TaskMeta {
             task_id,
@@ -328,6 +329,7 @@ mod tests {
             have: vec![pb::Piece {
                 num: 3,
                 digest: vec![7; 32],
+                traceparent: String::new(),
             }],
             content_length: 0,
             digest: vec![],
@@ -380,6 +382,7 @@ mod tests {
             have: vec![pb::Piece {
                 num: 0,
                 digest: vec![],
+                traceparent: String::new(),
             }],
             ..Default::default()
         }));
@@ -460,6 +463,7 @@ mod tests {
                 task_id: id().to_hex(),
                 url: "u".into(),
                 digest: vec![5; 32],
+                traceparent: String::new(),
             })
         );
         assert_eq!(

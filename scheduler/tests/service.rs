@@ -60,6 +60,7 @@ fn register(task: &TaskId) -> pb::PeerMessage {
             have: vec![],
             content_length: 0,
             digest: vec![],
+            traceparent: String::new(),
         })),
     }
 }

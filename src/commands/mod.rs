@@ -7,7 +7,6 @@ pub mod demo;
 pub mod engine_args;
 pub mod get;
 pub mod inspect;
-pub mod logging;
 pub mod manager;
 pub mod preheat;
 pub mod ready_file;

@@ -6,6 +6,7 @@ use crate::commands::engine_args::default_data_dir;
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
 use weightcast_store::export;
 
@@ -51,12 +52,24 @@ impl Fetcher {
     pub async fn get(
         &self,
         req: &GetRequest,
-        mut on_progress: impl FnMut(u64, Option<u64>),
+        on_progress: impl FnMut(u64, Option<u64>),
     ) -> anyhow::Result<GetSummary> {
+        // One span per file: the daemon's (and through it the scheduler's
+        // and the seed's) spans for this file are its children.
+        let span = tracing::info_span!("get file", url = %req.url);
         let req = GetRequest {
             pin: req.pin || self.pin,
+            traceparent: weightcast_telemetry::traceparent_of(&span),
             ..req.clone()
         };
+        self.get_one(req, on_progress).instrument(span).await
+    }
+
+    async fn get_one(
+        &self,
+        req: GetRequest,
+        mut on_progress: impl FnMut(u64, Option<u64>),
+    ) -> anyhow::Result<GetSummary> {
         match &self.via {
             Via::Daemon(socket) => {
                 let stream = local_api::connect(socket).await.with_context(|| {
