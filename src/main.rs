@@ -137,7 +137,8 @@ fn main() -> std::process::ExitCode {
     });
     // The last spans leave before the process does (off the workers:
     // the flush blocks).
-    let _ = runtime.block_on(tokio::task::spawn_blocking(move || telemetry.shutdown()));
+    let _ = runtime
+        .block_on(async move { tokio::task::spawn_blocking(move || telemetry.shutdown()).await });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
