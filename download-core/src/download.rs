@@ -122,8 +122,15 @@ pub struct Download<E> {
     probing: bool,
     /// `Register` went out: pieces learned later are sent one by one.
     registered: bool,
-    /// Verified pieces (index = piece number).
-    have: Vec<Option<PieceDigest>>,
+    /// Verified pieces.
+    have: VerifiedPieces,
+    /// The last fill stopped because phase 2 found nothing to fetch, and no
+    /// input since could change that. In a large swarm most inputs are
+    /// `Available` announcements (one per piece per parent), and a child
+    /// whose parents are all busy would run the whole phase-2 choice for
+    /// each; an announcement can only make its own piece fetchable, from
+    /// its own parent, so [`Download::handle`] checks just that.
+    nothing_to_fetch: bool,
     inflight: BTreeMap<u32, Source>,
     choice: ParentChoice,
     /// The piece a streaming reader waits on.
@@ -160,7 +167,8 @@ impl<E> Download<E> {
             opening: None,
             probing: false,
             registered: false,
-            have: Vec::new(),
+            have: VerifiedPieces::default(),
+            nothing_to_fetch: false,
             inflight: BTreeMap::new(),
             wanted: None,
             last_progress: now,
@@ -258,7 +266,21 @@ impl<E> Download<E> {
         // Waits that have passed are gone, so that `poll_timeout` never
         // names an instant already past while a later one (another
         // parent's wait, the stall deadline) is the real next wake-up.
-        self.choice.forget_past_waits(now);
+        let waits_ended = self.choice.forget_past_waits(now);
+        // Still nothing to fetch after an announcement that its parent
+        // cannot serve now, or of a piece not wanted (held or in flight).
+        // Anything else may change what phase 2 finds.
+        self.nothing_to_fetch = self.nothing_to_fetch
+            && !waits_ended
+            && self.mode == Mode::Swarm
+            && match &input {
+                Input::Scheduler(SchedulerEvent::Available { parent, num, .. }) => {
+                    self.have.holds(*num) != Some(false)
+                        || self.inflight.contains_key(num)
+                        || !self.choice.could_serve(parent, *num, now)
+                }
+                _ => false,
+            };
         match input {
             Input::Scheduler(ev) => self.on_scheduler(ev),
             Input::SchedulerLost => {
@@ -305,11 +327,7 @@ impl<E> Download<E> {
     }
 
     fn verified(&self) -> Vec<(u32, PieceDigest)> {
-        self.have
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| d.map(|d| (i as u32, d)))
-            .collect()
+        self.have.verified()
     }
 
     fn register(&mut self) {
@@ -337,11 +355,10 @@ impl<E> Download<E> {
             return;
         };
         let layout = PieceLayout::for_length(len);
-        self.have = vec![None; layout.piece_count() as usize];
+        self.have = VerifiedPieces::new(layout.piece_count());
         let mut resumed_bytes = 0;
         for (num, d) in &resumed {
-            if let Some(slot) = self.have.get_mut(*num as usize) {
-                *slot = Some(*d);
+            if self.have.set(*num, *d) {
                 resumed_bytes += layout.piece_len(*num);
             }
         }
@@ -441,13 +458,12 @@ impl<E> Download<E> {
         }
         match r.outcome {
             PieceOutcome::Verified { digest, .. } => {
-                let Some(slot) = self.have.get_mut(r.num as usize) else {
-                    return;
-                };
-                if slot.is_some() {
+                // A piece outside the file, or one already held, changes
+                // nothing.
+                if self.have.holds(r.num) != Some(false) {
                     return;
                 }
-                *slot = Some(digest);
+                self.have.set(r.num, digest);
                 self.last_progress = now;
                 self.progress.done += r.bytes;
                 match parent {
@@ -457,8 +473,8 @@ impl<E> Download<E> {
                 self.send(ToScheduler::PieceDone { num: r.num, digest });
             }
             PieceOutcome::Busy => {
-                if let Some(v) = parent.as_ref().and_then(|p| self.choice.parents.get_mut(p)) {
-                    v.busy_until = Some(now + self.config.busy_backoff);
+                if let Some(p) = &parent {
+                    self.choice.wait_busy(p, now + self.config.busy_backoff);
                 }
             }
             PieceOutcome::NotFound => {
@@ -467,9 +483,8 @@ impl<E> Download<E> {
                 }
             }
             PieceOutcome::Elsewhere { retry_in } => {
-                if let Some(v) = parent.as_ref().and_then(|p| self.choice.parents.get_mut(p)) {
-                    v.elsewhere.retain(|_, until| *until > now);
-                    v.elsewhere.insert(r.num, now + retry_in);
+                if let Some(p) = &parent {
+                    self.choice.wait_elsewhere(p, r.num, now + retry_in, now);
                 }
             }
             PieceOutcome::Corrupt { reason } | PieceOutcome::ParentFailed { reason } => {
@@ -548,7 +563,7 @@ impl<E> Download<E> {
             return;
         }
         let Some(layout) = self.layout else { return };
-        let complete = self.have.iter().all(Option::is_some);
+        let complete = self.have.is_complete();
         if complete && self.inflight.is_empty() {
             if self.spec.digest.is_some() {
                 self.phase = Phase::Checking;
@@ -565,8 +580,16 @@ impl<E> Download<E> {
     fn fill(&mut self, now: Instant, layout: PieceLayout) {
         self.choice
             .spread(self.config.pieces_in_flight, self.config.pieces_per_parent);
+        if self.nothing_to_fetch && self.inflight.len() < self.config.pieces_in_flight {
+            debug_assert!(
+                self.next_piece(now, layout).is_none(),
+                "an input that could make a piece fetchable reset nothing_to_fetch"
+            );
+            return;
+        }
         while self.inflight.len() < self.config.pieces_in_flight {
             let Some((num, from)) = self.next_piece(now, layout) else {
+                self.nothing_to_fetch = true;
                 return;
             };
             let fetch_from = match &from {
@@ -598,10 +621,7 @@ impl<E> Download<E> {
     fn next_piece(&self, now: Instant, layout: PieceLayout) -> Option<(u32, Source)> {
         let inflight = &self.inflight;
         let have = &self.have;
-        let free = || {
-            (0..have.len() as u32)
-                .filter(|n| have[*n as usize].is_none() && !inflight.contains_key(n))
-        };
+        let free = || have.missing().filter(|n| !inflight.contains_key(n));
         let window = self.config.reader_window.max(1);
         let urgent = self.wanted.map(|w| w..w.saturating_add(window));
         let is_urgent = |n: &u32| urgent.as_ref().is_some_and(|r| r.contains(n));
@@ -614,15 +634,110 @@ impl<E> Download<E> {
             Mode::Swarm => {
                 // The reader's next pieces in order, each from its best holder.
                 let first = urgent.clone().and_then(|r| {
-                    r.filter(|n| (*n as usize) < have.len())
-                        .filter(|n| have[*n as usize].is_none() && !inflight.contains_key(n))
+                    r.filter(|n| have.holds(*n) == Some(false) && !inflight.contains_key(n))
                         .find_map(|n| self.choice.pick([n], piece_len, now))
                 });
                 first
-                    .or_else(|| self.choice.pick(free(), piece_len, now))
+                    .or_else(|| {
+                        // Missing and not in flight, as a bitset.
+                        let mut want = have.missing_bits().to_vec();
+                        for n in inflight.keys() {
+                            if let Some(w) = want.get_mut(*n as usize / 64) {
+                                *w &= !(1u64 << (n % 64));
+                            }
+                        }
+                        self.choice.pick_among(&want, piece_len, now)
+                    })
                     .map(|(n, p): (u32, PeerId)| (n, Source::Parent(p)))
             }
         }
+    }
+}
+
+/// The pieces verified so far, with their digests, and beside them a bitset
+/// of the missing ones and their count.
+///
+/// The download asks "complete?" and "which pieces are missing?" on every
+/// input (every `Available`, every answer: thousands per piece time in a
+/// large swarm). Walking a `Vec<Option<PieceDigest>>` of ~500 entries for
+/// that touched 16 KiB per input; the bitset answers from a few words.
+#[derive(Debug, Default)]
+struct VerifiedPieces {
+    /// By piece number.
+    digests: Vec<Option<PieceDigest>>,
+    /// Bit `n` set: piece `n` is not verified yet.
+    missing: Vec<u64>,
+    held: usize,
+}
+
+impl VerifiedPieces {
+    fn new(piece_count: u32) -> Self {
+        let n = piece_count as usize;
+        let mut missing = vec![u64::MAX; n.div_ceil(64)];
+        if n % 64 != 0 {
+            if let Some(last) = missing.last_mut() {
+                *last = (1u64 << (n % 64)) - 1;
+            }
+        }
+        Self {
+            digests: vec![None; n],
+            missing,
+            held: 0,
+        }
+    }
+
+    /// Whether piece `num` is verified; `None` for a piece outside the file.
+    fn holds(&self, num: u32) -> Option<bool> {
+        self.digests.get(num as usize).map(Option::is_some)
+    }
+
+    /// Records piece `num` as verified with `digest` (replacing a digest
+    /// recorded before); false for a piece outside the file.
+    fn set(&mut self, num: u32, digest: PieceDigest) -> bool {
+        let Some(slot) = self.digests.get_mut(num as usize) else {
+            return false;
+        };
+        if slot.is_none() {
+            self.held += 1;
+            if let Some(w) = self.missing.get_mut(num as usize / 64) {
+                *w &= !(1u64 << (num % 64));
+            }
+        }
+        *slot = Some(digest);
+        true
+    }
+
+    /// Every piece is verified (true for a file of no pieces).
+    fn is_complete(&self) -> bool {
+        self.held == self.digests.len()
+    }
+
+    /// The missing pieces as a bitset (bit `n % 64` of word `n / 64`).
+    fn missing_bits(&self) -> &[u64] {
+        &self.missing
+    }
+
+    /// The missing pieces, in ascending order.
+    fn missing(&self) -> impl Iterator<Item = u32> + '_ {
+        self.missing.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                Some((w * 64) as u32 + b)
+            })
+        })
+    }
+
+    fn verified(&self) -> Vec<(u32, PieceDigest)> {
+        self.digests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.map(|d| (i as u32, d)))
+            .collect()
     }
 }
 

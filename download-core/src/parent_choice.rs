@@ -108,10 +108,13 @@ pub struct ParentView {
     pub throughput: f64,
     /// Uploads the parent reported serving at its last answer.
     pub load: u32,
-    /// After a `Busy` answer the parent is left alone until then.
+    /// After a `Busy` answer the parent is left alone until then. Set
+    /// through [`ParentChoice::wait_busy`], which keeps the choice's
+    /// earliest wait in step.
     pub busy_until: Option<Instant>,
     /// Pieces this parent (a seed) sent to another peer moments ago, with
     /// when it would send them again: until then they come from the peers.
+    /// Set through [`ParentChoice::wait_elsewhere`].
     pub elsewhere: BTreeMap<u32, Instant>,
 }
 
@@ -169,6 +172,12 @@ pub struct ParentChoice {
     pub per_parent: u32,
     /// Seeds this child's pseudo-random piece order.
     salt: u64,
+    /// No `Busy` or `Elsewhere` wait of any parent ends before this (None:
+    /// there is no wait). [`ParentChoice::forget_past_waits`] runs on every
+    /// input of a download, thousands of times per piece time in a large
+    /// swarm; with this bound it walks the parents only when some wait may
+    /// have passed.
+    earliest_wait: Option<Instant>,
 }
 
 impl ParentChoice {
@@ -181,6 +190,7 @@ impl ParentChoice {
             parents: BTreeMap::new(),
             per_parent: per_parent.max(1),
             salt,
+            earliest_wait: None,
         }
     }
 
@@ -229,17 +239,6 @@ impl ParentChoice {
         piece_len: impl Fn(u32) -> u64,
         now: Instant,
     ) -> Option<(u32, PeerId)> {
-        let usable =
-            |p: &ParentView| p.inflight < self.per_parent && p.busy_until.is_none_or(|t| t <= now);
-        let expensive_inflight: u32 = self
-            .parents
-            .values()
-            .filter(|p| p.expensive())
-            .map(|p| p.inflight)
-            .sum();
-        // Every child of a seed starts with the seed as its only parent: a
-        // small budget keeps them from all pulling the same pieces at once.
-        let budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
         let words = self
             .parents
             .values()
@@ -252,6 +251,29 @@ impl ParentChoice {
                 *w |= 1 << (n % 64);
             }
         }
+        self.pick_among(&want, piece_len, now)
+    }
+
+    /// [`ParentChoice::pick`] with the wanted pieces as a bitset (bit
+    /// `n % 64` of word `n / 64`): what a download passes on every input,
+    /// built from its own bitsets without a lookup per missing piece.
+    pub fn pick_among(
+        &self,
+        want: &[u64],
+        piece_len: impl Fn(u32) -> u64,
+        now: Instant,
+    ) -> Option<(u32, PeerId)> {
+        let usable =
+            |p: &ParentView| p.inflight < self.per_parent && p.busy_until.is_none_or(|t| t <= now);
+        let expensive_inflight: u32 = self
+            .parents
+            .values()
+            .filter(|p| p.expensive())
+            .map(|p| p.inflight)
+            .sum();
+        // Every child of a seed starts with the seed as its only parent: a
+        // small budget keeps them from all pulling the same pieces at once.
+        let budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
         // What each parent serves now: what it holds, less the pieces it
         // said to take from the peers for a while.
         let serving: Vec<(u8, bool, std::borrow::Cow<'_, [u64]>)> = self
@@ -380,7 +402,13 @@ impl ParentChoice {
     /// they change no choice any more, and left in place they would make
     /// [`ParentChoice::next_wake`] name an instant already past (a shell
     /// that sleeps until it wakes at once, again and again).
-    pub fn forget_past_waits(&mut self, now: Instant) {
+    ///
+    /// Returns whether some wait ended (what was not fetchable may be now).
+    pub fn forget_past_waits(&mut self, now: Instant) -> bool {
+        if self.earliest_wait.is_none_or(|t| t > now) {
+            return false;
+        }
+        let mut earliest: Option<Instant> = None;
         for p in self.parents.values_mut() {
             if p.busy_until.is_some_and(|t| t <= now) {
                 p.busy_until = None;
@@ -388,7 +416,45 @@ impl ParentChoice {
             if !p.elsewhere.is_empty() {
                 p.elsewhere.retain(|_, until| *until > now);
             }
+            for t in p.busy_until.iter().chain(p.elsewhere.values()) {
+                earliest = Some(earliest.map_or(*t, |e| e.min(*t)));
+            }
         }
+        self.earliest_wait = earliest;
+        true
+    }
+
+    /// Whether `parent`, once it holds `piece`, could be asked for it at
+    /// `now`: it is known, has room for another piece, is not waiting out a
+    /// `Busy`, and did not say to take that piece from the peers.
+    pub fn could_serve(&self, parent: &str, piece: u32, now: Instant) -> bool {
+        self.parents.get(parent).is_some_and(|p| {
+            p.inflight < self.per_parent
+                && p.busy_until.is_none_or(|t| t <= now)
+                && p.elsewhere.get(&piece).is_none_or(|t| *t <= now)
+        })
+    }
+
+    /// `parent` answered `Busy`: it is left alone until `until`.
+    pub fn wait_busy(&mut self, parent: &str, until: Instant) {
+        if let Some(v) = self.parents.get_mut(parent) {
+            v.busy_until = Some(until);
+            self.note_wait(until);
+        }
+    }
+
+    /// `parent` (a seed) answered `Elsewhere` for `piece`: that piece comes
+    /// from the peers until `until`. Its waits that passed by `now` go.
+    pub fn wait_elsewhere(&mut self, parent: &str, piece: u32, until: Instant, now: Instant) {
+        if let Some(v) = self.parents.get_mut(parent) {
+            v.elsewhere.retain(|_, t| *t > now);
+            v.elsewhere.insert(piece, until);
+            self.note_wait(until);
+        }
+    }
+
+    fn note_wait(&mut self, until: Instant) {
+        self.earliest_wait = Some(self.earliest_wait.map_or(until, |e| e.min(until)));
     }
 
     pub fn started(&mut self, parent: &str, bytes: u64) {
@@ -680,13 +746,9 @@ mod tests {
     fn waits_that_passed_are_forgotten_so_the_next_wake_is_ahead() {
         let mut c = choice(&[("a", false, &[0]), ("b", false, &[0])]);
         let now = Instant::now();
-        c.parents.get_mut("a").unwrap().busy_until = Some(now);
-        c.parents.get_mut("b").unwrap().busy_until = Some(now + Duration::from_millis(50));
-        c.parents
-            .get_mut("b")
-            .unwrap()
-            .elsewhere
-            .insert(0, now - Duration::from_millis(1));
+        c.wait_busy("a", now);
+        c.wait_busy("b", now + Duration::from_millis(50));
+        c.wait_elsewhere("b", 0, now - Duration::from_millis(1), now - Duration::from_secs(1));
         assert_eq!(
             c.next_wake(),
             Some(now - Duration::from_millis(1)),
@@ -696,6 +758,8 @@ mod tests {
         assert_eq!(c.next_wake(), Some(now + Duration::from_millis(50)));
         assert!(c.parents["b"].elsewhere.is_empty());
         assert_eq!(c.pick([0], |_| 1, now), Some((0, "a".into())));
+        c.forget_past_waits(now + Duration::from_millis(50));
+        assert_eq!(c.next_wake(), None, "the last wait passed too");
     }
 
     #[test]

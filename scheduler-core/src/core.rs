@@ -989,11 +989,8 @@ impl Core {
         let Some(chost) = self.hosts.get(child) else {
             return Vec::new();
         };
-        let descendants = if self.config.acyclic {
-            self.graph.descendants(id, child)
-        } else {
-            HashSet::from([child.to_string()])
-        };
+        // Peers known not to lie below the child (DAG mode).
+        let mut not_below: HashSet<&str> = HashSet::new();
         let blocked = |p: &str| {
             ctp.blocked
                 .get(p)
@@ -1018,7 +1015,12 @@ impl Core {
             let slots = phost.info.upload_slots.max(1);
             let children = self.graph.child_count(p);
             let source = task.is_source(p) || task.granted.contains(p);
-            if descendants.contains(p)
+            let below_child = if self.config.acyclic {
+                self.graph.reaches(id, child, p, &mut not_below)
+            } else {
+                p == child
+            };
+            if below_child
                 || cparents.contains(p)
                 || blocked(p)
                 // The source is never filtered for sharing a host: without

@@ -7,7 +7,7 @@
 //! here they change together, in [`Graph::add_edge`], [`Graph::remove_edge`]
 //! and [`Graph::remove_peer`], and nothing else can touch them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use weightcast_types::{PeerId, TaskId};
 
 /// Nobody's parents or children: what lookups of an unknown peer return.
@@ -149,10 +149,55 @@ impl Graph {
         self.child_count.get(host).copied().unwrap_or(0)
     }
 
-    /// Every peer reachable from `from` along child edges, `from` included.
+    /// Whether `peer` is reachable from `ancestor` along child edges (a
+    /// peer reaches itself): planning `peer` as a parent of `ancestor`
+    /// would close a cycle.
+    ///
+    /// It walks up from `peer`, not down from `ancestor`: collecting every
+    /// descendant of a child high in a 10,000-peer graph costs O(peers) per
+    /// decision. A child without children (a newcomer, a leaf) has only
+    /// itself below it. `cleared` holds peers known not to lie below
+    /// `ancestor`, shared by the candidates of one decision so that their
+    /// common ancestors are walked once.
+    pub(crate) fn reaches<'g>(
+        &'g self,
+        task: TaskId,
+        ancestor: &str,
+        peer: &'g str,
+        cleared: &mut HashSet<&'g str>,
+    ) -> bool {
+        if ancestor == peer {
+            return true;
+        }
+        let Some(edges) = self.tasks.get(&task) else {
+            return false;
+        };
+        if !edges.children.contains_key(ancestor) {
+            return false;
+        }
+        let mut seen: HashSet<&'g str> = HashSet::new();
+        let mut stack: Vec<&'g str> = vec![peer];
+        while let Some(p) = stack.pop() {
+            if p == ancestor {
+                return true;
+            }
+            if cleared.contains(p) || !seen.insert(p) {
+                continue;
+            }
+            if let Some(parents) = edges.parents.get(p) {
+                stack.extend(parents.iter().map(String::as_str));
+            }
+        }
+        cleared.extend(seen);
+        false
+    }
+
+    /// Every peer reachable from `from` along child edges, `from` included
+    /// (the reference [`Graph::reaches`] is tested against).
+    #[cfg(test)]
     pub(crate) fn descendants(&self, task: TaskId, from: &str) -> HashSet<PeerId> {
         let mut seen = HashSet::new();
-        let mut queue = VecDeque::from([from.to_string()]);
+        let mut queue = std::collections::VecDeque::from([from.to_string()]);
         while let Some(p) = queue.pop_front() {
             if !seen.insert(p.clone()) {
                 continue;
@@ -227,5 +272,26 @@ mod tests {
         assert_eq!(g.remove_parents(t(1), "b").len(), 1);
         assert_eq!(g.child_count("p"), 0);
         assert!(g.counts().is_empty() && g.task_ids().next().is_none());
+    }
+
+    #[test]
+    fn reaches_agrees_with_the_descendants_walk() {
+        // A small DAG with shared ancestors: s → a, b; a → c; b → c, d; c → e.
+        let mut g = Graph::default();
+        for (p, c) in [("s", "a"), ("s", "b"), ("a", "c"), ("b", "c"), ("b", "d"), ("c", "e")] {
+            g.add_edge(t(1), p, c);
+        }
+        let peers = ["s", "a", "b", "c", "d", "e", "x"];
+        for from in peers {
+            let below = g.descendants(t(1), from);
+            let mut cleared = HashSet::new();
+            for p in peers {
+                assert_eq!(
+                    g.reaches(t(1), from, p, &mut cleared),
+                    below.contains(p),
+                    "{p} below {from}"
+                );
+            }
+        }
     }
 }
