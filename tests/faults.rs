@@ -366,6 +366,43 @@ fn a_connection_reset_mid_body_resumes_where_it_broke_off() {
     );
 }
 
+/// The origin stops sending halfway through two bodies and keeps the
+/// connections open: the read timeout (`--origin-read-timeout 2s` here,
+/// 60 s by default) gives each up, the read resumes where it stalled, and
+/// the file is right.
+#[test]
+fn a_stalled_body_times_out_and_resumes_where_it_stopped() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let size = 8 * MIB;
+    let (files, sha) = model(&c, "model.safetensors", size, 35);
+    let faults = Faults {
+        stall_first: 2,
+        ..Faults::default()
+    };
+    let (origin, addr) = c.origin(&files, faults).unwrap();
+    let d = c
+        .daemon("node", "", false, &["--origin-read-timeout", "2s"])
+        .unwrap();
+    let out = c.path("out.bin");
+    summary(
+        &c,
+        &get_via(&c, &d, &format!("{origin}/model.safetensors"), &out),
+    );
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    let st = origin_stats(&addr).unwrap();
+    assert_eq!(st.refused_on_purpose, 2, "two bodies stalled");
+    let piece = weightcast_types::piece::PieceLayout::for_length(size).piece_size;
+    assert!(
+        st.bytes_served <= size + 2 * piece,
+        "at most the stalled chunks were sent again: {} for {size}",
+        st.bytes_served
+    );
+    assert!(
+        daemon_metric(&c, &d, "weightcast_origin_retries_total") >= 2.0,
+        "each stall was a retried read"
+    );
+}
+
 /// The object changes at the origin mid-download (another ETag): one
 /// clear error, no output, nothing of it left in the cache; the next
 /// download fetches the new version whole.

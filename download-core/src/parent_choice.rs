@@ -748,7 +748,12 @@ mod tests {
         let now = Instant::now();
         c.wait_busy("a", now);
         c.wait_busy("b", now + Duration::from_millis(50));
-        c.wait_elsewhere("b", 0, now - Duration::from_millis(1), now - Duration::from_secs(1));
+        c.wait_elsewhere(
+            "b",
+            0,
+            now - Duration::from_millis(1),
+            now - Duration::from_secs(1),
+        );
         assert_eq!(
             c.next_wake(),
             Some(now - Duration::from_millis(1)),

@@ -13,8 +13,20 @@ use crate::error::OriginError;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, ETAG, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use weightcast_modelpack::hf_api::bare_etag;
+
+/// Seconds an origin body may send nothing before the attempt fails (and
+/// is retried from where it stopped); see [`set_read_timeout`].
+static READ_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(60);
+
+/// Sets how long an origin body may stall before its read fails and is
+/// retried (`--origin-read-timeout`, default 60 s). Process-wide, as every
+/// backend's client shares one policy: set it before the first fetcher.
+pub fn set_read_timeout(timeout: Duration) {
+    READ_TIMEOUT_SECS.store(timeout.as_secs().max(1), Ordering::Relaxed);
+}
 
 /// The client every origin request of this crate uses: our user agent,
 /// connect and read timeouts (a stalled origin fails the attempt, not the
@@ -27,7 +39,9 @@ pub fn client(redirects: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("weightcast/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
+        .read_timeout(Duration::from_secs(
+            READ_TIMEOUT_SECS.load(Ordering::Relaxed),
+        ))
         .redirect(policy)
         .build()
         .expect(

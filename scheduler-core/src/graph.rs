@@ -278,7 +278,14 @@ mod tests {
     fn reaches_agrees_with_the_descendants_walk() {
         // A small DAG with shared ancestors: s → a, b; a → c; b → c, d; c → e.
         let mut g = Graph::default();
-        for (p, c) in [("s", "a"), ("s", "b"), ("a", "c"), ("b", "c"), ("b", "d"), ("c", "e")] {
+        for (p, c) in [
+            ("s", "a"),
+            ("s", "b"),
+            ("a", "c"),
+            ("b", "c"),
+            ("b", "d"),
+            ("c", "e"),
+        ] {
             g.add_edge(t(1), p, c);
         }
         let peers = ["s", "a", "b", "c", "d", "e", "x"];

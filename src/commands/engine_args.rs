@@ -237,6 +237,10 @@ pub struct EngineArgs {
     /// Retries of a failed origin request (backoff doubles; Retry-After honoured).
     #[arg(long, env = "WEIGHTCAST_ORIGIN_RETRIES", default_value_t = 5)]
     pub origin_retries: u32,
+    /// How long an origin body may send nothing before the read is given up
+    /// and retried from where it stopped (e.g. 60s, 2m; at least 1s).
+    #[arg(long, env = "WEIGHTCAST_ORIGIN_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub origin_read_timeout: Duration,
     /// Seconds without a piece from peers before going to the origin (or
     /// failing, with --no-back-to-source).
     #[arg(long, env = "WEIGHTCAST_STALL_TIMEOUT", default_value_t = 30)]
@@ -293,6 +297,7 @@ impl EngineArgs {
         c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));
         c.transport = self.transport;
         c.rdma_device = self.rdma_device.clone();
+        weightcast_origin::http::set_read_timeout(self.origin_read_timeout);
         c.origin = OriginConfig {
             concurrency: self.origin_concurrency,
             rate_limit: self.origin_rate_limit,

@@ -23,6 +23,10 @@ pub struct Faults {
     /// Cut the connection halfway through the body of the first N ranged
     /// answers of more than one byte (a reset mid-body).
     pub reset_first: u32,
+    /// Stop sending halfway through the body of the first N ranged answers
+    /// of more than one byte, keeping the connection open (a stalled body:
+    /// only the client's read timeout ends it).
+    pub stall_first: u32,
 }
 
 /// What the origin counted, faults included.
@@ -46,6 +50,7 @@ struct FaultState {
     fail_left: AtomicU32,
     fail_status: StatusCode,
     reset_left: AtomicU32,
+    stall_left: AtomicU32,
 }
 
 fn take_one(n: &AtomicU32) -> bool {
@@ -82,6 +87,31 @@ fn cut_halfway(resp: Response) -> Response {
     Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
+/// `resp` whose body stops after half its length and then sends nothing,
+/// the connection left open: the client sees a stalled body.
+fn stall_halfway(resp: Response) -> Response {
+    use futures::StreamExt;
+    let len = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let (parts, body) = resp.into_parts();
+    let mut left = len / 2;
+    let half = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other))
+        .take_while(move |chunk| {
+            let more = left > 0;
+            if let Ok(c) = chunk {
+                left = left.saturating_sub(c.len());
+            }
+            futures::future::ready(more)
+        });
+    let stalled = half.chain(futures::stream::pending());
+    Response::from_parts(parts, axum::body::Body::from_stream(stalled))
+}
+
 async fn inject(State(f): State<Arc<FaultState>>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/_stats" {
         return axum::Json(f.stats.snapshot()).into_response();
@@ -106,6 +136,10 @@ async fn inject(State(f): State<Arc<FaultState>>, req: Request, next: Next) -> R
         f.stats.refused_on_purpose.fetch_add(1, Ordering::Relaxed);
         return cut_halfway(resp);
     }
+    if resp.status() == StatusCode::PARTIAL_CONTENT && long && take_one(&f.stall_left) {
+        f.stats.refused_on_purpose.fetch_add(1, Ordering::Relaxed);
+        return stall_halfway(resp);
+    }
     resp
 }
 
@@ -125,6 +159,7 @@ pub fn serve(
             s => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
         },
         reset_left: AtomicU32::new(faults.reset_first),
+        stall_left: AtomicU32::new(faults.stall_first),
     });
     let app = file_server::router(root, stats.served.clone())
         .layer(axum::middleware::from_fn_with_state(state, inject));
