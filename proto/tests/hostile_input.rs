@@ -3,7 +3,8 @@
 
 use rand::{Rng, SeedableRng};
 use weightcast_proto::frame::{
-    ClientFrame, PieceRequest, ResponseHeader, REQUEST_LEN, RESPONSE_HEADER_LEN,
+    AuthChallenge, AuthProof, ClientFrame, PieceRequest, ResponseHeader, AUTH_CHALLENGE_LEN,
+    AUTH_PROOF_LEN, REQUEST_LEN, RESPONSE_HEADER_LEN,
 };
 use weightcast_proto::http_range;
 
@@ -12,8 +13,11 @@ const CASES: usize = 20_000;
 #[test]
 fn frames_of_any_bytes_decode_or_fail_cleanly_and_round_trip() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let magics: [&[u8; 4]; 5] = [b"WCP1", b"WCQ1", b"WCM1", b"WCD1", b"WCR1"];
+    let magics: [&[u8; 4]; 7] = [
+        b"WCP1", b"WCQ1", b"WCM1", b"WCD1", b"WCR1", b"WCH1", b"WCK1",
+    ];
     let mut accepted = 0;
+    let mut auth_accepted = 0;
     for i in 0..CASES {
         let len = rng.gen_range(0..80);
         let mut b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
@@ -48,12 +52,31 @@ fn frames_of_any_bytes_decode_or_fail_cleanly_and_round_trip() {
                 assert_eq!(h.encode(), arr);
             }
         }
+        // The cluster-secret handshake: a challenge (what a child reads
+        // first from a parent) and a proof (what a parent reads first).
+        if let Ok(arr) = <[u8; AUTH_CHALLENGE_LEN]>::try_from(&b[..b.len().min(AUTH_CHALLENGE_LEN)])
+        {
+            if let Ok(c) = AuthChallenge::decode(&arr) {
+                auth_accepted += 1;
+                assert_eq!(c.encode(), arr);
+            }
+        }
+        if let Ok(arr) = <[u8; AUTH_PROOF_LEN]>::try_from(&b[..b.len().min(AUTH_PROOF_LEN)]) {
+            if let Ok(p) = AuthProof::decode(&arr) {
+                auth_accepted += 1;
+                assert_eq!(p.encode(), arr);
+            }
+        }
     }
     assert!(
         accepted > 100,
         "the fuzz reached the decoders' bodies ({accepted})"
     );
-    eprintln!("frame fuzz: {CASES} inputs, {accepted} decoded");
+    assert!(
+        auth_accepted > 100,
+        "the fuzz reached the auth frames' bodies ({auth_accepted})"
+    );
+    eprintln!("frame fuzz: {CASES} inputs, {accepted} decoded, {auth_accepted} auth frames");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Flags shared by every command that runs an engine (`daemon`, in-process `get`).
 
+use super::cluster_secret::ClusterSecretArgs;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -251,6 +252,8 @@ pub struct EngineArgs {
     pub rdma_device: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub cluster_secret: ClusterSecretArgs,
 }
 
 impl EngineArgs {
@@ -293,6 +296,7 @@ impl EngineArgs {
         c.stall_timeout = Duration::from_secs(self.stall_timeout.max(1));
         c.transport = self.transport;
         c.rdma_device = self.rdma_device.clone();
+        c.cluster_secrets = self.cluster_secret.load()?;
         c.origin = OriginConfig {
             concurrency: self.origin_concurrency,
             rate_limit: self.origin_rate_limit,
