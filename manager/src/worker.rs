@@ -400,12 +400,9 @@ async fn connect(
     endpoint: &str,
     secrets: Option<&Arc<ClusterSecrets>>,
 ) -> Result<AuthedSchedulerClient, String> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| format!("scheduler {endpoint}: {e}"))?
-        .connect()
+    cluster_auth::connect_scheduler(endpoint, secrets.cloned())
         .await
-        .map_err(|e| format!("scheduler {endpoint}: cannot connect: {e}"))?;
-    Ok(cluster_auth::scheduler_client(channel, secrets.cloned()))
+        .map_err(|e| format!("scheduler {endpoint}: cannot connect: {e}"))
 }
 
 /// Runs the plan on a cluster's active schedulers: a preheat's tasks each

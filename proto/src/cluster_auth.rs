@@ -359,13 +359,32 @@ pub fn scheduler_client(
     crate::pb::scheduler_client::SchedulerClient::with_interceptor(channel, ClientAuth(secrets))
 }
 
+/// Connects to the scheduler at `endpoint` (`http://host:port`) with a
+/// client that sends the token of `secrets`.
+pub async fn connect_scheduler(
+    endpoint: &str,
+    secrets: Option<Arc<ClusterSecrets>>,
+) -> Result<AuthedSchedulerClient, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        .connect()
+        .await?;
+    Ok(scheduler_client(channel, secrets))
+}
+
 /// Refuses scheduler requests without a valid cluster token (lets all
 /// through without secrets), counting the refusals.
 #[derive(Debug, Clone, Default)]
 pub struct ServerAuth {
     pub secrets: Option<Arc<ClusterSecrets>>,
     pub refused: Arc<std::sync::atomic::AtomicU64>,
+    /// When a refusal was last logged as a warning (Unix seconds): a
+    /// misconfigured peer retries every few seconds, and its refusals after
+    /// the first go to the debug log (the counter has them all).
+    pub last_warned: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// At most one warning about refused requests per this many seconds.
+const REFUSAL_WARN_EVERY_SECS: u64 = 10;
 
 impl ServerAuth {
     /// Checks the `authorization` value of one request.
@@ -396,7 +415,23 @@ impl tonic::service::Interceptor for ServerAuth {
                 let from = req
                     .remote_addr()
                     .map_or_else(|| "?".to_string(), |a| a.to_string());
-                tracing::warn!(%from, error = %e, "refused a scheduler request without a valid cluster token");
+                let now = unix_now();
+                let last = self.last_warned.load(std::sync::atomic::Ordering::Relaxed);
+                if now.saturating_sub(last) >= REFUSAL_WARN_EVERY_SECS
+                    && self
+                        .last_warned
+                        .compare_exchange(
+                            last,
+                            now,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    tracing::warn!(%from, error = %e, "refused a scheduler request without a valid cluster token (more are counted in weightcast_scheduler_refused_unauthenticated_total)");
+                } else {
+                    tracing::debug!(%from, error = %e, "refused a scheduler request");
+                }
                 Err(tonic::Status::unauthenticated(e.to_string()))
             }
         }

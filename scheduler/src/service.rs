@@ -646,6 +646,7 @@ pub fn serve_authenticated(
     let auth = ServerAuth {
         secrets,
         refused: metrics.refused_unauthenticated.clone(),
+        ..Default::default()
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

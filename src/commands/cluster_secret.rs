@@ -31,12 +31,8 @@ impl ClusterSecretArgs {
 
     /// A client of the scheduler at `endpoint` that proves the secret.
     pub async fn scheduler_client(&self, endpoint: &str) -> anyhow::Result<AuthedSchedulerClient> {
-        let secrets = self.load()?;
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .with_context(|| format!("invalid scheduler endpoint {endpoint:?}"))?
-            .connect()
+        cluster_auth::connect_scheduler(endpoint, self.load()?)
             .await
-            .with_context(|| format!("cannot reach the scheduler at {endpoint}"))?;
-        Ok(cluster_auth::scheduler_client(channel, secrets))
+            .with_context(|| format!("cannot reach the scheduler at {endpoint}"))
     }
 }
