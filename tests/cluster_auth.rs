@@ -160,7 +160,12 @@ fn stranger(addr: &str, first: &[u8]) -> (ResponseHeader, bool) {
     s.read_exact(&mut h).unwrap();
     let header = ResponseHeader::decode(&h).unwrap();
     let mut rest = Vec::new();
-    let closed = matches!(s.read_to_end(&mut rest), Ok(0));
+    // The end of the stream (or a reset: the parent may close while the
+    // stranger's bytes are unread); a timeout would mean it kept it open.
+    let closed = match s.read_to_end(&mut rest) {
+        Ok(_) => rest.is_empty(),
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
     (header, closed)
 }
 

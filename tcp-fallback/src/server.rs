@@ -315,6 +315,22 @@ impl<S: PieceSource> PieceServer<S> {
             length: 0,
         };
         let _ = stream.write_all(&refusal.encode()).await;
+        // Close gently: unread bytes of the child's first frame would turn
+        // the close into a reset that can overtake the refusal. So end our
+        // side, then drop what the child still sends until it closes (a
+        // second at most, 64 KiB at most).
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let mut drained = 0;
+            while drained < 64 * 1024 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
         Ok(false)
     }
 
