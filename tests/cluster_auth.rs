@@ -185,10 +185,14 @@ fn a_process_without_the_secret_cannot_register_or_take_pieces() {
 
     // No secret: the scheduler refuses the session, with a clear reason.
     let none = c.daemon("no-secret", &sched, false, &[]).unwrap();
-    eventually("the scheduler refused the peer without a secret", &c, || {
-        let log = log_of(&c, &none);
-        log.contains("the scheduler refused this peer") && log.contains("no cluster token")
-    });
+    eventually(
+        "the scheduler refused the peer without a secret",
+        &c,
+        || {
+            let log = log_of(&c, &none);
+            log.contains("the scheduler refused this peer") && log.contains("no cluster token")
+        },
+    );
     // A wrong secret: refused too, saying it matches none.
     let wrong_file = secret_file(&c, "wrong", &["a-wrong-secret-3f9d1c7e0b2a"]);
     let wrong = c
@@ -199,10 +203,14 @@ fn a_process_without_the_secret_cannot_register_or_take_pieces() {
             &["--cluster-secret-file", &wrong_file],
         )
         .unwrap();
-    eventually("the scheduler refused the peer with a wrong secret", &c, || {
-        let log = log_of(&c, &wrong);
-        log.contains("the scheduler refused this peer") && log.contains("matches none")
-    });
+    eventually(
+        "the scheduler refused the peer with a wrong secret",
+        &c,
+        || {
+            let log = log_of(&c, &wrong);
+            log.contains("the scheduler refused this peer") && log.contains("matches none")
+        },
+    );
     assert!(
         scheduler_metric(
             &sched_metrics,
@@ -223,7 +231,11 @@ fn a_process_without_the_secret_cannot_register_or_take_pieces() {
     let task = TaskId([0x5a; 32]);
     let request = PieceRequest { task, piece: 0 }.encode();
     let (h, closed) = stranger(&seed.ready.piece_addr, &request);
-    assert_eq!(h.status, Status::Unauthenticated, "a piece request instead of a proof");
+    assert_eq!(
+        h.status,
+        Status::Unauthenticated,
+        "a piece request instead of a proof"
+    );
     assert!(closed, "the connection is closed after the refusal");
     let forged = AuthProof { proof: [7; 32] }.encode();
     let (h, closed) = stranger(&seed.ready.piece_addr, &forged);
@@ -255,22 +267,29 @@ fn the_secret_rotates_while_every_process_keeps_running() {
     let paths: Vec<String> = names.iter().map(|n| secret_file(&c, n, &[OLD])).collect();
     let flag = |i: usize| ["--cluster-secret-file".to_string(), paths[i].clone()];
     let f = flag(0);
-    let (sched, sched_metrics) = c
-        .scheduler_with(&[f[0].as_str(), f[1].as_str()])
-        .unwrap();
+    let (sched, sched_metrics) = c.scheduler_with(&[f[0].as_str(), f[1].as_str()]).unwrap();
     let mut daemons = Vec::new();
     for (i, name) in names.iter().enumerate().skip(1) {
         let f = flag(i);
         daemons.push(
-            c.daemon(name, &sched, *name == "seed", &[f[0].as_str(), f[1].as_str()])
-                .unwrap(),
+            c.daemon(
+                name,
+                &sched,
+                *name == "seed",
+                &[f[0].as_str(), f[1].as_str()],
+            )
+            .unwrap(),
         );
     }
     let mut procs: Vec<usize> = daemons.iter().map(|d| d.proc).collect();
     let sched_pid = c.proc_named("scheduler").expect("the scheduler runs").pid();
     let pids_before: Vec<u32> = procs.iter().map(|&i| c.proc(i).pid()).collect();
     let s = get(&c, &daemons[1], &url, "model.safetensors", &sha);
-    assert_eq!(s["from_peers"].as_u64(), Some(size), "node0 through the swarm");
+    assert_eq!(
+        s["from_peers"].as_u64(),
+        Some(size),
+        "node0 through the swarm"
+    );
 
     // The rotation, on every node in turn: accept the new secret too,
     // then prove with it, then drop the old one.
@@ -284,7 +303,11 @@ fn the_secret_rotates_while_every_process_keeps_running() {
     // node1 has opened no piece connection yet: every one it opens now is
     // proved with the new secret alone, to parents that accept nothing else.
     let s = get(&c, &daemons[2], &url, "model.safetensors", &sha);
-    assert_eq!(s["from_peers"].as_u64(), Some(size), "node1 through the swarm");
+    assert_eq!(
+        s["from_peers"].as_u64(),
+        Some(size),
+        "node1 through the swarm"
+    );
     // A process started now with the new secret registers and downloads;
     // one with only the retired secret is refused.
     let new_file = secret_file(&c, "late", &[NEW]);
@@ -292,7 +315,11 @@ fn the_secret_rotates_while_every_process_keeps_running() {
         .daemon("late", &sched, false, &["--cluster-secret-file", &new_file])
         .unwrap();
     let s = get(&c, &late, &url, "model.safetensors", &sha);
-    assert_eq!(s["from_peers"].as_u64(), Some(size), "late through the swarm");
+    assert_eq!(
+        s["from_peers"].as_u64(),
+        Some(size),
+        "late through the swarm"
+    );
     let old_file = secret_file(&c, "retired", &[OLD]);
     let retired = c
         .daemon(

@@ -141,7 +141,8 @@ impl SecretSet {
         now_unix_secs: u64,
     ) -> Result<(), TokenError> {
         let mut parts = token.splitn(3, ':');
-        let (Some(TOKEN_VERSION), Some(secs), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        let (Some(TOKEN_VERSION), Some(secs), Some(tag)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -166,7 +167,10 @@ impl SecretSet {
 
     /// The answer to a piece connection's `nonce`.
     pub fn piece_proof(&self, nonce: &[u8; NONCE_LEN]) -> [u8; PROOF_LEN] {
-        piece_mac(self.prover(), nonce).finalize().into_bytes().into()
+        piece_mac(self.prover(), nonce)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Whether `proof` answers `nonce` with any accepted secret
@@ -469,11 +473,23 @@ mod tests {
             set(A).verify_scheduler_token(&t, now - 301),
             Err(TokenError::OutOfWindow { skew_secs: 301 })
         );
-        assert_eq!(set(B).verify_scheduler_token(&t, now), Err(TokenError::Mismatch));
+        assert_eq!(
+            set(B).verify_scheduler_token(&t, now),
+            Err(TokenError::Mismatch)
+        );
         // The time is bound to the tag: moving it breaks the token.
         let moved = t.replacen("1800000000", "1800000001", 1);
-        assert_eq!(set(A).verify_scheduler_token(&moved, now), Err(TokenError::Mismatch));
-        for bad in ["", "wc1", "wc1:x:00", "wc2:1800000000:00", "wc1:1800000000:zz"] {
+        assert_eq!(
+            set(A).verify_scheduler_token(&moved, now),
+            Err(TokenError::Mismatch)
+        );
+        for bad in [
+            "",
+            "wc1",
+            "wc1:x:00",
+            "wc2:1800000000:00",
+            "wc1:1800000000:zz",
+        ] {
             assert_eq!(
                 set(A).verify_scheduler_token(bad, now),
                 Err(TokenError::Malformed),
@@ -516,7 +532,10 @@ mod tests {
             Err(SecretFileError::Empty { .. })
         ));
         let e = SecretSet::parse(&format!("{A}\nshort\n"), p).unwrap_err();
-        assert!(matches!(e, SecretFileError::TooShort { line: 2, .. }), "{e}");
+        assert!(
+            matches!(e, SecretFileError::TooShort { line: 2, .. }),
+            "{e}"
+        );
         assert!(!format!("{s:?}").contains(A), "secrets are never printed");
     }
 

@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use weightcast_proto::cluster_auth::ClusterSecrets;
 use weightcast_proto::frame::{
-    AuthChallenge, AuthProof, FrameError, PieceRequest, ResponseHeader, Status,
-    AUTH_CHALLENGE_LEN, AUTH_CHALLENGE_MAGIC, RESPONSE_HEADER_LEN,
+    AuthChallenge, AuthProof, FrameError, PieceRequest, ResponseHeader, Status, AUTH_CHALLENGE_LEN,
+    AUTH_CHALLENGE_MAGIC, RESPONSE_HEADER_LEN,
 };
 use weightcast_proto::transport::{
     unauthenticated, FetchReport, ParentAddr, PieceTransport, TransportError,
@@ -311,12 +311,8 @@ mod tests {
         );
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let stats = Arc::new(UploadStats::default());
-        let server = PieceServer::new(
-            Arc::new(OnePiece(Arc::new(data.clone()))),
-            4,
-            stats.clone(),
-        )
-        .with_cluster_secrets(Some(both));
+        let server = PieceServer::new(Arc::new(OnePiece(Arc::new(data.clone()))), 4, stats.clone())
+            .with_cluster_secrets(Some(both));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = ParentAddr(listener.local_addr().unwrap().to_string());
         tokio::spawn(Arc::new(server).run(listener));
@@ -328,7 +324,9 @@ mod tests {
             t.fetch_piece(&addr, task, 0, &mut dst).await.unwrap();
             assert_eq!(dst, data);
         }
-        let none = TcpTransport::new().fetch_piece(&addr, task, 0, &mut dst).await;
+        let none = TcpTransport::new()
+            .fetch_piece(&addr, task, 0, &mut dst)
+            .await;
         assert!(
             matches!(&none, Err(TransportError::Unauthenticated { reason, .. }) if *reason == unauthenticated::NO_SECRET),
             "{none:?}"
@@ -341,8 +339,17 @@ mod tests {
             matches!(&r, Err(TransportError::Unauthenticated { reason, .. }) if *reason == unauthenticated::WRONG_SECRET),
             "{r:?}"
         );
-        assert_eq!(stats.refused_unauthenticated.load(std::sync::atomic::Ordering::Relaxed), 2);
-        assert_eq!(stats.pieces.load(std::sync::atomic::Ordering::Relaxed), 2, "only the two that proved it");
+        assert_eq!(
+            stats
+                .refused_unauthenticated
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            stats.pieces.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "only the two that proved it"
+        );
     }
 
     #[tokio::test]

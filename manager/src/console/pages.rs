@@ -263,10 +263,11 @@ pub async fn clusters(State(c): C, headers: HeaderMap, Query(q): Query<PeerQuery
     }
     // Peers, from the schedulers themselves.
     let only = q.cluster.parse::<i64>().ok();
-    let (peers, errors) = match fleet::peers(db, c.shared.ttl, c.shared.cluster_secrets.as_ref(), only).await {
-        Ok(p) => p,
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
+    let (peers, errors) =
+        match fleet::peers(db, c.shared.ttl, c.shared.cluster_secrets.as_ref(), only).await {
+            Ok(p) => p,
+            Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
     let needle = q.q.trim().to_lowercase();
     let matching: Vec<_> = peers
         .iter()
@@ -367,7 +368,9 @@ async fn holders_fragment(c: &Console, tasks: &[NamedTask]) -> String {
             c.shared.ttl,
             c.shared.cluster_secrets.as_ref(),
             &t.task,
-        ).await {
+        )
+        .await
+        {
             Ok(h) => h,
             Err(e) => {
                 out.push_str(&html::notice("error", &e.to_string()));
