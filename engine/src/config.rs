@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use weightcast_origin::OriginConfig;
+use weightcast_proto::cluster_auth::ClusterSecrets;
 use weightcast_rdma::TransportMode;
 use weightcast_store::CachePolicy;
 
@@ -61,6 +63,9 @@ pub struct EngineConfig {
     pub cache: CachePolicy,
     /// How often the cache is collected between downloads.
     pub cache_gc_every: Duration,
+    /// The cluster secret (`--cluster-secret-file`): proved to schedulers
+    /// and parents, required of children. `None`: no authentication.
+    pub cluster_secrets: Option<Arc<ClusterSecrets>>,
 }
 
 impl EngineConfig {
@@ -89,6 +94,7 @@ impl EngineConfig {
             rdma_device: None,
             cache: CachePolicy::default(),
             cache_gc_every: Duration::from_secs(60),
+            cluster_secrets: None,
         }
     }
 }

@@ -130,6 +130,7 @@ impl Engine {
             config.upload_concurrency,
             metrics.uploads.clone(),
         );
+        server = server.with_cluster_secrets(config.cluster_secrets.clone());
         if let (true, Some(hold)) = (config.seed, config.seed_send_once) {
             server = server.with_send_once(hold);
         }
@@ -176,6 +177,7 @@ impl Engine {
                     rdma: rdma.is_some(),
                     host_id: config.host_id.clone().unwrap_or_default(),
                 },
+                config.cluster_secrets.clone(),
                 link_tx,
                 &tracker,
                 cancel.clone(),
@@ -191,7 +193,12 @@ impl Engine {
             },
             shutdown_grace: config.shutdown_grace,
             origin: OriginFetcher::new(config.origin.clone(), metrics.origin.clone()),
-            peers: PeerTransport::new(config.transport, rdma, metrics.clone()),
+            peers: PeerTransport::new(
+                config.transport,
+                rdma,
+                config.cluster_secrets.clone(),
+                metrics.clone(),
+            ),
             store,
             link: link.clone(),
             metrics: metrics.clone(),

@@ -177,6 +177,11 @@ impl EngineMetrics {
             "Piece requests refused at the upload limit.",
             u.refused_busy.load(Ordering::Relaxed),
         )
+        .counter(
+            "weightcast_upload_refused_unauthenticated_total",
+            "Piece connections closed because the child did not prove the cluster secret.",
+            u.refused_unauthenticated.load(Ordering::Relaxed),
+        )
         .gauge(
             "weightcast_upload_active",
             "Uploads in flight (upload load).",

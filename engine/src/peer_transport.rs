@@ -10,6 +10,7 @@
 use crate::metrics::EngineMetrics;
 use std::sync::Arc;
 use std::time::Instant;
+use weightcast_proto::cluster_auth::ClusterSecrets;
 use weightcast_proto::frame::QpEndpoint;
 use weightcast_proto::transport::{FetchReport, ParentAddr, PieceTransport, TransportError};
 use weightcast_rdma::select::{self, FailureLog, Route};
@@ -34,15 +35,17 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
+    /// `secrets`: proved to every parent, over either transport.
     pub fn new(
         mode: TransportMode,
         node: Option<Arc<RdmaNode>>,
+        secrets: Option<Arc<ClusterSecrets>>,
         metrics: Arc<EngineMetrics>,
     ) -> Self {
         Self {
             mode,
-            tcp: TcpTransport::new(),
-            rdma: node.map(RdmaTransport::new),
+            tcp: TcpTransport::with_cluster_secrets(secrets.clone()),
+            rdma: node.map(|n| RdmaTransport::with_cluster_secrets(n, secrets)),
             failures: FailureLog::default(),
             metrics,
         }

@@ -32,6 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weightcast_proto::cluster_auth::{self, ClusterSecrets};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
@@ -65,6 +66,8 @@ struct Session {
 
 pub struct SchedulerLink {
     hello: pb::HostInfo,
+    /// The cluster secret every session proves (none: no token sent).
+    secrets: Option<Arc<ClusterSecrets>>,
     events: mpsc::Sender<LinkEvent>,
     tracker: TaskTracker,
     cancel: CancellationToken,
@@ -105,12 +108,14 @@ impl SchedulerLink {
     pub fn start(
         endpoints: Vec<String>,
         hello: pb::HostInfo,
+        secrets: Option<Arc<ClusterSecrets>>,
         events: mpsc::Sender<LinkEvent>,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let link = Arc::new(Self {
             hello,
+            secrets,
             events,
             tracker: tracker.clone(),
             cancel,
@@ -237,7 +242,15 @@ impl SchedulerLink {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%endpoint, error = %e, "cannot reach scheduler");
+                    match e.downcast_ref::<tonic::Status>() {
+                        // A configuration error, not a network one: say so
+                        // loudly (the link keeps trying: a secret file
+                        // fixed on either side lets it in without a restart).
+                        Some(s) if s.code() == tonic::Code::Unauthenticated => {
+                            tracing::error!(%endpoint, error = %s.message(), "the scheduler refused this peer: cluster secret missing or wrong");
+                        }
+                        _ => tracing::debug!(%endpoint, error = %e, "cannot reach scheduler"),
+                    }
                     // Jitter, so that a fleet that lost its scheduler does
                     // not come back in the same instant.
                     let jitter = Duration::from_millis(rand::random::<u64>() % 200);
@@ -260,7 +273,7 @@ impl SchedulerLink {
             .keep_alive_while_idle(true)
             .connect()
             .await?;
-        let mut client = pb::scheduler_client::SchedulerClient::new(channel);
+        let mut client = cluster_auth::scheduler_client(channel, self.secrets.clone());
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         tx.send(pb::PeerMessage {
             msg: Some(PeerMsg::Hello(self.hello.clone())),

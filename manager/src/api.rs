@@ -23,6 +23,8 @@ pub struct Shared {
     /// A scheduler or seed not heard from within this is inactive.
     pub ttl: Duration,
     pub metrics: Metrics,
+    /// Proved to schedulers by the console's lookups.
+    pub cluster_secrets: Option<std::sync::Arc<weightcast_proto::cluster_auth::ClusterSecrets>>,
 }
 
 #[derive(Default)]

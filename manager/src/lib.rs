@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weightcast_proto::cluster_auth::ClusterSecrets;
 
 pub use db::{Db, DbError};
 
@@ -53,6 +54,9 @@ pub struct ManagerConfig {
     /// Sets the console's root password at start if no user has one yet
     /// (first start); later changes go through `manager user set-password`.
     pub root_password: Option<String>,
+    /// The cluster secret proved to schedulers (`--cluster-secret-file`),
+    /// for jobs and the console; `None`: none sent.
+    pub cluster_secrets: Option<Arc<ClusterSecrets>>,
 }
 
 /// A running manager.
@@ -83,6 +87,7 @@ impl Manager {
             db: db.clone(),
             ttl: config.keepalive_ttl,
             metrics: Default::default(),
+            cluster_secrets: config.cluster_secrets.clone(),
         });
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -133,6 +138,7 @@ impl Manager {
             ttl,
             hf_endpoint: config.hf_endpoint.clone(),
             hf_token: config.hf_token.clone(),
+            cluster_secrets: config.cluster_secrets.clone(),
         };
         tasks.spawn(worker.run(cancel.clone()));
         Ok(Manager {

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weightcast_proto::pb::{self, scheduler_client::SchedulerClient};
+use weightcast_proto::cluster_auth::{self, AuthedSchedulerClient, ClusterSecrets};
+use weightcast_proto::pb;
 use weightcast_types::task_key::{parse_filtered, TaskKey};
 use weightcast_types::TaskId;
 
@@ -33,6 +34,8 @@ pub struct Worker {
     /// The Hub `hf://` preheats resolve against unless the args name one.
     pub hf_endpoint: String,
     pub hf_token: Option<String>,
+    /// Proved to schedulers (see [`weightcast_proto::cluster_auth`]).
+    pub cluster_secrets: Option<Arc<ClusterSecrets>>,
 }
 
 fn host_ip(addr: &str) -> &str {
@@ -283,6 +286,7 @@ impl Worker {
             futures::future::join_all(targets.iter().enumerate().map(|(i, (cluster, sched))| {
                 let parts = parts.clone();
                 let plan = &plan;
+                let secrets = self.cluster_secrets.as_ref();
                 async move {
                     let set = |state: &str, error: String, result: Option<Value>| {
                         let mut p = parts.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,7 +304,7 @@ impl Worker {
                         return;
                     }
                     let addrs: Vec<String> = sched.iter().map(|i| i.addr.clone()).collect();
-                    let r = run_on(&addrs, *cluster, plan, &|p: Value| {
+                    let r = run_on(&addrs, secrets, *cluster, plan, &|p: Value| {
                         set("STARTED", String::new(), Some(p))
                     })
                     .await;
@@ -392,8 +396,11 @@ enum Plan {
     Delete(TaskId, u64),
 }
 
-async fn connect(endpoint: &str) -> Result<SchedulerClient<tonic::transport::Channel>, String> {
-    SchedulerClient::connect(endpoint.to_string())
+async fn connect(
+    endpoint: &str,
+    secrets: Option<&Arc<ClusterSecrets>>,
+) -> Result<AuthedSchedulerClient, String> {
+    cluster_auth::connect_scheduler(endpoint, secrets.cloned())
         .await
         .map_err(|e| format!("scheduler {endpoint}: cannot connect: {e}"))
 }
@@ -404,6 +411,7 @@ async fn connect(endpoint: &str) -> Result<SchedulerClient<tonic::transport::Cha
 /// Answers `(all succeeded, results[0])`.
 async fn run_on(
     schedulers: &[String],
+    secrets: Option<&Arc<ClusterSecrets>>,
     cluster: i64,
     plan: &Plan,
     progress: &(dyn Fn(Value) + Sync),
@@ -423,7 +431,7 @@ async fn run_on(
             }
             let mut streams = Vec::new();
             for (endpoint, tasks) in by_owner {
-                let mut client = connect(&endpoint).await?;
+                let mut client = connect(&endpoint, secrets).await?;
                 let s = client
                     .preheat(pb::PreheatRequest {
                         tasks,
@@ -454,7 +462,7 @@ async fn run_on(
             Ok((ok, preheat_result(&last, cluster)))
         }
         Plan::Delete(task, timeout_ms) => {
-            let mut client = connect(&owner_of(task)).await?;
+            let mut client = connect(&owner_of(task), secrets).await?;
             let mut stream = client
                 .delete_tasks(pb::DeleteTasksRequest {
                     task_ids: vec![task.to_hex()],
@@ -475,7 +483,7 @@ async fn run_on(
             Ok((ok, delete_result(&last, cluster)))
         }
         Plan::Stat(task) => {
-            let mut client = connect(&owner_of(task)).await?;
+            let mut client = connect(&owner_of(task), secrets).await?;
             let reply = client
                 .stat_task(pb::StatTaskRequest {
                     task_id: task.to_hex(),

@@ -17,6 +17,7 @@ async fn manager(dir: &std::path::Path) -> Manager {
             hf_endpoint: "http://127.0.0.1:9".into(),
             hf_token: None,
             root_password: Some(PASSWORD.into()),
+            cluster_secrets: None,
         },
         listener,
     )

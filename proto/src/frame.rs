@@ -27,6 +27,18 @@
 //! ```
 //! Every frame a child sends starts with a 4-byte magic that tells its
 //! length, so the parent reads the magic, then the rest.
+//!
+//! A parent with a cluster secret (see [`crate::cluster_auth`]) opens every
+//! connection with a challenge, and serves nothing until the child's first
+//! frame answers it:
+//! ```text
+//! auth challenge (36): "WCH1" | nonce (32)                 parent -> child
+//! auth proof     (36): "WCK1" | HMAC-SHA256(secret, nonce ‖ "weightcast-pieces")
+//! ```
+//! A wrong or missing answer gets a response header with status
+//! `Unauthenticated`, and the connection is closed. A child without a secret
+//! that meets a challenge reads "WCH1" where it expected a response (or an
+//! RDMA answer) and reports that the parent requires the cluster secret.
 
 use weightcast_types::TaskId;
 
@@ -45,6 +57,12 @@ pub const RDMA_ACCEPT_LEN: usize = 5 + ENDPOINT_LEN;
 pub const RDMA_PIECE_LEN: usize = 40;
 pub const RDMA_GRANT_LEN: usize = 29;
 pub const RDMA_DONE_LEN: usize = 41;
+pub const AUTH_CHALLENGE_MAGIC: [u8; 4] = *b"WCH1";
+pub const AUTH_PROOF_MAGIC: [u8; 4] = *b"WCK1";
+pub const AUTH_CHALLENGE_LEN: usize = 4 + NONCE_LEN;
+pub const AUTH_PROOF_LEN: usize = 4 + PROOF_LEN;
+
+use crate::cluster_auth::{NONCE_LEN, PROOF_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PieceRequest {
@@ -69,6 +87,9 @@ pub enum Status {
     /// again only later if nobody else has it. The answer's `length` field
     /// carries how much later, in milliseconds.
     Elsewhere = 5,
+    /// The child did not answer the cluster-secret challenge with an
+    /// accepted secret; the parent closes the connection after this.
+    Unauthenticated = 6,
 }
 
 impl Status {
@@ -80,6 +101,7 @@ impl Status {
             3 => Status::Failed,
             4 => Status::Unsupported,
             5 => Status::Elsewhere,
+            6 => Status::Unauthenticated,
             other => return Err(FrameError::BadStatus(other)),
         })
     }
@@ -327,6 +349,56 @@ impl RdmaGrant {
     }
 }
 
+/// The parent's opening frame when it has a cluster secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthChallenge {
+    pub nonce: [u8; NONCE_LEN],
+}
+
+impl AuthChallenge {
+    pub fn encode(&self) -> [u8; AUTH_CHALLENGE_LEN] {
+        let mut b = [0u8; AUTH_CHALLENGE_LEN];
+        b[..4].copy_from_slice(&AUTH_CHALLENGE_MAGIC);
+        b[4..].copy_from_slice(&self.nonce);
+        b
+    }
+
+    pub fn decode(b: &[u8; AUTH_CHALLENGE_LEN]) -> Result<Self, FrameError> {
+        let magic: [u8; 4] = b[..4].try_into().expect("4 bytes");
+        if magic != AUTH_CHALLENGE_MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        Ok(Self {
+            nonce: b[4..].try_into().expect("32 bytes"),
+        })
+    }
+}
+
+/// The child's answer to an [`AuthChallenge`]: its first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthProof {
+    pub proof: [u8; PROOF_LEN],
+}
+
+impl AuthProof {
+    pub fn encode(&self) -> [u8; AUTH_PROOF_LEN] {
+        let mut b = [0u8; AUTH_PROOF_LEN];
+        b[..4].copy_from_slice(&AUTH_PROOF_MAGIC);
+        b[4..].copy_from_slice(&self.proof);
+        b
+    }
+
+    pub fn decode(b: &[u8; AUTH_PROOF_LEN]) -> Result<Self, FrameError> {
+        let magic: [u8; 4] = b[..4].try_into().expect("4 bytes");
+        if magic != AUTH_PROOF_MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        Ok(Self {
+            proof: b[4..].try_into().expect("32 bytes"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +413,18 @@ mod tests {
     }
 
     #[test]
+    fn auth_frames_round_trip_and_are_not_each_other() {
+        let c = AuthChallenge { nonce: [5; 32] };
+        assert_eq!(AuthChallenge::decode(&c.encode()), Ok(c));
+        let p = AuthProof { proof: [6; 32] };
+        assert_eq!(AuthProof::decode(&p.encode()), Ok(p));
+        assert!(AuthProof::decode(&c.encode()).is_err());
+        assert!(AuthChallenge::decode(&p.encode()).is_err());
+        // Neither is a frame a parent serves outside the handshake.
+        assert!(ClientFrame::len_for_magic(AUTH_PROOF_MAGIC).is_err());
+    }
+
+    #[test]
     fn response_round_trips_every_status() {
         for status in [
             Status::Ok,
@@ -348,6 +432,7 @@ mod tests {
             Status::Busy,
             Status::Failed,
             Status::Elsewhere,
+            Status::Unauthenticated,
         ] {
             let h = ResponseHeader {
                 status,

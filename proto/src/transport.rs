@@ -51,6 +51,18 @@ pub enum TransportError {
     },
     #[error("parent {0} failed to read its copy of the piece")]
     ParentFailed(String),
+    /// The cluster-secret handshake failed: a configuration error, not a
+    /// fault of the parent's copy.
+    #[error("parent {addr} refused this peer: {reason}")]
+    Unauthenticated { addr: String, reason: &'static str },
+}
+
+/// [`TransportError::Unauthenticated`]'s reasons, as the child can tell them.
+pub mod unauthenticated {
+    pub const NO_SECRET: &str =
+        "the parent requires the cluster secret and this peer has none (--cluster-secret-file)";
+    pub const WRONG_SECRET: &str = "this peer's cluster secret is not one the parent accepts (a wrong or retired --cluster-secret-file)";
+    pub const NO_CHALLENGE: &str = "this peer has a cluster secret but the parent sent no challenge (is --cluster-secret-file set on the parent?)";
 }
 
 pub trait PieceTransport: Send + Sync + 'static {

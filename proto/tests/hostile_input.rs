@@ -3,7 +3,8 @@
 
 use rand::{Rng, SeedableRng};
 use weightcast_proto::frame::{
-    ClientFrame, PieceRequest, ResponseHeader, REQUEST_LEN, RESPONSE_HEADER_LEN,
+    AuthChallenge, AuthProof, ClientFrame, PieceRequest, ResponseHeader, AUTH_CHALLENGE_LEN,
+    AUTH_PROOF_LEN, REQUEST_LEN, RESPONSE_HEADER_LEN,
 };
 use weightcast_proto::http_range;
 
@@ -53,7 +54,43 @@ fn frames_of_any_bytes_decode_or_fail_cleanly_and_round_trip() {
         accepted > 100,
         "the fuzz reached the decoders' bodies ({accepted})"
     );
-    eprintln!("frame fuzz: {CASES} inputs, {accepted} decoded");
+    // The cluster-secret handshake: a challenge (what a child reads first
+    // from a parent) and a proof (what a parent reads first), and neither is
+    // a frame a parent serves.
+    let mut auth_accepted = 0;
+    for i in 0..CASES {
+        let len = rng.gen_range(0..48);
+        let mut b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if i % 4 != 0 && b.len() >= 4 {
+            b[..4].copy_from_slice([b"WCH1", b"WCK1"][i % 2]);
+        }
+        if b.starts_with(b"WCH1") || b.starts_with(b"WCK1") {
+            assert!(
+                ClientFrame::decode(&b).is_err(),
+                "a handshake frame is never served as a request"
+            );
+        }
+        if let Ok(arr) = <[u8; AUTH_CHALLENGE_LEN]>::try_from(&b[..b.len().min(AUTH_CHALLENGE_LEN)])
+        {
+            if let Ok(c) = AuthChallenge::decode(&arr) {
+                auth_accepted += 1;
+                assert_eq!(c.encode(), arr);
+            }
+        }
+        if let Ok(arr) = <[u8; AUTH_PROOF_LEN]>::try_from(&b[..b.len().min(AUTH_PROOF_LEN)]) {
+            if let Ok(p) = AuthProof::decode(&arr) {
+                auth_accepted += 1;
+                assert_eq!(p.encode(), arr);
+            }
+        }
+    }
+    assert!(
+        auth_accepted > 100,
+        "the fuzz reached the auth frames' bodies ({auth_accepted})"
+    );
+    eprintln!(
+        "frame fuzz: {CASES} inputs, {accepted} decoded; {CASES} more, {auth_accepted} auth frames"
+    );
 }
 
 #[test]

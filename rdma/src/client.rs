@@ -29,10 +29,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use weightcast_proto::cluster_auth::ClusterSecrets;
 use weightcast_proto::frame::{
     ClientFrame, PieceRequest, RdmaAccept, RdmaGrant, Status, RDMA_ACCEPT_LEN, RDMA_GRANT_LEN,
 };
-use weightcast_proto::transport::{FetchReport, ParentAddr, TransportError};
+use weightcast_proto::transport::{unauthenticated, FetchReport, ParentAddr, TransportError};
 use weightcast_types::{TaskId, WritePermit};
 
 /// Why an RDMA fetch failed: the parent's answer (handled like TCP's), or
@@ -175,14 +176,24 @@ pub struct RdmaTransport {
     conns: Mutex<HashMap<ParentAddr, ConnSlot>>,
     /// QPs built so far (a rebuilt one counts again).
     pub connects: AtomicU64,
+    /// With secrets, the control connection answers the parent's
+    /// challenge before the queue pair is set up: the parent's upload
+    /// server checks RDMA children as it checks TCP ones.
+    secrets: Option<Arc<ClusterSecrets>>,
 }
 
 impl RdmaTransport {
     pub fn new(node: Arc<RdmaNode>) -> Self {
+        Self::with_cluster_secrets(node, None)
+    }
+
+    /// [`RdmaTransport::new`], proving `secrets` to every parent.
+    pub fn with_cluster_secrets(node: Arc<RdmaNode>, secrets: Option<Arc<ClusterSecrets>>) -> Self {
         Self {
             node,
             conns: Mutex::new(HashMap::new()),
             connects: AtomicU64::new(0),
+            secrets,
         }
     }
 
@@ -198,6 +209,11 @@ impl RdmaTransport {
             .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
             .map_err(io)?;
         let _ = s.set_nodelay(true);
+        if let Some(secrets) = &self.secrets {
+            weightcast_tcp::answer_challenge(&mut s, addr, secrets, cfg.control_timeout)
+                .await
+                .map_err(|e| io(std::io::Error::other(e)))?;
+        }
         let lim = self.node.device.limits;
         let outstanding = cfg
             .outstanding
@@ -212,7 +228,12 @@ impl RdmaTransport {
             .await
             .map_err(|_| io(std::io::ErrorKind::TimedOut.into()))?
             .map_err(io)?;
-        let accept = RdmaAccept::decode(&b)?;
+        let accept = RdmaAccept::decode(&b).map_err(|e| {
+            match weightcast_tcp::challenge_without_secret(addr, &e) {
+                Some(refused) => io(std::io::Error::other(refused)),
+                None => e.into(),
+            }
+        })?;
         match accept.status {
             Status::Ok => {}
             Status::Unsupported => return Err(RdmaError::Refused),
@@ -310,6 +331,10 @@ impl RdmaTransport {
             })),
             Status::Failed => Some(refused(TransportError::ParentFailed(parent.0.clone()))),
             Status::Unsupported => Some((Err(rdma(RdmaError::Refused)), ())),
+            Status::Unauthenticated => Some(refused(TransportError::Unauthenticated {
+                addr: parent.0.clone(),
+                reason: unauthenticated::WRONG_SECRET,
+            })),
         };
         if let Some((e, ())) = answer {
             return (e, permit);

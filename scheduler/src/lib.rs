@@ -18,6 +18,6 @@ pub mod metrics;
 pub mod service;
 pub mod wire;
 
-pub use service::{serve, SchedulerHandle};
+pub use service::{serve, serve_authenticated, SchedulerHandle};
 pub use weightcast_scheduler_core as core;
 pub use weightcast_scheduler_core::{Config, Core, Outbound, Weights};

@@ -1,6 +1,7 @@
 //! Scheduler metrics in Prometheus format.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use weightcast_proto::metrics_text::MetricsText;
 use weightcast_scheduler_core::Stats;
 
@@ -8,6 +9,9 @@ use weightcast_scheduler_core::Stats;
 #[derive(Default)]
 pub struct SchedulerMetrics {
     inner: Mutex<Snapshot>,
+    /// Requests refused for a missing or wrong cluster token (counted by
+    /// the gRPC interceptor, before any session exists).
+    pub refused_unauthenticated: Arc<AtomicU64>,
 }
 
 #[derive(Default, Clone)]
@@ -128,6 +132,11 @@ impl SchedulerMetrics {
                 "weightcast_scheduler_digest_conflicts_total",
                 "Piece digests that disagreed with the source's.",
                 s.stats.digest_conflicts,
+            )
+            .counter(
+                "weightcast_scheduler_refused_unauthenticated_total",
+                "Requests refused for a missing or wrong cluster token (--cluster-secret-file).",
+                self.refused_unauthenticated.load(Ordering::Relaxed),
             );
         m.finish()
     }

@@ -30,6 +30,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use weightcast_proto::cluster_auth::{ClusterSecrets, ServerAuth};
 use weightcast_proto::pb::{
     self, peer_message::Msg as PeerMsg, scheduler_message::Msg as SchedMsg,
 };
@@ -657,10 +658,27 @@ impl Drop for SchedulerHandle {
     }
 }
 
-/// Serves the scheduler on an already bound listener.
+/// Serves the scheduler on an already bound listener, to anyone.
 pub fn serve(listener: TcpListener, config: Config) -> std::io::Result<SchedulerHandle> {
+    serve_authenticated(listener, config, None)
+}
+
+/// Serves the scheduler on an already bound listener; with `secrets`, only
+/// to requests carrying a valid cluster token (see
+/// [`weightcast_proto::cluster_auth`]): anyone else can neither register
+/// nor announce, and is told why (`Unauthenticated`).
+pub fn serve_authenticated(
+    listener: TcpListener,
+    config: Config,
+    secrets: Option<Arc<ClusterSecrets>>,
+) -> std::io::Result<SchedulerHandle> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(SchedulerMetrics::default());
+    let auth = ServerAuth {
+        secrets,
+        refused: metrics.refused_unauthenticated.clone(),
+        ..Default::default()
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (events, rx) = mpsc::channel(EVENT_QUEUE);
@@ -675,7 +693,9 @@ pub fn serve(listener: TcpListener, config: Config) -> std::io::Result<Scheduler
     let server = tasks.spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-            .add_service(pb::scheduler_server::SchedulerServer::new(svc))
+            .add_service(pb::scheduler_server::SchedulerServer::with_interceptor(
+                svc, auth,
+            ))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 shutdown.clone().cancelled_owned(),

@@ -1,5 +1,6 @@
 //! Flags shared by every command that runs an engine (`daemon`, in-process `get`).
 
+use super::cluster_secret::ClusterSecretArgs;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -255,6 +256,8 @@ pub struct EngineArgs {
     pub rdma_device: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub cluster_secret: ClusterSecretArgs,
 }
 
 impl EngineArgs {
@@ -298,6 +301,7 @@ impl EngineArgs {
         c.transport = self.transport;
         c.rdma_device = self.rdma_device.clone();
         weightcast_origin::http::set_read_timeout(self.origin_read_timeout);
+        c.cluster_secrets = self.cluster_secret.load()?;
         c.origin = OriginConfig {
             concurrency: self.origin_concurrency,
             rate_limit: self.origin_rate_limit,

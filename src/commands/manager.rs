@@ -1,6 +1,7 @@
 //! `weightcast manager` (the open API, cluster registry and job queue) and
 //! `weightcast manager token create`, `weightcast manager user set-password`.
 
+use super::cluster_secret::ClusterSecretArgs;
 use super::ready_file;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -54,6 +55,9 @@ pub struct ManagerArgs {
     /// Write {"addr"} here once serving (for scripts using port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// The cluster secret the schedulers require, for jobs and the console.
+    #[command(flatten)]
+    pub cluster_secret: ClusterSecretArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,6 +192,7 @@ async fn serve(a: ManagerArgs) -> anyhow::Result<()> {
         hf_endpoint: a.hf_endpoint.clone(),
         hf_token: a.hf_token.clone(),
         root_password: a.root_password.clone(),
+        cluster_secrets: a.cluster_secret.load()?,
     };
     let manager = Manager::start(config, listener)
         .await

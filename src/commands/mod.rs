@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share.
 
 pub mod cache;
+pub mod cluster_secret;
 pub mod config_file;
 pub mod daemon;
 pub mod demo;

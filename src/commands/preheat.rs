@@ -4,6 +4,7 @@
 //! manager's open API. A bar per blob shows the bytes the chosen peers
 //! hold; it ends with one line per blob and fails when any peer failed.
 
+use super::cluster_secret::ClusterSecretArgs;
 use super::engine_args::{HfArgs, RegistryLogin};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -35,6 +36,9 @@ pub struct ViaArgs {
     /// A personal access token with the `job` scope (`weightcast manager token create`).
     #[arg(long, env = "WEIGHTCAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --scheduler: the cluster secret it requires.
+    #[command(flatten)]
+    pub cluster_secret: ClusterSecretArgs,
 }
 
 pub enum Via {
@@ -264,9 +268,7 @@ async fn via_scheduler(
     }
     let mut streams = Vec::new();
     for (endpoint, tasks) in by_owner {
-        let mut client = pb::scheduler_client::SchedulerClient::connect(endpoint.clone())
-            .await
-            .with_context(|| format!("cannot reach the scheduler at {endpoint}"))?;
+        let mut client = a.via.cluster_secret.scheduler_client(&endpoint).await?;
         let req = pb::PreheatRequest {
             tasks,
             scope: a.scope.clone(),

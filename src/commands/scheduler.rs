@@ -1,5 +1,6 @@
 //! `weightcast scheduler`.
 
+use super::cluster_secret::ClusterSecretArgs;
 use super::ready_file;
 use anyhow::Context;
 use clap::Args;
@@ -71,6 +72,10 @@ pub struct SchedulerArgs {
     /// Seconds between keepalives to the manager.
     #[arg(long, env = "WEIGHTCAST_KEEPALIVE_INTERVAL", default_value_t = 5)]
     pub keepalive_interval: u64,
+    /// Peers (and the manager) must prove this secret to register,
+    /// announce or run jobs.
+    #[command(flatten)]
+    pub cluster_secret: ClusterSecretArgs,
 }
 
 /// `HOST=RATE` (`RATE` as `500MB/s`, `1GiB`, or bytes per second).
@@ -115,7 +120,11 @@ pub async fn run(a: SchedulerArgs) -> anyhow::Result<()> {
         origin_rate_limits: a.origin_rate_limits.iter().cloned().collect(),
         ..Default::default()
     };
-    let mut handle = weightcast_scheduler::serve(listener, config)?;
+    let secrets = a.cluster_secret.load()?;
+    if secrets.is_some() {
+        tracing::info!("peers must prove the cluster secret (--cluster-secret-file)");
+    }
+    let mut handle = weightcast_scheduler::serve_authenticated(listener, config, secrets)?;
     let metrics_addr = handle.serve_metrics(metrics_listener)?;
     if let Some(f) = &a.ready_file {
         ready_file::write(

@@ -54,9 +54,7 @@ pub async fn run(a: TaskArgsCli) -> anyhow::Result<()> {
     match via.via()? {
         Via::Scheduler(endpoints) => {
             for endpoint in endpoints {
-                let mut client = pb::scheduler_client::SchedulerClient::connect(endpoint.clone())
-                    .await
-                    .with_context(|| format!("cannot reach the scheduler at {endpoint}"))?;
+                let mut client = via.cluster_secret.scheduler_client(&endpoint).await?;
                 if remove {
                     let mut s = client
                         .delete_tasks(pb::DeleteTasksRequest {

@@ -9,12 +9,16 @@
 //! The same connection carries the RDMA control frames (queue-pair setup,
 //! piece locations); the server answers them through an [`RdmaResponder`]
 //! that the engine provides, so this crate never touches verbs.
+//!
+//! With a cluster secret ([`weightcast_proto::cluster_auth`]) the server
+//! opens every connection with a challenge and serves nothing, pieces or
+//! RDMA setup, to a child that does not answer it.
 
 mod client;
 mod send_once;
 mod server;
 
-pub use client::TcpTransport;
+pub use client::{answer_challenge, challenge_without_secret, TcpTransport};
 pub use send_once::{SendOnce, SendTicket};
 pub use server::{
     PieceServer, PieceSource, RdmaPieceLocation, RdmaResponder, RdmaSetupError, UploadStats,

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use weightcast_proto::cluster_auth::ClusterSecrets;
 use weightcast_proto::frame::{
-    ClientFrame, PieceRequest, QpEndpoint, RdmaAccept, RdmaGrant, ResponseHeader, Status,
+    AuthChallenge, AuthProof, ClientFrame, PieceRequest, QpEndpoint, RdmaAccept, RdmaGrant,
+    ResponseHeader, Status, AUTH_PROOF_LEN, AUTH_PROOF_MAGIC,
 };
 use weightcast_types::TaskId;
 
@@ -22,6 +24,11 @@ const MAX_ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 pub const MAX_CONNS_PER_PEER: u32 = 64;
 /// Connections the server holds open at once, all peers together.
 pub const MAX_CONNS: u32 = 4096;
+/// How long a child has to answer the cluster-secret challenge.
+const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most one warning about refused children per this many seconds (a
+/// misconfigured fleet, or a scanner, would flood the log otherwise).
+const REFUSAL_WARN_EVERY_SECS: u64 = 10;
 
 /// Open connections per peer address; a [`ConnSlot`] gives its own back.
 #[derive(Default)]
@@ -111,6 +118,8 @@ pub struct UploadStats {
     pub refused_busy: AtomicU64,
     /// Requests a seed answered `Elsewhere` (see [`SendOnce`]).
     pub refused_elsewhere: AtomicU64,
+    /// Connections closed because the child did not prove the cluster secret.
+    pub refused_unauthenticated: AtomicU64,
 }
 
 pub struct PieceServer<S> {
@@ -123,6 +132,12 @@ pub struct PieceServer<S> {
     pub stats: Arc<UploadStats>,
     rdma: Option<Arc<dyn RdmaResponder>>,
     send_once: Option<Arc<SendOnce>>,
+    /// With secrets, every connection must answer a challenge first (see
+    /// [`weightcast_proto::cluster_auth`]); RDMA setup rides on the same
+    /// connections, so it is covered too.
+    secrets: Option<Arc<ClusterSecrets>>,
+    /// When the last refusal was logged (Unix seconds).
+    refusal_logged: AtomicU64,
     /// See [`PieceServer::with_corrupt_uploads`].
     #[cfg(feature = "fault-injection")]
     corrupt_uploads: bool,
@@ -167,6 +182,8 @@ impl<S: PieceSource> PieceServer<S> {
             stats,
             rdma: None,
             send_once: None,
+            secrets: None,
+            refusal_logged: AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
             corrupt_uploads: false,
         }
@@ -237,6 +254,86 @@ impl<S: PieceSource> PieceServer<S> {
         }
     }
 
+    /// Serves only children that prove one of `secrets` (nothing changes
+    /// with `None`).
+    pub fn with_cluster_secrets(mut self, secrets: Option<Arc<ClusterSecrets>>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// Challenges a new connection; `Ok(false)`: the child failed (it was
+    /// told so, counted and logged) and the connection is to be closed.
+    async fn authenticate(
+        &self,
+        stream: &mut TcpStream,
+        secrets: &ClusterSecrets,
+    ) -> std::io::Result<bool> {
+        let nonce: [u8; weightcast_proto::cluster_auth::NONCE_LEN] = rand::random();
+        stream.write_all(&AuthChallenge { nonce }.encode()).await?;
+        let mut b = [0u8; AUTH_PROOF_LEN];
+        let answer = tokio::time::timeout(AUTH_TIMEOUT, async {
+            // The magic first: a child without a secret sends a shorter
+            // frame of its own and waits, and should hear the refusal now.
+            stream.read_exact(&mut b[..4]).await?;
+            if b[..4] != AUTH_PROOF_MAGIC {
+                return Ok::<_, std::io::Error>(None);
+            }
+            stream.read_exact(&mut b[4..]).await?;
+            Ok(AuthProof::decode(&b).ok())
+        })
+        .await;
+        let why = match answer {
+            Ok(Ok(Some(p))) if secrets.current().accepts_piece_proof(&nonce, &p.proof) => {
+                return Ok(true)
+            }
+            Ok(Ok(Some(_))) => "a wrong or retired cluster secret",
+            Ok(Ok(None)) => "no cluster secret (it sent a piece frame first)",
+            Ok(Err(e)) => return Err(e),
+            Err(_) => "no answer to the challenge in time",
+        };
+        self.stats
+            .refused_unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let now = weightcast_proto::cluster_auth::unix_now();
+        let last = self.refusal_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= REFUSAL_WARN_EVERY_SECS
+            && self
+                .refusal_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%peer, reason = why, "refused a piece connection: the child did not prove the cluster secret (more are counted in weightcast_upload_refused_unauthenticated_total)");
+        } else {
+            tracing::debug!(%peer, reason = why, "refused a piece connection");
+        }
+        let refusal = ResponseHeader {
+            status: Status::Unauthenticated,
+            active_uploads: 0,
+            length: 0,
+        };
+        let _ = stream.write_all(&refusal.encode()).await;
+        // Close gently: unread bytes of the child's first frame would turn
+        // the close into a reset that can overtake the refusal. So end our
+        // side, then drop what the child still sends until it closes (a
+        // second at most, 64 KiB at most).
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let mut drained = 0;
+            while drained < 64 * 1024 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+        Ok(false)
+    }
+
     /// Serves RDMA control frames through `rdma` as well.
     pub fn with_rdma(mut self, rdma: Arc<dyn RdmaResponder>) -> Self {
         self.rdma = Some(rdma);
@@ -282,6 +379,11 @@ impl<S: PieceSource> PieceServer<S> {
     }
 
     async fn serve_connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        if let Some(secrets) = &self.secrets {
+            if !self.authenticate(&mut stream, secrets).await? {
+                return Ok(());
+            }
+        }
         let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
         let mut frame = [0u8; 64];
         // RDMA state of this connection: the child's QP, and the pieces it

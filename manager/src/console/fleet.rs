@@ -8,8 +8,10 @@ use crate::db::{Db, DbError};
 use crate::jobs::TaskArgs;
 use crate::resolve::Source;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
-use weightcast_proto::pb::{self, scheduler_client::SchedulerClient};
+use weightcast_proto::cluster_auth::{self, AuthedSchedulerClient, ClusterSecrets};
+use weightcast_proto::pb;
 use weightcast_types::TaskId;
 
 /// How long one scheduler may take to answer the console.
@@ -47,7 +49,10 @@ pub struct NamedTask {
     pub task: TaskId,
 }
 
-async fn client(endpoint: &str) -> Result<SchedulerClient<tonic::transport::Channel>, String> {
+async fn client(
+    endpoint: &str,
+    secrets: Option<&Arc<ClusterSecrets>>,
+) -> Result<AuthedSchedulerClient, String> {
     let ch = tonic::transport::Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| format!("scheduler {endpoint}: {e}"))?
         .connect_timeout(ASK_TIMEOUT)
@@ -55,7 +60,7 @@ async fn client(endpoint: &str) -> Result<SchedulerClient<tonic::transport::Chan
         .connect()
         .await
         .map_err(|e| format!("scheduler {endpoint}: cannot connect: {e}"))?;
-    Ok(SchedulerClient::new(ch))
+    Ok(cluster_auth::scheduler_client(ch, secrets.cloned()))
 }
 
 /// `(cluster id, name, active scheduler endpoints)` of every cluster, or
@@ -81,6 +86,7 @@ async fn clusters(
 pub async fn peers(
     db: &Db,
     ttl: Duration,
+    secrets: Option<&Arc<ClusterSecrets>>,
     only: Option<i64>,
 ) -> Result<(Vec<ListedPeer>, Vec<String>), FleetError> {
     let mut seen = BTreeSet::new();
@@ -88,7 +94,7 @@ pub async fn peers(
     let mut errors = Vec::new();
     for (_, name, schedulers) in clusters(db, ttl, only).await? {
         for endpoint in schedulers {
-            let reply = match client(&endpoint).await {
+            let reply = match client(&endpoint, secrets).await {
                 Ok(mut c) => c
                     .list_peers(pb::ListPeersRequest {})
                     .await
@@ -122,6 +128,7 @@ pub async fn peers(
 pub async fn holders(
     db: &Db,
     ttl: Duration,
+    secrets: Option<&Arc<ClusterSecrets>>,
     task: &TaskId,
 ) -> Result<Vec<TaskHolders>, FleetError> {
     let mut out = Vec::new();
@@ -129,7 +136,7 @@ pub async fn holders(
         let Some(owner) = weightcast_types::task_key::owner(task, &schedulers) else {
             continue;
         };
-        let reply = match client(owner).await {
+        let reply = match client(owner, secrets).await {
             Ok(mut c) => c
                 .stat_task(pb::StatTaskRequest {
                     task_id: task.to_hex(),

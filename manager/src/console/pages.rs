@@ -263,10 +263,11 @@ pub async fn clusters(State(c): C, headers: HeaderMap, Query(q): Query<PeerQuery
     }
     // Peers, from the schedulers themselves.
     let only = q.cluster.parse::<i64>().ok();
-    let (peers, errors) = match fleet::peers(db, c.shared.ttl, only).await {
-        Ok(p) => p,
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
+    let (peers, errors) =
+        match fleet::peers(db, c.shared.ttl, c.shared.cluster_secrets.as_ref(), only).await {
+            Ok(p) => p,
+            Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
     let needle = q.q.trim().to_lowercase();
     let matching: Vec<_> = peers
         .iter()
@@ -362,7 +363,14 @@ fn search_form(action: &str, q: &str, label: &str) -> String {
 async fn holders_fragment(c: &Console, tasks: &[NamedTask]) -> String {
     let mut out = String::new();
     for (n, t) in tasks.iter().enumerate() {
-        let holders = match fleet::holders(&c.shared.db, c.shared.ttl, &t.task).await {
+        let holders = match fleet::holders(
+            &c.shared.db,
+            c.shared.ttl,
+            c.shared.cluster_secrets.as_ref(),
+            &t.task,
+        )
+        .await
+        {
             Ok(h) => h,
             Err(e) => {
                 out.push_str(&html::notice("error", &e.to_string()));
