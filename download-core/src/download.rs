@@ -674,7 +674,7 @@ impl VerifiedPieces {
     fn new(piece_count: u32) -> Self {
         let n = piece_count as usize;
         let mut missing = vec![u64::MAX; n.div_ceil(64)];
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             if let Some(last) = missing.last_mut() {
                 *last = (1u64 << (n % 64)) - 1;
             }

@@ -329,10 +329,10 @@ mod tests {
             have: vec![pb::Piece {
                 num: 3,
                 digest: vec![7; 32],
-                traceparent: String::new(),
             }],
             content_length: 0,
             digest: vec![],
+            traceparent: String::new(),
         }));
         assert_eq!(
             peer_event(register).unwrap(),
@@ -382,7 +382,6 @@ mod tests {
             have: vec![pb::Piece {
                 num: 0,
                 digest: vec![],
-                traceparent: String::new(),
             }],
             ..Default::default()
         }));

@@ -25,6 +25,25 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Vec<(String, String)>> {
             );
         };
         let k = k.trim();
+        // What the environment can hold: `set_var` panics on a NUL, and a
+        // name is plain upper-case letters, digits and '_'.
+        if !k
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            bail!(
+                "{}:{}: {k:?} is not a setting name (upper-case letters, digits and '_')",
+                path.display(),
+                i + 1
+            );
+        }
+        if v.contains('\0') {
+            bail!(
+                "{}:{}: {k}'s value contains a NUL byte",
+                path.display(),
+                i + 1
+            );
+        }
         if !k.starts_with("WEIGHTCAST_") {
             bail!(
                 "{}:{}: {k} is not a weightcast setting (names start with WEIGHTCAST_)",
@@ -67,6 +86,47 @@ pub fn load(explicit: Option<PathBuf>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzz (seeded, bounded): mutated config files never panic, and every
+    /// pair accepted is one the environment can take.
+    #[test]
+    fn fuzzed_config_files_never_panic_and_parse_to_settable_pairs() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let seed = b"# comment\nWEIGHTCAST_SCHEDULER=http://s:7400\nexport WEIGHTCAST_ZONE=\"eu 1\"\nWEIGHTCAST_CACHE_SIZE=80%\n";
+        let alphabet = b"=#\"\n\0 _eXWEIGHTCAST_\xff\xc3";
+        let mut accepted = 0;
+        for _ in 0..5_000 {
+            let mut bytes = seed.to_vec();
+            for _ in 0..rng.gen_range(1..8) {
+                let at = rng.gen_range(0..bytes.len());
+                match rng.gen_range(0..4) {
+                    0 => bytes[at] = rng.gen(),
+                    1 => bytes.insert(at, alphabet[rng.gen_range(0..alphabet.len())]),
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes[at] = alphabet[rng.gen_range(0..alphabet.len())],
+                }
+                if bytes.is_empty() {
+                    bytes.push(b'\n');
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(pairs) = parse(&text, Path::new("fuzz.env")) {
+                accepted += 1;
+                for (k, v) in pairs {
+                    assert!(
+                        k.starts_with("WEIGHTCAST_") && !k.contains(['=', '\0']),
+                        "{k:?}"
+                    );
+                    assert!(!v.contains('\0'), "{v:?}");
+                }
+            }
+        }
+        eprintln!("config fuzz: 5000 files, {accepted} accepted");
+        assert!(accepted > 0, "the mutations left some files valid");
+    }
 
     #[test]
     fn parses_env_file_lines() {

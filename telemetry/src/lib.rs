@@ -184,7 +184,9 @@ mod tests {
 
     #[test]
     fn an_endpoint_must_be_a_url() {
-        let e = provider("collector:4318", "t").err().expect("refused");
+        let Err(e) = provider("collector:4318", "t") else {
+            panic!("an endpoint without a scheme was accepted");
+        };
         assert!(e.to_string().contains("http://"), "{e}");
     }
 }
