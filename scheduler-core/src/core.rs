@@ -201,6 +201,10 @@ pub struct Core {
     started: Option<Instant>,
     /// Preheats and evictions in progress (see `cache_jobs`).
     jobs: cache_jobs::CacheJobs,
+    /// Sum of every host's `active_uploads`, kept as they change: the
+    /// service reads it after every event, and summing 10,000 hosts there
+    /// made each event cost O(peers).
+    upload_total: u64,
     pub stats: Stats,
 }
 
@@ -413,7 +417,7 @@ impl Core {
 
     /// Sum of active uploads peers reported.
     pub fn upload_load(&self) -> u64 {
-        self.hosts.values().map(|h| h.active_uploads as u64).sum()
+        self.upload_total
     }
 
     /// Every connected peer as an operator lists them (the manager's
@@ -503,7 +507,9 @@ impl Core {
         for t in tasks {
             out.extend(self.leave_task(peer, t, now));
         }
-        self.hosts.remove(peer);
+        if let Some(gone) = self.hosts.remove(peer) {
+            self.upload_total = self.upload_total.saturating_sub(gone.active_uploads as u64);
+        }
         self.budgets.forget(peer);
         self.jobs_peer_gone(peer);
         self.jobs_rewrite(out)
@@ -550,6 +556,8 @@ impl Core {
             PeerEvent::TaskLeft { task } => self.leave_task(from, task, now),
             PeerEvent::Load { active_uploads } => {
                 if let Some(h) = self.hosts.get_mut(from) {
+                    self.upload_total = self.upload_total.saturating_sub(h.active_uploads as u64)
+                        + active_uploads as u64;
                     h.active_uploads = active_uploads;
                 }
                 Vec::new()
@@ -854,7 +862,18 @@ impl Core {
                 .take(budget)
                 .cloned()
                 .collect();
+            let slots = self
+                .hosts
+                .get(peer)
+                .map_or(1, |h| h.info.upload_slots.max(1));
             for child in short {
+                // Once the new parent's slots are taken, the rest of the
+                // replans could only hand out parents that were there
+                // before it: work (a full candidate scan each) that the
+                // new parent does not call for.
+                if self.graph.child_count(peer) >= slots {
+                    break;
+                }
                 out.extend(self.plan(id, &child, now));
             }
         }
@@ -1006,14 +1025,19 @@ impl Core {
                 break;
             }
             let p = &task.eligible[(start + i) % n];
-            let Some(ptp) = task.peers.get(p) else {
-                continue;
-            };
             let Some(phost) = self.hosts.get(p) else {
                 continue;
             };
             let slots = phost.info.upload_slots.max(1);
             let children = self.graph.child_count(p);
+            // A full parent is the common rejection under load (every slot
+            // of the window taken): two lookups, not the six below.
+            if children >= slots {
+                continue;
+            }
+            let Some(ptp) = task.peers.get(p) else {
+                continue;
+            };
             let source = task.is_source(p) || task.granted.contains(p);
             let below_child = if self.config.acyclic {
                 self.graph.reaches(id, child, p, &mut not_below)
@@ -1027,7 +1051,6 @@ impl Core {
                 // it nothing new arrives.
                 || (!source && phost.info.same_host(&chost.info))
                 || (ptp.pieces.is_empty() && !source)
-                || children >= slots
             {
                 continue;
             }

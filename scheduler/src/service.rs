@@ -43,6 +43,12 @@ use weightcast_types::TaskId;
 
 /// Events queued for the actor. Sessions wait when it is full.
 const EVENT_QUEUE: usize = 4096;
+/// Events the actor takes off its queue at once. It handles them one by one
+/// and then delivers what they decided together, so that under load a
+/// peer's messages leave in one write and the per-wake-up costs (metrics,
+/// channel wake-ups) are paid once per batch; when the queue is short the
+/// batch is one event and nothing waits.
+const EVENT_BATCH: usize = 256;
 /// Messages queued for one peer. A peer that falls this far behind is
 /// disconnected. A healthy peer drains its stream at once; the biggest burst
 /// one event sends it is about two messages (parent gone, new parents) per
@@ -113,7 +119,16 @@ struct Actor {
 }
 
 impl Actor {
-    fn on_event(&mut self, ev: Event, now: Instant) {
+    /// Handles one event, appending what it says to peers to `out`; the
+    /// caller delivers a whole batch of events' messages at once (see
+    /// [`run_actor`]). Returns whether the event counts as a handled
+    /// message (`weightcast_scheduler_messages_total`).
+    fn on_event(
+        &mut self,
+        ev: Event,
+        now: Instant,
+        out: &mut Vec<(PeerId, pb::SchedulerMessage)>,
+    ) -> bool {
         // A traced registration is handled inside a span of the peer's
         // trace; so are the messages it causes (a seed order carries it on).
         let span = match &ev {
@@ -129,7 +144,7 @@ impl Actor {
             _ => tracing::Span::none(),
         };
         let _in_span = span.enter();
-        let out = match ev {
+        let decided = match ev {
             Event::Hello {
                 conn,
                 info,
@@ -145,13 +160,13 @@ impl Actor {
                 conn, peer, event, ..
             } => {
                 if self.peers.get(&peer).map(|s| s.conn) != Some(conn) {
-                    return; // a stale stream of a peer that reconnected
+                    return false; // a stale stream of a peer that reconnected
                 }
                 self.core.handle(&peer, event, now)
             }
             Event::Gone { conn, peer } => {
                 if self.peers.get(&peer).map(|s| s.conn) != Some(conn) {
-                    return;
+                    return false;
                 }
                 tracing::info!(%peer, "peer disconnected");
                 self.peers.remove(&peer);
@@ -173,13 +188,13 @@ impl Actor {
                     }
                 };
                 match started {
-                    Ok((id, out)) => {
+                    Ok((id, started_out)) => {
                         let first = self.core.job_status(id).map(wire::job_progress);
                         let (tx, rx) = watch::channel(first.unwrap_or_default());
                         self.jobs.insert(id, tx);
                         let _ = reply.send(Ok(rx));
                         self.metrics.update(|s| s.jobs_started += 1);
-                        out
+                        started_out
                     }
                     Err(refused) => {
                         let _ = reply.send(Err(refused));
@@ -189,20 +204,28 @@ impl Actor {
             }
             Event::StatTask { task, reply } => {
                 let _ = reply.send((self.core.task_holders(&task), self.core.task_length(&task)));
-                return;
+                return false;
             }
             Event::ListPeers { reply } => {
                 let _ = reply.send(self.core.peers());
-                return;
+                return false;
             }
         };
-        self.deliver(out, now);
+        // Encoded here, inside the event's span, so that a seed order
+        // carries the registration's trace although it is sent later.
+        out.extend(decided.into_iter().map(wire_message));
+        true
+    }
+
+    /// Publishes the core's numbers once per batch of `handled` messages:
+    /// a lock and a copy per event cost as much as a cheap decision.
+    fn publish_metrics(&self, handled: u64) {
         let core = &self.core;
         self.metrics.update(|s| {
             s.hosts = core.host_count() as u64;
             s.tasks = core.task_count() as u64;
             s.upload_load = core.upload_load();
-            s.messages += 1;
+            s.messages += handled;
             s.stats = core.stats.clone();
         });
     }
@@ -253,17 +276,12 @@ impl Actor {
     /// Queues each message for its peer, never waiting. A peer whose queue
     /// is full is disconnected, and what that changes for the others is
     /// delivered too.
-    fn deliver(&mut self, out: Vec<Outbound>, now: Instant) {
+    fn deliver(&mut self, out: Vec<(PeerId, pb::SchedulerMessage)>, now: Instant) {
         let mut pending = VecDeque::from(out);
-        while let Some(o) = pending.pop_front() {
-            let Some(session) = self.peers.get(&o.to) else {
+        while let Some((to, message)) = pending.pop_front() {
+            let Some(session) = self.peers.get(&to) else {
                 continue;
             };
-            let to = o.to.clone();
-            let mut message = wire::scheduler_message(o);
-            if let Some(SchedMsg::SeedTask(order)) = &mut message.msg {
-                order.traceparent = weightcast_telemetry::traceparent().unwrap_or_default();
-            }
             match session.tx.try_send(message) {
                 Ok(()) => {}
                 // The stream is gone; its `Gone` event is on its way.
@@ -278,7 +296,7 @@ impl Actor {
                         s.kick.cancel();
                     }
                     self.metrics.update(|s| s.slow_peers_disconnected += 1);
-                    pending.extend(self.core.disconnect(&to, now));
+                    pending.extend(self.core.disconnect(&to, now).into_iter().map(wire_message));
                 }
             }
         }
@@ -299,18 +317,43 @@ async fn run_actor(
     };
     let mut tick = tokio::time::interval(JOB_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    let mut out = Vec::new();
     loop {
-        let ev = tokio::select! {
+        let received = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick(), if !actor.jobs.is_empty() => {
                 actor.tick_jobs(Instant::now());
                 continue;
             }
-            ev = events.recv() => ev,
+            n = events.recv_many(&mut batch, EVENT_BATCH) => n,
         };
-        let Some(ev) = ev else { return };
-        actor.on_event(ev, Instant::now());
+        if received == 0 {
+            return; // every sender is gone
+        }
+        let mut handled = 0u64;
+        for ev in batch.drain(..) {
+            // A reconnect's hello replaces the peer's session: what earlier
+            // events decided for it goes to the old stream first.
+            if matches!(ev, Event::Hello { .. }) && !out.is_empty() {
+                actor.deliver(std::mem::take(&mut out), Instant::now());
+            }
+            handled += actor.on_event(ev, Instant::now(), &mut out) as u64;
+        }
+        actor.deliver(std::mem::take(&mut out), Instant::now());
+        actor.publish_metrics(handled);
     }
+}
+
+/// One core decision as the message on its peer's stream; a seed order
+/// carries the current span's trace context.
+fn wire_message(o: Outbound) -> (PeerId, pb::SchedulerMessage) {
+    let to = o.to.clone();
+    let mut message = wire::scheduler_message(o);
+    if let Some(SchedMsg::SeedTask(order)) = &mut message.msg {
+        order.traceparent = weightcast_telemetry::traceparent().unwrap_or_default();
+    }
+    (to, message)
 }
 
 struct Service {
