@@ -333,7 +333,12 @@ mod tests {
 
     #[test]
     fn task_hex_is_to_hex() {
-        for t in [id(), TaskId([0; 32]), TaskId([0xff; 32]), TaskId::from_url("x")] {
+        for t in [
+            id(),
+            TaskId([0; 32]),
+            TaskId([0xff; 32]),
+            TaskId::from_url("x"),
+        ] {
             assert_eq!(task_hex(&t), t.to_hex());
         }
     }
