@@ -862,18 +862,7 @@ impl Core {
                 .take(budget)
                 .cloned()
                 .collect();
-            let slots = self
-                .hosts
-                .get(peer)
-                .map_or(1, |h| h.info.upload_slots.max(1));
             for child in short {
-                // Once the new parent's slots are taken, the rest of the
-                // replans could only hand out parents that were there
-                // before it: work (a full candidate scan each) that the
-                // new parent does not call for.
-                if self.graph.child_count(peer) >= slots {
-                    break;
-                }
                 out.extend(self.plan(id, &child, now));
             }
         }
