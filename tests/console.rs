@@ -151,6 +151,16 @@ async fn browser(d: &Driver, profile: &Path) -> Client {
         .expect("a Chromium session through chromedriver")
 }
 
+/// Clicks the element `at` names.
+async fn click(b: &Client, at: Locator<'_>) {
+    b.find(at).await.unwrap().click().await.unwrap();
+}
+
+/// Types `keys` into the element `at` names.
+async fn type_into(b: &Client, at: Locator<'_>, keys: &str) {
+    b.find(at).await.unwrap().send_keys(keys).await.unwrap();
+}
+
 /// The text of `css`. Live updates replace parts of the page, so an
 /// element found may be gone when read: find it again (for up to 5 s).
 async fn text(b: &Client, css: &str) -> String {
@@ -280,18 +290,8 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
     // Sign in (a wrong password first).
     b.goto(&format!("{mgr}/")).await.unwrap();
     assert!(b.current_url().await.unwrap().path().starts_with("/login"));
-    b.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys("wrong-password")
-        .await
-        .unwrap();
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, Locator::Id("password"), "wrong-password").await;
+    click(b, Locator::Css("form button[type=submit]")).await;
     until("the refusal", 10, || async move {
         b.source()
             .await
@@ -299,18 +299,8 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
             .contains("Wrong user name or password")
     })
     .await;
-    b.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(PASSWORD)
-        .await
-        .unwrap();
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, Locator::Id("password"), PASSWORD).await;
+    click(b, Locator::Css("form button[type=submit]")).await;
     until("the clusters page", 10, || async move {
         b.current_url()
             .await
@@ -345,24 +335,9 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
     // A preheat from the form, to every peer, watched live to SUCCESS.
     let small = format!("{}/small.safetensors", f.origin);
     b.goto(&format!("{mgr}/jobs")).await.unwrap();
-    b.find(Locator::Id("job-url"))
-        .await
-        .unwrap()
-        .send_keys(&small)
-        .await
-        .unwrap();
-    b.find(Locator::Css("#job-scope option[value=all_peers]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.find(Locator::Css("form.grid button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, Locator::Id("job-url"), &small).await;
+    click(b, Locator::Css("#job-scope option[value=all_peers]")).await;
+    click(b, Locator::Css("form.grid button[type=submit]")).await;
     until("the job page", 10, || async move {
         b.current_url()
             .await
@@ -480,19 +455,9 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
         3,
         "3 holders of the preheated file"
     );
-    b.find(Locator::Css("a.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, Locator::Css("a.danger")).await;
     assert!(text(b, "main").await.contains("Evict from every cache?"));
-    b.find(Locator::Id("confirm-evict"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, Locator::Id("confirm-evict")).await;
     until("the eviction's SUCCESS", 60, || async move {
         text_of(b, "#job-state").await.as_deref() == Some("SUCCESS")
     })
@@ -505,18 +470,8 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
 
     // Tokens: shown once, then only its name.
     b.goto(&format!("{mgr}/tokens")).await.unwrap();
-    b.find(Locator::Id("tok-name"))
-        .await
-        .unwrap()
-        .send_keys("harbor")
-        .await
-        .unwrap();
-    b.find(Locator::Css("form.grid button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, Locator::Id("tok-name"), "harbor").await;
+    click(b, Locator::Css("form.grid button[type=submit]")).await;
     let token = b
         .find(Locator::Id("new-token"))
         .await
@@ -537,12 +492,7 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
         "the token is never shown twice"
     );
     screenshot(b, 1280, 800, "console-tokens.png").await;
-    b.find(Locator::Css("#tokens button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, Locator::Css("#tokens button.danger")).await;
     until("the revoked token", 10, || async move {
         text(b, "#tokens").await.contains("inactive")
     })

@@ -337,19 +337,16 @@ fn origin_errors_and_throttling_are_retried() {
     }
 }
 
-/// The origin cuts the connection halfway through several bodies: each
-/// read resumes where it broke off, and the file is right.
-#[test]
-fn a_connection_reset_mid_body_resumes_where_it_broke_off() {
+/// Fetches an 8 MiB file through a daemon (with `daemon_args`) from an
+/// origin that breaks `broken` bodies halfway as `faults` says: the file is
+/// right, exactly those bodies broke, and at most their pieces were sent
+/// again. The cluster and daemon stay for more checks.
+fn broken_bodies_resume(faults: Faults, broken: u64, daemon_args: &[&str]) -> (Cluster, Daemon) {
     let mut c = Cluster::new(BIN).unwrap();
     let size = 8 * MIB;
     let (files, sha) = model(&c, "model.safetensors", size, 32);
-    let faults = Faults {
-        reset_first: 3,
-        ..Faults::default()
-    };
     let (origin, addr) = c.origin(&files, faults).unwrap();
-    let d = c.daemon("node", "", false, &[]).unwrap();
+    let d = c.daemon("node", "", false, daemon_args).unwrap();
     let out = c.path("out.bin");
     summary(
         &c,
@@ -357,13 +354,25 @@ fn a_connection_reset_mid_body_resumes_where_it_broke_off() {
     );
     assert_eq!(sha256_file(&out).unwrap(), sha);
     let st = origin_stats(&addr).unwrap();
-    assert_eq!(st.refused_on_purpose, 3, "three bodies were cut");
+    assert_eq!(st.refused_on_purpose, broken, "bodies broken on purpose");
     let piece = weightcast_types::piece::PieceLayout::for_length(size).piece_size;
     assert!(
-        st.bytes_served <= size + 3 * piece,
-        "at most the cut chunks were sent again: {} for {size}",
+        st.bytes_served <= size + broken * piece,
+        "at most the broken chunks were sent again: {} for {size}",
         st.bytes_served
     );
+    (c, d)
+}
+
+/// The origin cuts the connection halfway through several bodies: each
+/// read resumes where it broke off, and the file is right.
+#[test]
+fn a_connection_reset_mid_body_resumes_where_it_broke_off() {
+    let faults = Faults {
+        reset_first: 3,
+        ..Faults::default()
+    };
+    broken_bodies_resume(faults, 3, &[]);
 }
 
 /// The origin stops sending halfway through two bodies and keeps the
@@ -372,31 +381,11 @@ fn a_connection_reset_mid_body_resumes_where_it_broke_off() {
 /// the file is right.
 #[test]
 fn a_stalled_body_times_out_and_resumes_where_it_stopped() {
-    let mut c = Cluster::new(BIN).unwrap();
-    let size = 8 * MIB;
-    let (files, sha) = model(&c, "model.safetensors", size, 35);
     let faults = Faults {
         stall_first: 2,
         ..Faults::default()
     };
-    let (origin, addr) = c.origin(&files, faults).unwrap();
-    let d = c
-        .daemon("node", "", false, &["--origin-read-timeout", "2s"])
-        .unwrap();
-    let out = c.path("out.bin");
-    summary(
-        &c,
-        &get_via(&c, &d, &format!("{origin}/model.safetensors"), &out),
-    );
-    assert_eq!(sha256_file(&out).unwrap(), sha);
-    let st = origin_stats(&addr).unwrap();
-    assert_eq!(st.refused_on_purpose, 2, "two bodies stalled");
-    let piece = weightcast_types::piece::PieceLayout::for_length(size).piece_size;
-    assert!(
-        st.bytes_served <= size + 2 * piece,
-        "at most the stalled chunks were sent again: {} for {size}",
-        st.bytes_served
-    );
+    let (c, d) = broken_bodies_resume(faults, 2, &["--origin-read-timeout", "2s"]);
     assert!(
         daemon_metric(&c, &d, "weightcast_origin_retries_total") >= 2.0,
         "each stall was a retried read"

@@ -58,48 +58,14 @@ fn take_one(n: &AtomicU32) -> bool {
         .is_ok()
 }
 
-/// `resp` with its body cut after half its length: the client sees the
-/// connection end mid-body.
-fn cut_halfway(resp: Response) -> Response {
+/// `resp`'s body up to half its length, as a stream of chunks.
+fn first_half(
+    body: axum::body::Body,
+    len: usize,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
     use futures::StreamExt;
-    let len = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
-    let (mut parts, body) = resp.into_parts();
     let mut left = len / 2;
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        if left == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "reset on purpose",
-            ));
-        }
-        let keep = chunk.len().min(left);
-        left -= keep;
-        Ok(chunk.slice(..keep))
-    });
-    parts
-        .headers
-        .insert(header::CONNECTION, "close".parse().expect("a valid header"));
-    Response::from_parts(parts, axum::body::Body::from_stream(stream))
-}
-
-/// `resp` whose body stops after half its length and then sends nothing,
-/// the connection left open: the client sees a stalled body.
-fn stall_halfway(resp: Response) -> Response {
-    use futures::StreamExt;
-    let len = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
-    let (parts, body) = resp.into_parts();
-    let mut left = len / 2;
-    let half = body
-        .into_data_stream()
+    body.into_data_stream()
         .map(|chunk| chunk.map_err(std::io::Error::other))
         .take_while(move |chunk| {
             let more = left > 0;
@@ -107,8 +73,42 @@ fn stall_halfway(resp: Response) -> Response {
                 left = left.saturating_sub(c.len());
             }
             futures::future::ready(more)
-        });
-    let stalled = half.chain(futures::stream::pending());
+        })
+}
+
+fn content_length(resp: &Response) -> usize {
+    resp.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
+/// `resp` with its body cut after about half its length: the client sees
+/// the connection end mid-body.
+fn cut_halfway(resp: Response) -> Response {
+    use futures::StreamExt;
+    let len = content_length(&resp);
+    let (mut parts, body) = resp.into_parts();
+    let reset = futures::stream::once(async {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset on purpose",
+        ))
+    });
+    parts
+        .headers
+        .insert(header::CONNECTION, "close".parse().expect("a valid header"));
+    let stream = first_half(body, len).chain(reset);
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}
+
+/// `resp` whose body stops after about half its length and then sends
+/// nothing, the connection left open: the client sees a stalled body.
+fn stall_halfway(resp: Response) -> Response {
+    use futures::StreamExt;
+    let len = content_length(&resp);
+    let (parts, body) = resp.into_parts();
+    let stalled = first_half(body, len).chain(futures::stream::pending());
     Response::from_parts(parts, axum::body::Body::from_stream(stalled))
 }
 
@@ -127,11 +127,7 @@ async fn inject(State(f): State<Arc<FaultState>>, req: Request, next: Next) -> R
             .into_response();
     }
     let resp = next.run(req).await;
-    let long = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|l| l > 1);
+    let long = content_length(&resp) > 1;
     if resp.status() == StatusCode::PARTIAL_CONTENT && long && take_one(&f.reset_left) {
         f.stats.refused_on_purpose.fetch_add(1, Ordering::Relaxed);
         return cut_halfway(resp);
