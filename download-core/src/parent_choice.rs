@@ -36,6 +36,35 @@ pub const ORDER_WINDOW: u32 = 32;
 /// Pieces in flight from expensive parents (seeds, other zones) per child.
 pub const SEED_PIECES_IN_FLIGHT: u32 = 2;
 
+/// A near peer whose measured throughput to this child is under this share
+/// of the median near peer's is *slow*: it serves only pieces that neither
+/// a fast near peer nor a near seed holds. Such a piece waits for its
+/// better holder (a seed's `Elsewhere` wait ends within seconds) rather
+/// than going to a link a tenth as fast, where it would be the last piece
+/// the child waits on, and where it would take the upload the slow parent
+/// needs for the pieces only it holds.
+///
+/// Per-transfer throughput, not times the parent's load: every transfer
+/// into this child shares its downlink, so a fast parent serving one child
+/// can measure as slow per transfer as a fast parent serving four, and
+/// only a parent whose own link is the bottleneck stands out. The median,
+/// not the fastest, is the reference, so that one lucky sample does not
+/// make every other parent slow.
+const SLOW_SHARE: f64 = 0.3;
+
+/// Pieces in flight from another zone per child: one, so that the children
+/// of a zone (each picking in its own pseudo-random order what none of
+/// them holds yet) seldom fetch the same piece over the zone link at once.
+const REMOTE_PIECES_IN_FLIGHT: u32 = 1;
+
+/// Tiers, cheapest first: a piece's tier is its cheapest holder's, and it
+/// comes from a holder of that tier or waits for one.
+const TIER_PEER: u8 = 0;
+const TIER_SLOW: u8 = 2;
+const TIER_SEED: u8 = 1;
+const TIER_REMOTE: u8 = 3;
+const TIERS: usize = 4;
+
 /// The pieces a parent holds, with the digests the task's source recorded:
 /// a map for the digests and a bitset beside it, so that
 /// [`ParentChoice::pick`], which looks at every missing piece of every
@@ -94,6 +123,12 @@ impl Extend<(u32, PieceDigest)> for HeldPieces {
     }
 }
 
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[derive(Debug, Clone)]
 pub struct ParentView {
     pub addr: String,
@@ -106,6 +141,8 @@ pub struct ParentView {
     pub inflight: u32,
     pub inflight_bytes: u64,
     pub throughput: f64,
+    /// `throughput` comes from a transfer, not [`INITIAL_THROUGHPUT`].
+    pub measured: bool,
     /// Uploads the parent reported serving at its last answer.
     pub load: u32,
     /// After a `Busy` answer the parent is left alone until then. Set
@@ -129,6 +166,7 @@ impl ParentView {
             inflight: 0,
             inflight_bytes: 0,
             throughput: INITIAL_THROUGHPUT,
+            measured: false,
             load: 0,
             busy_until: None,
             elsewhere: BTreeMap::new(),
@@ -148,13 +186,14 @@ impl ParentView {
         self.tier() > 0
     }
 
-    /// Cost of fetching from this parent: 0 a near peer, 1 a near seed,
-    /// 2 anything in another zone.
+    /// Cost of fetching from this parent: a near peer, a near seed, anything
+    /// in another zone ([`TIER_SLOW`] is given in
+    /// [`ParentChoice::tiers`], which knows the other parents).
     fn tier(&self) -> u8 {
         match (self.remote, self.seed) {
-            (true, _) => 2,
-            (false, true) => 1,
-            (false, false) => 0,
+            (true, _) => TIER_REMOTE,
+            (false, true) => TIER_SEED,
+            (false, false) => TIER_PEER,
         }
     }
 
@@ -202,11 +241,16 @@ impl ParentChoice {
     /// (which can only take the verified prefix) keeps pace instead of
     /// hashing most of the file after the last piece.
     fn order_key(&self, piece: u32) -> u64 {
-        let mut z = self.salt ^ (piece as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((piece / ORDER_WINDOW) as u64) << 32 | (z & 0xffff_ffff)
+        ((piece / ORDER_WINDOW) as u64) << 32 | self.scramble(piece)
+    }
+
+    /// This child's pseudo-random rank of `piece` over the whole file: the
+    /// order in which it crosses to another zone. Siblings in a zone each
+    /// fetch across what none of them holds yet, a few pieces at a time;
+    /// within a window of [`ORDER_WINDOW`] pieces they would often pick the
+    /// same piece and send it over the scarce link twice.
+    fn scramble(&self, piece: u32) -> u64 {
+        splitmix(self.salt ^ (piece as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) & 0xffff_ffff
     }
 
     /// The digest the scheduler published for `piece`, from any parent.
@@ -276,10 +320,12 @@ impl ParentChoice {
         let budget = SEED_PIECES_IN_FLIGHT.min(self.per_parent);
         // What each parent serves now: what it holds, less the pieces it
         // said to take from the peers for a while.
+        let tiers = self.tiers();
         let serving: Vec<(u8, bool, std::borrow::Cow<'_, [u64]>)> = self
             .parents
             .values()
-            .map(|p| {
+            .zip(&tiers)
+            .map(|(p, &tier)| {
                 let mut bits = std::borrow::Cow::Borrowed(p.pieces.bits.as_slice());
                 for (&n, &until) in &p.elsewhere {
                     if until > now {
@@ -288,12 +334,13 @@ impl ParentChoice {
                         }
                     }
                 }
-                (p.tier(), usable(p), bits)
+                (tier, usable(p), bits)
             })
             .collect();
         // Near peers: best (rarity, order key). Expensive parents: best
         // (tier, order key), so a near seed beats another zone.
         let mut from_peers: Option<((u32, u64), u32)> = None;
+        let mut from_slow: Option<((u32, u64), u32)> = None;
         let mut from_expensive: Option<((u8, u64), u32)> = None;
         for (w, &wanted_here) in want.iter().enumerate() {
             if wanted_here == 0 {
@@ -301,8 +348,8 @@ impl ParentChoice {
             }
             // Per tier: pieces some parent of it serves, and pieces a usable
             // one serves; holders per piece, as a 16-bit counter per bit.
-            let mut any = [0u64; 3];
-            let mut free = [0u64; 3];
+            let mut any = [0u64; TIERS];
+            let mut free = [0u64; TIERS];
             let mut count = [0u64; 16];
             for (tier, ok, bits) in &serving {
                 let x = bits.get(w).copied().unwrap_or(0) & wanted_here;
@@ -323,30 +370,52 @@ impl ParentChoice {
                     }
                 }
             }
-            let mut candidates = any[0] | any[1] | any[2];
+            // A near seed that holds a piece but said to take it from the
+            // peers for a moment is still its better source than a slow
+            // peer: its wait ends within seconds, a slow peer's transfer
+            // takes longer than that.
+            let seed_holds = self
+                .parents
+                .values()
+                .filter(|p| p.tier() == TIER_SEED)
+                .fold(0, |a, p| a | p.pieces.bits.get(w).copied().unwrap_or(0));
+            any[TIER_SLOW as usize] &= !seed_holds;
+            let mut candidates = any.iter().fold(0, |a, b| a | b);
             while candidates != 0 {
                 let b = candidates.trailing_zeros();
                 candidates &= candidates - 1;
                 let bit = 1u64 << b;
-                let Some(tier) = (0..3u8).find(|t| any[*t as usize] & bit != 0) else {
+                let Some(tier) = (0..TIERS as u8).find(|t| any[*t as usize] & bit != 0) else {
                     continue;
                 };
                 if free[tier as usize] & bit == 0 {
                     continue;
                 }
                 let piece = (w * 64) as u32 + b;
-                let key = self.order_key(piece);
-                if tier == 0 {
+                let key = match tier {
+                    TIER_REMOTE => self.scramble(piece),
+                    _ => self.order_key(piece),
+                };
+                if tier == TIER_PEER || tier == TIER_SLOW {
                     let holders = count
                         .iter()
                         .enumerate()
                         .map(|(i, c)| (((c >> b) & 1) as u32) << i)
                         .sum::<u32>();
                     let rank = (holders, key);
-                    if from_peers.as_ref().is_none_or(|(r, _)| rank < *r) {
-                        from_peers = Some((rank, piece));
+                    let best = match tier {
+                        TIER_PEER => &mut from_peers,
+                        _ => &mut from_slow,
+                    };
+                    if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                        *best = Some((rank, piece));
                     }
-                } else if expensive_inflight < budget {
+                } else if expensive_inflight
+                    < match tier {
+                        TIER_REMOTE => REMOTE_PIECES_IN_FLIGHT,
+                        _ => budget,
+                    }
+                {
                     let rank = (tier, key);
                     if from_expensive.as_ref().is_none_or(|(r, _)| rank < *r) {
                         from_expensive = Some((rank, piece));
@@ -356,16 +425,19 @@ impl ParentChoice {
         }
         // A near seed's upload must never idle (it alone holds what nobody
         // else has yet); another zone only for what no near peer offers.
-        let (tier, piece) = match (from_peers, from_expensive) {
-            (_, Some(((1, _), n))) => (1, n),
-            (Some((_, n)), _) => (0, n),
-            (None, Some(((t, _), n))) => (t, n),
-            (None, None) => return None,
+        let (tier, piece) = match (from_peers, from_slow, from_expensive) {
+            (_, _, Some(((TIER_SEED, _), n))) => (TIER_SEED, n),
+            (Some((_, n)), _, _) => (TIER_PEER, n),
+            (None, Some((_, n)), _) => (TIER_SLOW, n),
+            (None, None, Some(((t, _), n))) => (t, n),
+            (None, None, None) => return None,
         };
         let len = piece_len(piece);
         self.parents
             .iter()
-            .filter(|(_, p)| p.serves(piece, now) && p.tier() == tier && usable(p))
+            .zip(&tiers)
+            .filter(|((_, p), &t)| p.serves(piece, now) && t == tier && usable(p))
+            .map(|(parent, _)| parent)
             .min_by(|a, b| {
                 a.1.expected_secs(len)
                     .total_cmp(&b.1.expected_secs(len))
@@ -374,8 +446,28 @@ impl ParentChoice {
             .map(|(id, _)| (piece, id.clone()))
     }
 
-    /// When the earliest of the parents' `Busy` or `Elsewhere` waits ends:
-    /// something may be fetchable again then.
+    /// Each parent's tier, in the map's order: a near peer measured far
+    /// below the median measured near peer (see [`SLOW_SHARE`]) is
+    /// [`TIER_SLOW`]. Unmeasured parents are not: the initial guess says
+    /// nothing.
+    fn tiers(&self) -> Vec<u8> {
+        let mut rates: Vec<f64> = self
+            .parents
+            .values()
+            .filter(|p| p.tier() == TIER_PEER && p.measured)
+            .map(|p| p.throughput)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let typical = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+        self.parents
+            .values()
+            .map(|p| match p.tier() {
+                TIER_PEER if p.measured && p.throughput < SLOW_SHARE * typical => TIER_SLOW,
+                t => t,
+            })
+            .collect()
+    }
+
     /// Spreads `in_flight` pieces over the near peer parents: one each when
     /// there are enough of them (every parent's upload used, none asked for
     /// a queue), up to `max_per_parent` when there are few (one parent
@@ -387,6 +479,8 @@ impl ParentChoice {
         self.per_parent = (share as u32).clamp(1, max_per_parent.max(1));
     }
 
+    /// When the earliest of the parents' `Busy` or `Elsewhere` waits ends:
+    /// something may be fetchable again then.
     pub fn next_wake(&self) -> Option<Instant> {
         self.parents
             .values()
@@ -477,7 +571,11 @@ impl ParentChoice {
             p.inflight_bytes = p.inflight_bytes.saturating_sub(bytes);
             if let Some(t) = took {
                 let sample = bytes as f64 / t.as_secs_f64().max(1e-6);
-                p.throughput = (1.0 - EWMA) * p.throughput + EWMA * sample;
+                p.throughput = match p.measured {
+                    true => (1.0 - EWMA) * p.throughput + EWMA * sample,
+                    false => sample,
+                };
+                p.measured = true;
             }
             if let Some(l) = load {
                 p.load = l;
@@ -567,11 +665,101 @@ mod tests {
     fn the_fastest_peer_holder_serves_and_load_moves_work() {
         let mut c = choice(&[("a", false, &[0]), ("b", false, &[0])]);
         let now = Instant::now();
-        c.parents.get_mut("a").unwrap().throughput = 10e6;
+        c.parents.get_mut("a").unwrap().throughput = 20e6;
         c.parents.get_mut("b").unwrap().throughput = 50e6;
         assert_eq!(c.pick([0], |_| 4 << 20, now), Some((0, "b".into())));
         c.parents.get_mut("b").unwrap().inflight_bytes = 400 << 20;
         assert_eq!(c.pick([0], |_| 4 << 20, now), Some((0, "a".into())));
+    }
+
+    #[test]
+    fn a_slow_parent_serves_only_what_no_fast_parent_holds() {
+        let mut c = choice(&[("fast", false, &[0, 1]), ("slow", false, &[0, 1, 2])]);
+        let now = Instant::now();
+        // One transfer from `slow` gets a tenth of what one from `fast` gets.
+        for (id, rate) in [("fast", 25e6), ("slow", 2.5e6)] {
+            let p = c.parents.get_mut(id).unwrap();
+            p.throughput = rate;
+            p.measured = true;
+        }
+        // Piece 2 only `slow` holds; 0 and 1 (held by both) wait for `fast`.
+        c.started("fast", 4 << 20);
+        c.started("fast", 4 << 20);
+        assert_eq!(
+            c.pick([0, 1, 2], |_| 4 << 20, now),
+            Some((2, "slow".into()))
+        );
+        assert_eq!(c.pick([0, 1], |_| 4 << 20, now), None, "fast is full: wait");
+        c.finished("fast", 4 << 20, None, None);
+        assert_eq!(
+            c.pick([0, 1], |_| 4 << 20, now).map(|(_, p)| p),
+            Some("fast".into())
+        );
+        // Measured faster later (40 against 25 MB/s), `slow` is a near
+        // peer like any other: with `fast` full, it serves.
+        c.parents.get_mut("slow").unwrap().throughput = 40e6;
+        c.started("fast", 4 << 20);
+        assert_eq!(
+            c.pick([0, 1], |_| 4 << 20, now).map(|(_, p)| p),
+            Some("slow".into())
+        );
+    }
+
+    #[test]
+    fn a_piece_a_slow_peer_and_a_seed_hold_waits_for_the_seed() {
+        let mut c = choice(&[
+            ("fast", false, &[]),
+            ("slow", false, &[7]),
+            ("seed", true, &[7]),
+        ]);
+        let now = Instant::now();
+        for (id, rate) in [("fast", 25e6), ("slow", 2.5e6)] {
+            let p = c.parents.get_mut(id).unwrap();
+            p.throughput = rate;
+            p.measured = true;
+        }
+        assert_eq!(c.pick([7], |_| 4 << 20, now), Some((7, "seed".into())));
+        // The seed sent 7 to another child a moment ago: the child waits
+        // out the seed's short wait instead of a slow transfer.
+        c.wait_elsewhere("seed", 7, now + Duration::from_secs(2), now);
+        assert_eq!(c.pick([7], |_| 4 << 20, now), None);
+        assert_eq!(c.next_wake(), Some(now + Duration::from_secs(2)));
+        // An unmeasured peer is never slow: the guess says nothing.
+        c.parents.get_mut("slow").unwrap().measured = false;
+        assert_eq!(c.pick([7], |_| 4 << 20, now), Some((7, "slow".into())));
+    }
+
+    #[test]
+    fn one_piece_at_a_time_crosses_from_another_zone() {
+        let mut c = choice(&[("far", false, &[0, 1, 2, 3])]);
+        c.parents.get_mut("far").unwrap().remote = true;
+        let now = Instant::now();
+        let (n, _) = c.pick([0, 1, 2, 3], |_| 1, now).unwrap();
+        c.started("far", 1);
+        assert_eq!(
+            c.pick([0, 1, 2, 3].into_iter().filter(|m| *m != n), |_| 1, now),
+            None
+        );
+    }
+
+    #[test]
+    fn siblings_cross_zones_in_orders_of_their_own_over_the_whole_file() {
+        // Within a window the near-peer order would do; across zones each
+        // child's first pick spreads over the whole file.
+        let firsts: std::collections::BTreeSet<u32> = (0..8)
+            .map(|i| {
+                let mut c = ParentChoice::new(2, &format!("child-{i}"));
+                let mut v = ParentView::new("far:1".into(), false);
+                v.remote = true;
+                for n in 0..256 {
+                    v.pieces.insert(n, [0; 32]);
+                }
+                c.parents.insert("far".into(), v);
+                c.pick(0..256, |_| 1, Instant::now()).unwrap().0
+            })
+            .collect();
+        assert!(firsts.len() >= 7, "{firsts:?}");
+        assert!(firsts.iter().any(|n| *n >= ORDER_WINDOW), "{firsts:?}");
     }
 
     #[test]
@@ -640,18 +828,49 @@ mod tests {
             .map(|p| p.inflight)
             .sum();
         let budget = SEED_PIECES_IN_FLIGHT.min(c.per_parent);
+        // The median measured near peer's throughput, the long way.
+        let mut rates: Vec<f64> = c
+            .parents
+            .values()
+            .filter(|p| !p.seed && !p.remote && p.measured)
+            .map(|p| p.throughput)
+            .collect();
+        rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let median = if rates.is_empty() {
+            0.0
+        } else {
+            rates[rates.len() / 2]
+        };
+        let tier_of = |p: &ParentView| {
+            if !p.seed && !p.remote && p.measured && p.throughput < SLOW_SHARE * median {
+                TIER_SLOW
+            } else {
+                p.tier()
+            }
+        };
         let mut from_peers: Option<((usize, u64), u32, &PeerId)> = None;
+        let mut from_slow: Option<((usize, u64), u32, &PeerId)> = None;
         let mut from_expensive: Option<((u8, u64), u32, &PeerId)> = None;
         for &piece in wanted {
             let len = piece_len(piece);
             let holders = || c.parents.iter().filter(|(_, p)| serves(p, piece));
-            let Some(tier) = holders().map(|(_, p)| p.tier()).min() else {
+            let Some(tier) = holders().map(|(_, p)| tier_of(p)).min() else {
                 continue;
             };
+            let seed_holds = c
+                .parents
+                .values()
+                .any(|p| p.seed && !p.remote && p.pieces.get(&piece).is_some());
+            if tier == TIER_SLOW && seed_holds {
+                continue;
+            }
             let count = holders().count();
-            let key = c.order_key(piece);
+            let key = match tier {
+                TIER_REMOTE => c.scramble(piece),
+                _ => c.order_key(piece),
+            };
             let fastest = holders()
-                .filter(|(_, p)| p.tier() == tier && usable(p))
+                .filter(|(_, p)| tier_of(p) == tier && usable(p))
                 .min_by(|a, b| {
                     a.1.expected_secs(len)
                         .total_cmp(&b.1.expected_secs(len))
@@ -659,12 +878,22 @@ mod tests {
                 })
                 .map(|(id, _)| id);
             let Some(id) = fastest else { continue };
-            if tier == 0 {
+            if tier == TIER_PEER || tier == TIER_SLOW {
                 let rank = (count, key);
-                if from_peers.as_ref().is_none_or(|(r, _, _)| rank < *r) {
-                    from_peers = Some((rank, piece, id));
+                let best = if tier == TIER_PEER {
+                    &mut from_peers
+                } else {
+                    &mut from_slow
+                };
+                if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                    *best = Some((rank, piece, id));
                 }
-            } else if expensive_inflight < budget {
+            } else if expensive_inflight
+                < match tier {
+                    TIER_REMOTE => REMOTE_PIECES_IN_FLIGHT,
+                    _ => budget,
+                }
+            {
                 let rank = (tier, key);
                 if from_expensive.as_ref().is_none_or(|(r, _, _)| rank < *r) {
                     from_expensive = Some((rank, piece, id));
@@ -673,7 +902,7 @@ mod tests {
         }
         let near_seed = from_expensive
             .as_ref()
-            .is_some_and(|((tier, _), _, _)| *tier == 1);
+            .is_some_and(|((tier, _), _, _)| *tier == TIER_SEED);
         let (first, second) = match near_seed {
             true => (from_expensive, None),
             false => (None, from_expensive),
@@ -681,6 +910,7 @@ mod tests {
         first
             .map(|(_, n, id)| (n, id.clone()))
             .or_else(|| from_peers.map(|(_, n, id)| (n, id.clone())))
+            .or_else(|| from_slow.map(|(_, n, id)| (n, id.clone())))
             .or_else(|| second.map(|(_, n, id)| (n, id.clone())))
     }
 
@@ -715,6 +945,7 @@ mod tests {
                 v.inflight = rnd(4) as u32;
                 v.inflight_bytes = v.inflight as u64 * (1 << 20);
                 v.throughput = 1e6 * (1 + rnd(1000)) as f64;
+                v.measured = rnd(4) > 0;
                 v.load = rnd(5) as u32;
                 if rnd(4) == 0 {
                     v.busy_until =
@@ -777,7 +1008,14 @@ mod tests {
         c.started("a", 10_000_000);
         c.finished("a", 10_000_000, Some(Duration::from_secs(1)), Some(3));
         let a = &c.parents["a"];
-        assert!(a.throughput < INITIAL_THROUGHPUT && a.throughput > 10e6);
+        assert_eq!(a.throughput, 10e6, "the first sample replaces the guess");
+        c.started("a", 10_000_000);
+        c.finished("a", 10_000_000, Some(Duration::from_millis(500)), Some(3));
+        let a = &c.parents["a"];
+        assert!(
+            a.throughput > 10e6 && a.throughput < 20e6,
+            "later ones blend"
+        );
         assert_eq!((a.inflight, a.load), (0, 3));
         assert_eq!(c.digest(0), Some([0; 32]));
     }
