@@ -22,11 +22,12 @@
 //! peers deterministically.
 
 use crate::config::Config;
+use crate::cyclic::cyclic_range;
 use crate::events::{HostInfo, Outbound, ParentEntry, PeerEvent, SourceReason, ToPeer};
 use crate::graph::Graph;
 use crate::origin_budget::{origin_of, OriginBudgets};
 use crate::seed_ring::SeedRing;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 use weightcast_types::piece::{PieceDigest, PieceLayout};
 use weightcast_types::{PeerId, TaskId};
@@ -62,6 +63,10 @@ struct Host {
     info: HostInfo,
     active_uploads: u32,
     tasks: BTreeSet<TaskId>,
+    /// Tasks whose `open` set a plan dropped this host from (it was full):
+    /// where it opens again when a slot frees. Only these, not all its
+    /// tasks: a seed in 50,000 tasks that is never full costs nothing.
+    closed_in: BTreeSet<TaskId>,
 }
 
 #[derive(Default)]
@@ -102,9 +107,30 @@ struct Task {
     peers: BTreeMap<PeerId, TaskPeer>,
     /// Peers in arrival order.
     order: Vec<PeerId>,
+    /// Each peer's position in `order`.
+    order_at: HashMap<PeerId, usize>,
+    /// Positions in `order` of the peers that may be short of parents:
+    /// every peer that is (not done, fewer than
+    /// [`Config::candidate_parents`]) is here; one that is not any more
+    /// lingers until the first-piece top-up walks past it and drops it.
+    short: BTreeSet<usize>,
     /// Peers that can be parents (hold a piece, or are the source), in the
     /// order they became so: phase 1 walks a bounded window of this.
     eligible: Vec<PeerId>,
+    /// Each eligible peer's position in `eligible`.
+    eligible_at: HashMap<PeerId, usize>,
+    /// Positions in `eligible` of the peers that may have a free upload
+    /// slot: every one that has is here; a full one lingers until a plan
+    /// walks past it and drops it, and comes back when a slot frees
+    /// ([`Core::slots_freed`]). Under load most parents are full, and
+    /// phase 1 walks only these.
+    open: BTreeSet<usize>,
+    /// Children a plan left without any parent (every parent it could see
+    /// was full): they get the next free slot of the task
+    /// ([`Core::feed_starving`]) instead of waiting for a replan that
+    /// happens to reach them. Entries that got parents since linger until
+    /// looked at.
+    starving: BTreeSet<PeerId>,
 }
 
 impl Task {
@@ -119,7 +145,12 @@ impl Task {
             granted: BTreeSet::new(),
             peers: BTreeMap::new(),
             order: Vec::new(),
+            order_at: HashMap::new(),
+            short: BTreeSet::new(),
             eligible: Vec::new(),
+            eligible_at: HashMap::new(),
+            open: BTreeSet::new(),
+            starving: BTreeSet::new(),
         }
     }
 
@@ -173,8 +204,28 @@ impl Task {
     }
 
     fn make_eligible(&mut self, peer: &str) {
-        if !self.eligible.iter().any(|p| p == peer) {
+        if !self.eligible_at.contains_key(peer) {
+            let at = self.eligible.len();
             self.eligible.push(peer.to_string());
+            self.eligible_at.insert(peer.to_string(), at);
+            self.open.insert(at);
+        }
+    }
+
+    /// A peer joins the task's arrival order (short of parents: it has none).
+    fn add_to_order(&mut self, peer: &str) {
+        if !self.order_at.contains_key(peer) {
+            let at = self.order.len();
+            self.order.push(peer.to_string());
+            self.order_at.insert(peer.to_string(), at);
+            self.short.insert(at);
+        }
+    }
+
+    /// `peer` may be short of parents again (it lost one).
+    fn maybe_short(&mut self, peer: &str) {
+        if let Some(&at) = self.order_at.get(peer) {
+            self.short.insert(at);
         }
     }
 }
@@ -465,6 +516,7 @@ impl Core {
                 info,
                 active_uploads: 0,
                 tasks: BTreeSet::new(),
+                closed_in: BTreeSet::new(),
             },
         );
         if seed {
@@ -581,9 +633,7 @@ impl Core {
         let Some(task) = self.tasks.get_mut(&id) else {
             return out;
         };
-        if !task.peers.contains_key(peer) {
-            task.order.push(peer.to_string());
-        }
+        task.add_to_order(peer);
         task.peers.entry(peer.to_string()).or_default();
         if let Some(h) = self.hosts.get_mut(peer) {
             h.tasks.insert(id);
@@ -622,15 +672,18 @@ impl Core {
             if let Some(tp) = task.peers.get_mut(peer) {
                 tp.done = true;
             }
-            self.graph.remove_parents(id, peer);
         }
         let source_alive = task
             .source
             .as_ref()
             .is_some_and(|s| self.hosts.contains_key(s));
+        let someone_complete = task.someone_complete();
+        if whole {
+            self.drop_parents(id, peer);
+        }
         // With the whole task on some peer, nobody needs the origin: the
         // newcomer is served by the peers that hold it.
-        if !source_alive && (!task.someone_complete() || (whole && unconfirmed)) {
+        if !source_alive && (!someone_complete || (whole && unconfirmed)) {
             out.extend(self.choose_source(id, peer, SourceReason::NoSeed, now));
         }
         if self.tasks.get(&id).is_some_and(|t| !t.is_source(peer)) {
@@ -681,9 +734,7 @@ impl Core {
         let mut out: Vec<Outbound> = match seed {
             Some(seed) if seed != fallback => {
                 task.source = Some(seed.clone());
-                if !task.peers.contains_key(&seed) {
-                    task.order.push(seed.clone());
-                }
+                task.add_to_order(&seed);
                 task.peers.entry(seed.clone()).or_default();
                 task.make_eligible(&seed);
                 if let Some(h) = self.hosts.get_mut(&seed) {
@@ -706,7 +757,7 @@ impl Core {
                 task.granted.remove(fallback);
                 task.make_eligible(fallback);
                 // The new source needs no parents.
-                self.graph.remove_parents(id, fallback);
+                self.drop_parents(id, fallback);
                 self.stats.back_to_source += 1;
                 let reason = match seed {
                     Some(_) => SourceReason::IsTheSeed,
@@ -847,24 +898,38 @@ impl Core {
                 .hosts
                 .get(peer)
                 .map_or(1, |h| h.info.upload_slots.max(1)) as usize;
+            // The walk passes only the peers that may be short (`short`),
+            // in the order of a walk over all of `order`, and drops those
+            // it finds are not.
             let n = task.order.len();
             let start = small_hash(peer) % n.max(1);
-            let short: Vec<PeerId> = (0..n)
-                .map(|i| &task.order[(start + i) % n])
-                .filter(|p| {
-                    p.as_str() != peer
-                        && !task.is_source(p)
-                        && task
-                            .peers
-                            .get(*p)
-                            .is_some_and(|tp| !tp.done && self.graph.parents(id, p).len() < want)
-                })
-                .take(budget)
-                .cloned()
-                .collect();
+            let mut short = Vec::new();
+            let mut not_short = Vec::new();
+            for at in cyclic_range(&task.short, n, start, n) {
+                if short.len() >= budget {
+                    break;
+                }
+                let p = &task.order[at];
+                if p.as_str() == peer || task.is_source(p) {
+                    continue;
+                }
+                match task.peers.get(p) {
+                    Some(tp) if !tp.done && self.graph.parents(id, p).len() < want => {
+                        short.push(p.clone())
+                    }
+                    _ => not_short.push(at),
+                }
+            }
+            for at in not_short {
+                task.short.remove(&at);
+            }
             for child in short {
                 out.extend(self.plan(id, &child, now));
             }
+            // Slots of the new parent that no short child in the walk could
+            // see (it lies outside their scanned windows at 10,000 peers)
+            // go to children with no parent at all.
+            out.extend(self.feed_starving(id, now));
         }
         out
     }
@@ -890,8 +955,12 @@ impl Core {
                 .retain(|_, since| now.saturating_duration_since(*since) < block_for);
             tp.blocked.insert(parent.to_string(), now);
         }
+        task.maybe_short(child);
         self.graph.remove_edge(id, parent, child);
-        self.plan(id, child, now)
+        self.slots_freed(parent);
+        let mut out = self.plan(id, child, now);
+        out.extend(self.feed_starving(id, now));
+        out
     }
 
     fn task_done(&mut self, peer: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
@@ -910,12 +979,93 @@ impl Core {
             tp.done = true;
             tp.fetched_from_origin |= fetched;
         }
-        self.graph.remove_parents(id, peer);
-        if fetched {
+        let freed = self.drop_parents(id, peer);
+        let mut out = if fetched {
             self.rebalance_origin(id)
         } else {
             Vec::new()
+        };
+        if freed > 0 {
+            out.extend(self.feed_starving(id, now));
         }
+        out
+    }
+
+    /// Drops every parent of `child` (done, or the source now); returns how
+    /// many slots that freed.
+    fn drop_parents(&mut self, id: TaskId, child: &str) -> usize {
+        let parents = self.graph.remove_parents(id, child);
+        for p in &parents {
+            self.slots_freed(p);
+        }
+        parents.len()
+    }
+
+    /// `host` has one more free upload slot: it is open again in every
+    /// task it can serve.
+    fn slots_freed(&mut self, host: &str) {
+        let Some(h) = self.hosts.get_mut(host) else {
+            return;
+        };
+        for id in std::mem::take(&mut h.closed_in) {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                if let Some(&at) = t.eligible_at.get(host) {
+                    t.open.insert(at);
+                }
+            }
+        }
+    }
+
+    /// Gives the task's starving children (see [`Task::starving`]) the
+    /// slots free now, in peer id order, until a plan finds nothing for a
+    /// few of them in a row: a slot that frees must reach a child with no
+    /// parent, not wait for a replan that happens to pass it.
+    fn feed_starving(&mut self, id: TaskId, now: Instant) -> Vec<Outbound> {
+        /// Plans that find nothing before the rest wait for the next free
+        /// slot: the children left are most likely starved of the same
+        /// (full) parents.
+        const MISSES: usize = 4;
+        let mut out = Vec::new();
+        let mut misses = 0;
+        let mut after: Option<PeerId> = None;
+        while misses < MISSES {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                break;
+            };
+            let next = {
+                let mut stale = Vec::new();
+                let mut found = None;
+                let from = match &after {
+                    Some(a) => std::ops::Bound::Excluded(a.clone()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                for c in task.starving.range((from, std::ops::Bound::Unbounded)) {
+                    let starving = task.peers.get(c).is_some_and(|tp| !tp.done)
+                        && !task.is_source(c)
+                        && self.hosts.contains_key(c)
+                        && self.graph.parents(id, c).is_empty();
+                    if starving {
+                        found = Some(c.clone());
+                        break;
+                    }
+                    stale.push(c.clone());
+                }
+                for c in &stale {
+                    task.starving.remove(c);
+                }
+                found
+            };
+            let Some(child) = next else {
+                break;
+            };
+            let planned = self.plan(id, &child, now);
+            if planned.is_empty() {
+                misses += 1;
+            }
+            out.extend(planned);
+            after = Some(child);
+        }
+        out
     }
 
     fn leave_task(&mut self, peer: &str, id: TaskId, now: Instant) -> Vec<Outbound> {
@@ -932,6 +1082,8 @@ impl Core {
         if let Some(h) = self.hosts.get_mut(peer) {
             h.tasks.remove(&id);
         }
+        task.starving.remove(peer);
+        let its_parents = self.graph.parents(id, peer).clone();
         let children = self.graph.remove_peer(id, peer);
         for c in &children {
             out.push(msg(
@@ -950,6 +1102,15 @@ impl Core {
             }
             return out;
         }
+        self.reindex(id);
+        // The peer's parents each serve one child fewer, and the peer
+        // itself as many fewer as it had here, in its other tasks.
+        for p in its_parents.iter().map(String::as_str).chain([peer]) {
+            self.slots_freed(p);
+        }
+        let Some(task) = self.tasks.get(&id) else {
+            return out;
+        };
         if was_fetching && !task.is_source(peer) {
             out.extend(self.rebalance_origin(id));
         }
@@ -978,7 +1139,41 @@ impl Core {
         for c in children {
             out.extend(self.plan(id, &c, now));
         }
+        out.extend(self.feed_starving(id, now));
         out
+    }
+
+    /// Positions in `order` and `eligible` moved (a peer left): every index
+    /// over them is made again from what the peers are now.
+    fn reindex(&mut self, id: TaskId) {
+        let want = self.config.candidate_parents;
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let graph = &self.graph;
+        task.order_at = task
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i))
+            .collect();
+        task.short = (0..task.order.len())
+            .filter(|&i| {
+                let p = &task.order[i];
+                task.peers
+                    .get(p)
+                    .is_some_and(|tp| !tp.done && graph.parents(id, p).len() < want)
+            })
+            .collect();
+        task.eligible_at = task
+            .eligible
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i))
+            .collect();
+        // Every position may be open again: plans drop the full ones as
+        // they pass them (and note where, for when a slot frees).
+        task.open = (0..task.eligible.len()).collect();
     }
 
     /// Phase 1 for one child: tops its candidate parents up to the target.
@@ -1008,25 +1203,19 @@ impl Core {
         let piece_count = task.piece_count().unwrap_or(0).max(1) as f64;
         let n = task.eligible.len();
         let start = small_hash(child) % n.max(1);
-        let mut scored: Vec<(f64, &PeerId)> = Vec::new();
-        for i in 0..n.min(self.config.max_scanned) {
-            if scored.len() >= self.config.max_evaluated {
-                break;
-            }
-            let p = &task.eligible[(start + i) % n];
-            let Some(phost) = self.hosts.get(p) else {
-                continue;
-            };
+        let scanned = n.min(self.config.max_scanned);
+        // Positions walked past whose host is full: dropped from `open`.
+        let mut full = Vec::new();
+        let mut consider = |at: usize| -> Option<f64> {
+            let p = &task.eligible[at];
+            let phost = self.hosts.get(p)?;
             let slots = phost.info.upload_slots.max(1);
             let children = self.graph.child_count(p);
-            // A full parent is the common rejection under load (every slot
-            // of the window taken): two lookups, not the six below.
             if children >= slots {
-                continue;
+                full.push(at);
+                return None;
             }
-            let Some(ptp) = task.peers.get(p) else {
-                continue;
-            };
+            let ptp = task.peers.get(p)?;
             let source = task.is_source(p) || task.granted.contains(p);
             let below_child = if self.config.acyclic {
                 self.graph.reaches(id, child, p, &mut not_below)
@@ -1041,7 +1230,7 @@ impl Core {
                 || (!source && phost.info.same_host(&chost.info))
                 || (ptp.pieces.is_empty() && !source)
             {
-                continue;
+                return None;
             }
             let free = 1.0 - children as f64 / slots as f64;
             let live = 1.0 - (phost.active_uploads as f64 / slots as f64).min(1.0);
@@ -1053,23 +1242,51 @@ impl Core {
             let same_zone = !chost.info.zone.is_empty() && phost.info.zone == chost.info.zone;
             let same_rack =
                 same_zone && !chost.info.rack.is_empty() && phost.info.rack == chost.info.rack;
-            let score = w.free_capacity * free
-                + w.live_load * live
-                + w.progress * progress.min(1.0)
-                + w.same_zone * same_zone as u8 as f64
-                + w.same_rack * same_rack as u8 as f64
-                + w.seed * phost.info.seed as u8 as f64;
-            scored.push((score, p));
+            Some(
+                w.free_capacity * free
+                    + w.live_load * live
+                    + w.progress * progress.min(1.0)
+                    + w.same_zone * same_zone as u8 as f64
+                    + w.same_rack * same_rack as u8 as f64
+                    + w.seed * phost.info.seed as u8 as f64,
+            )
+        };
+        // The window: `scanned` positions of `eligible` from `start`, of
+        // which only the open ones (a full parent is the common rejection
+        // under load) are looked at.
+        let mut scored: Vec<(f64, usize)> = Vec::new();
+        for at in cyclic_range(&task.open, n, start, scanned) {
+            if scored.len() >= self.config.max_evaluated {
+                break;
+            }
+            if let Some(score) = consider(at) {
+                scored.push((score, at));
+            }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        // A child that would be left with no parent at all looks past its
+        // window at every open parent: at 10,000 peers its window can be
+        // all full while parents elsewhere have free slots, and it would
+        // wait for its stall timeout (30 s) for the next plan.
+        if cparents.is_empty() && scored.is_empty() {
+            for at in cyclic_range(&task.open, n, start + scanned, n - scanned) {
+                if scored.len() >= want {
+                    break;
+                }
+                if let Some(score) = consider(at) {
+                    scored.push((score, at));
+                }
+            }
+        }
+        scored.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| task.eligible[a.1].cmp(&task.eligible[b.1]))
+        });
         let chosen: Vec<PeerId> = scored
             .into_iter()
             .take(want - cparents.len())
-            .map(|(_, p)| p.clone())
+            .map(|(_, at)| task.eligible[at].clone())
             .collect();
-        if chosen.is_empty() {
-            return Vec::new();
-        }
+        let parentless = cparents.is_empty() && chosen.is_empty();
         let child_zone = &chost.info.zone;
         let mut parents = Vec::with_capacity(chosen.len());
         for p in &chosen {
@@ -1089,6 +1306,22 @@ impl Core {
                 remote: !child_zone.is_empty() && host.info.zone != *child_zone,
                 rdma: host.info.rdma,
             });
+        }
+        if let Some(task) = self.tasks.get_mut(&id) {
+            for at in full {
+                task.open.remove(&at);
+                if let Some(h) = self.hosts.get_mut(&task.eligible[at]) {
+                    h.closed_in.insert(id);
+                }
+            }
+            if parentless {
+                task.starving.insert(child.to_string());
+            } else {
+                task.starving.remove(child);
+            }
+        }
+        if parents.is_empty() {
+            return Vec::new();
         }
         for p in &parents {
             self.graph.add_edge(id, &p.peer_id, child);

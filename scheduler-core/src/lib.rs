@@ -30,6 +30,8 @@
 //! - [`cache_job`]: preheats and evictions: the peers they pick, each
 //!   peer's result.
 //! - [`config`]: the tunables, scoring weights included.
+//! - `cyclic`: walking the positions that may pass a test, in the order
+//!   a walk of the whole list would.
 //! - `graph`: the parent/child edges and each host's child count, changed in
 //!   one place only.
 //! - `seed_ring`: consistent hashing of tasks onto seed peers.
@@ -37,6 +39,7 @@
 pub mod cache_job;
 pub mod config;
 pub mod core;
+mod cyclic;
 pub mod events;
 mod graph;
 mod origin_budget;

@@ -705,12 +705,37 @@ fn assert_graph_consistent(core: &Core) {
         }
     }
     assert_eq!(core.graph.counts(), &edges_per_host);
+    assert_indexes_complete(core);
     for id in core.hosts.keys() {
         assert_eq!(
             core.graph.child_count(id),
             edges_per_host.get(id).copied().unwrap_or(0),
             "{id}"
         );
+    }
+}
+
+/// The indexes phase 1 walks instead of whole lists hold everything the
+/// whole walk would pass: positions match the lists, every parent with a
+/// free slot is open, every child short of parents is short.
+fn assert_indexes_complete(core: &Core) {
+    let want = core.config.candidate_parents;
+    for (id, t) in &core.tasks {
+        for (i, p) in t.order.iter().enumerate() {
+            assert_eq!(t.order_at.get(p), Some(&i), "{p} in order");
+            let not_short = t.peers[p].done || core.graph.parents(*id, p).len() >= want;
+            assert!(not_short || t.short.contains(&i), "{p} is short of parents");
+        }
+        assert_eq!(t.order_at.len(), t.order.len());
+        for (i, p) in t.eligible.iter().enumerate() {
+            assert_eq!(t.eligible_at.get(p), Some(&i), "{p} eligible");
+            let free = core
+                .hosts
+                .get(p)
+                .is_some_and(|h| core.graph.child_count(p) < h.info.upload_slots.max(1));
+            assert!(!free || t.open.contains(&i), "{p} has a free slot");
+        }
+        assert_eq!(t.eligible_at.len(), t.eligible.len());
     }
 }
 
@@ -769,8 +794,16 @@ fn child_counts_equal_child_edges_after_a_long_random_run() {
             _ if step % 7 == 0 => core.disconnect("seed", now),
             _ => core.hello(host("seed", true, 4), now),
         };
-        planned += parents_in(&out, p).len();
-        if step % 100 == 0 {
+        // Parents planned for anyone: a child without any gets the next
+        // free slot, whoever's event freed it.
+        planned += out
+            .iter()
+            .map(|o| match &o.msg {
+                ToPeer::Parents(ps) => ps.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        if step % 10 == 0 {
             assert_graph_consistent(&core);
         }
     }
@@ -1095,4 +1128,61 @@ fn a_tasks_digest_reaches_its_seed_only_when_the_task_id_is_that_digests() {
         });
         assert_eq!(sent, Some(want.then_some(d)), "keyed by digest: {keyed}");
     }
+}
+
+// ---- At scale: children whose scanned window is full ----
+
+/// A child planned when every parent in its scanned window is full still
+/// gets a parent that has a free slot elsewhere. At 10,000 peers (window
+/// 256 of 10,000 eligible) 26 children got no parent this way and waited
+/// for their 30 s stall timeout, the next time anything planned them.
+#[test]
+fn a_child_whose_scanned_window_is_full_gets_a_free_parent_outside_it() {
+    let mut core = Core::new(Config {
+        candidate_parents: 1,
+        max_scanned: 2,
+        ..Config::default()
+    });
+    hello(&mut core, host("seed", true, 1));
+    let qs: Vec<String> = (0..8).map(|i| format!("q{i}")).collect();
+    for q in &qs {
+        hello(&mut core, host(q, false, 1));
+        register(&mut core, q);
+    }
+    done(&mut core, "seed", 0);
+    for q in &qs {
+        done(&mut core, q, 0);
+    }
+    let full =
+        |core: &Core, p: &str| core.graph.child_count(p) >= core.hosts[p].info.upload_slots.max(1);
+    let eligible = |core: &Core| core.tasks[&task()].eligible.clone();
+    // Fill every parent's slot; a filler that finds nothing leaves again,
+    // so that nobody is waiting for a parent.
+    for i in 0..200 {
+        if eligible(&core).iter().all(|p| full(&core, p)) {
+            break;
+        }
+        let f = format!("f{i:03}");
+        hello(&mut core, host(&f, false, 1));
+        if parents_in(&register(&mut core, &f), &f).is_empty() {
+            core.handle(&f, PeerEvent::TaskLeft { task: task() }, t0());
+        }
+    }
+    let eligible = eligible(&core);
+    let n = eligible.len();
+    assert!(eligible.iter().all(|p| full(&core, p)), "every parent full");
+    // The one parent to free: just past the newcomer's window.
+    let start = small_hash("c") % n;
+    let free = eligible[(start + 2) % n].clone();
+    let its_child = core.graph.children(task(), &free).first().cloned();
+    let its_child = its_child.expect("a full parent has a child");
+    core.handle(&its_child, PeerEvent::TaskDone { task: task() }, t0());
+    assert!(!full(&core, &free), "{free} has a free slot");
+    assert!(
+        full(&core, &eligible[start]) && full(&core, &eligible[(start + 1) % n]),
+        "the newcomer's window is full"
+    );
+    hello(&mut core, host("c", false, 1));
+    let out = register(&mut core, "c");
+    assert_eq!(parents_in(&out, "c"), vec![free]);
 }
