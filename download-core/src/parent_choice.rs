@@ -60,8 +60,8 @@ const REMOTE_PIECES_IN_FLIGHT: u32 = 1;
 /// Tiers, cheapest first: a piece's tier is its cheapest holder's, and it
 /// comes from a holder of that tier or waits for one.
 const TIER_PEER: u8 = 0;
-const TIER_SLOW: u8 = 2;
 const TIER_SEED: u8 = 1;
+const TIER_SLOW: u8 = 2;
 const TIER_REMOTE: u8 = 3;
 const TIERS: usize = 4;
 
@@ -339,6 +339,13 @@ impl ParentChoice {
             .collect();
         // Near peers: best (rarity, order key). Expensive parents: best
         // (tier, order key), so a near seed beats another zone.
+        // What near seeds hold, `Elsewhere` waits or not (see below).
+        let near_seeds: Vec<&[u64]> = self
+            .parents
+            .values()
+            .filter(|p| p.tier() == TIER_SEED)
+            .map(|p| p.pieces.bits.as_slice())
+            .collect();
         let mut from_peers: Option<((u32, u64), u32)> = None;
         let mut from_slow: Option<((u32, u64), u32)> = None;
         let mut from_expensive: Option<((u8, u64), u32)> = None;
@@ -374,11 +381,9 @@ impl ParentChoice {
             // peers for a moment is still its better source than a slow
             // peer: its wait ends within seconds, a slow peer's transfer
             // takes longer than that.
-            let seed_holds = self
-                .parents
-                .values()
-                .filter(|p| p.tier() == TIER_SEED)
-                .fold(0, |a, p| a | p.pieces.bits.get(w).copied().unwrap_or(0));
+            let seed_holds = near_seeds
+                .iter()
+                .fold(0, |a, bits| a | bits.get(w).copied().unwrap_or(0));
             any[TIER_SLOW as usize] &= !seed_holds;
             let mut candidates = any.iter().fold(0, |a, b| a | b);
             while candidates != 0 {
@@ -457,8 +462,11 @@ impl ParentChoice {
             .filter(|p| p.tier() == TIER_PEER && p.measured)
             .map(|p| p.throughput)
             .collect();
-        rates.sort_by(f64::total_cmp);
-        let typical = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+        let mid = rates.len() / 2;
+        let typical = match rates.is_empty() {
+            true => 0.0,
+            false => *rates.select_nth_unstable_by(mid, f64::total_cmp).1,
+        };
         self.parents
             .values()
             .map(|p| match p.tier() {
