@@ -13,6 +13,7 @@ use crate::load_report;
 use crate::metrics::EngineMetrics;
 use crate::object_pin::ObjectPins;
 use crate::peer_transport::{PeerTransport, StoreRdma};
+use crate::place_as_verified::{PlaceAsVerified, Verified};
 use crate::request::{GetError, GetRequest, GetSummary, StartError, Validation};
 use crate::runs::{Runs, TaskRun};
 use crate::scheduler_link::{self, SchedulerLink};
@@ -28,7 +29,6 @@ use weightcast_modelpack::safetensors_check::{self, InvalidSafetensors};
 use weightcast_origin::{OriginAuth, OriginError, OriginFetcher, Pinned};
 use weightcast_proto::pb;
 use weightcast_rdma::{RdmaConfig, RdmaNode, TransportMode};
-use weightcast_store::export;
 use weightcast_store::{Store, TaskFile};
 use weightcast_tcp::PieceServer;
 use weightcast_types::{TaskId, TaskKey};
@@ -488,8 +488,21 @@ impl Engine {
         req: &GetRequest,
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<GetSummary, GetError> {
+        self.get_following(req, |p, _| on_progress(p)).await
+    }
+
+    /// [`Engine::get`], `on_progress` also handed the task's file once
+    /// the store has it: what the local API tells a client that places
+    /// the file itself, so that it can copy pieces as they are verified.
+    pub async fn get_following(
+        &self,
+        req: &GetRequest,
+        mut on_progress: impl FnMut(&Progress, Option<&Arc<TaskFile>>),
+    ) -> Result<GetSummary, GetError> {
         let t0 = Instant::now();
         let digest = req.digest.as_deref().map(parse_digest).transpose()?;
+        // An output this process places is copied as pieces land.
+        let mut placing = (!req.client_places).then(|| PlaceAsVerified::new(&req.output));
         let begun = self
             .begin(
                 &req.url,
@@ -513,13 +526,28 @@ impl Engine {
             Begun::Running(id, run) => {
                 let mut progress = run.progress.clone();
                 let mut outcome = run.outcome.clone();
+                let mut task = None::<Arc<TaskFile>>;
                 let file = loop {
                     if let Some(o) = outcome.borrow().clone() {
                         break o;
                     }
                     tokio::select! {
                         r = outcome.changed() => if r.is_err() { return Err(GetError::ShuttingDown) },
-                        r = progress.changed() => if r.is_ok() { on_progress(&progress.borrow()) },
+                        r = progress.changed() => if r.is_ok() {
+                            if task.is_none() {
+                                task = self.deps.store.get(&id);
+                            }
+                            let p = progress.borrow().clone();
+                            on_progress(&p, task.as_ref());
+                            if let (Some(placing), Some(t)) = (placing.as_mut(), task.as_ref()) {
+                                placing.advance(Verified {
+                                    cache_file: &t.data_path(),
+                                    len: t.layout.content_length,
+                                    piece_size: t.layout.piece_size,
+                                    mask: t.verified_mask(),
+                                }).await?;
+                            }
+                        },
                     }
                 };
                 let file = file.map_err(GetError::Download)?;
@@ -541,13 +569,13 @@ impl Engine {
                     e => e,
                 })?;
         }
-        on_progress(&progress);
+        on_progress(&progress, Some(&file));
         if req.pin {
             self.deps.store.pin(&id, true)?;
         }
-        let placement = match req.client_places {
-            true => None,
-            false => Some(export::place(&file.data_path(), &req.output)?),
+        let placement = match placing {
+            None => None,
+            Some(p) => Some(p.finish(&file.data_path()).await?),
         };
         let seconds = t0.elapsed().as_secs_f64();
         let bytes = file.layout.content_length;

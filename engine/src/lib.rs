@@ -24,7 +24,9 @@
 //! - [`peer_transport`]: piece bytes from parents, RDMA or TCP;
 //!   [`upload`]: what the upload server serves; [`address`]: what others dial.
 //! - [`local_api`]: the engine on a unix socket, for `weightcast get`;
-//!   [`output_access`]: where a client may have the daemon write.
+//!   [`output_access`]: where a client may have the daemon write;
+//!   [`place_as_verified`]: the output copied piece by piece as the
+//!   download verifies them, not all at the end.
 //! - [`hf_endpoint`]: the daemon as a Hub endpoint for the real
 //!   `huggingface_hub` client.
 //! - [`registry_mirror`]: the daemon as a pull-through registry mirror;
@@ -59,6 +61,7 @@ mod object_pin;
 pub mod output_access;
 pub mod peer_transport;
 pub mod piece_stream;
+pub mod place_as_verified;
 pub mod registry_mirror;
 pub mod request;
 mod runs;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::Instrument;
+use weightcast_store::TaskFile;
 
 pub const SOCKET_NAME: &str = "weightcast.sock";
 
@@ -42,6 +43,11 @@ pub enum ApiEvent {
     Progress {
         done: u64,
         total: Option<u64>,
+        /// For a client that places the file itself: where the pieces are
+        /// and which are verified, so that it copies them as they land
+        /// (absent from older daemons, and until the task's file exists).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placeable: Option<Placeable>,
     },
     Done(GetSummary),
     /// The answer to a [`CacheRequest`].
@@ -52,6 +58,42 @@ pub enum ApiEvent {
         #[serde(default)]
         kind: Option<ErrorKind>,
     },
+}
+
+/// A running task's file as a client that places its output copies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placeable {
+    pub cache_path: PathBuf,
+    pub len: u64,
+    pub piece_size: u64,
+    /// The verified pieces, hex of a bitset: piece `i` is bit `i % 8` of
+    /// byte `i / 8`.
+    pub verified: String,
+}
+
+impl Placeable {
+    pub fn of(task: &TaskFile) -> Self {
+        let mask = task.verified_mask();
+        let mut bits = vec![0u8; mask.len().div_ceil(8)];
+        for (i, _) in mask.iter().enumerate().filter(|(_, v)| **v) {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+        Self {
+            cache_path: task.data_path(),
+            len: task.layout.content_length,
+            piece_size: task.layout.piece_size,
+            verified: hex::encode(bits),
+        }
+    }
+
+    /// One flag per piece (unreadable hex: none verified, so nothing is
+    /// copied early and the end copies everything).
+    pub fn mask(&self) -> Vec<bool> {
+        let bits = hex::decode(&self.verified).unwrap_or_default();
+        (0..bits.len() * 8)
+            .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
+            .collect()
+    }
 }
 
 /// Binds the socket, replacing a stale one that nobody answers on.
@@ -149,6 +191,7 @@ async fn handle(
         },
     };
     tracing::info!(url = %req.url, output = %req.output.display(), uid = client.uid, "get via local API");
+    let client_places = req.client_places;
     // The engine never places the file itself here: the checked target does.
     let req = GetRequest {
         client_places: true,
@@ -156,7 +199,8 @@ async fn handle(
     };
     // Progress is a latest value, not a queue: a slow client sees fewer
     // updates, never a growing backlog.
-    let (tx, mut rx) = tokio::sync::watch::channel(None::<(u64, Option<u64>)>);
+    type Latest = (u64, Option<u64>, Option<Arc<TaskFile>>);
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<Latest>);
     let span = tracing::info_span!("daemon get", url = %req.url, uid = client.uid);
     if let Some(parent) = &req.traceparent {
         weightcast_telemetry::set_parent(&span, parent);
@@ -166,8 +210,9 @@ async fn handle(
         tokio::spawn(
             async move {
                 engine
-                    .get(&req, |p| {
-                        tx.send_replace(Some((p.done, p.total)));
+                    .get_following(&req, |p, task| {
+                        let task = task.filter(|_| client_places).cloned();
+                        tx.send_replace(Some((p.done, p.total, task)));
                     })
                     .await
             }
@@ -176,12 +221,18 @@ async fn handle(
     };
     let mut last = Instant::now() - PROGRESS_EVERY;
     while rx.changed().await.is_ok() {
-        let Some((done, total)) = *rx.borrow_and_update() else {
+        let Some((done, total, task)) = rx.borrow_and_update().clone() else {
             continue;
         };
         if last.elapsed() >= PROGRESS_EVERY || Some(done) == total {
             last = Instant::now();
-            write_event(&mut w, &ApiEvent::Progress { done, total }).await?;
+            let placeable = task.as_deref().map(Placeable::of);
+            let ev = ApiEvent::Progress {
+                done,
+                total,
+                placeable,
+            };
+            write_event(&mut w, &ev).await?;
         }
     }
     let ev = match get.await {
@@ -311,6 +362,82 @@ pub async fn connect(path: &Path) -> Option<UnixStream> {
     UnixStream::connect(path).await.ok()
 }
 
+/// A `get` sent to a daemon: its answer, read one event at a time.
+pub struct DaemonGet {
+    path: PathBuf,
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    /// Kept open until the answer is read: the daemon sees a client
+    /// that went away, not a half-closed socket.
+    _request: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// What the daemon says about a running `get`.
+#[derive(Debug)]
+pub enum DaemonEvent {
+    Progress {
+        done: u64,
+        total: Option<u64>,
+        placeable: Option<Placeable>,
+    },
+    Done(GetSummary),
+}
+
+impl DaemonGet {
+    /// Sends `req` through a connected daemon.
+    pub async fn send(
+        stream: UnixStream,
+        path: &Path,
+        req: &GetRequest,
+    ) -> Result<Self, ClientError> {
+        let io = |source| ClientError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (r, mut w) = stream.into_split();
+        let mut line = serde_json::to_vec(req).map_err(|e| io(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        w.write_all(&line).await.map_err(io)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            lines: BufReader::new(r).lines(),
+            _request: w,
+        })
+    }
+
+    /// The next event; the last is [`DaemonEvent::Done`] or an error.
+    pub async fn next(&mut self) -> Result<DaemonEvent, ClientError> {
+        let line = self
+            .lines
+            .next_line()
+            .await
+            .map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let Some(l) = line else {
+            return Err(ClientError::NoAnswer);
+        };
+        match serde_json::from_str::<ApiEvent>(&l) {
+            Ok(ApiEvent::Progress {
+                done,
+                total,
+                placeable,
+            }) => Ok(DaemonEvent::Progress {
+                done,
+                total,
+                placeable,
+            }),
+            Ok(ApiEvent::Done(s)) => Ok(DaemonEvent::Done(s)),
+            Ok(ApiEvent::Cache(_)) => Err(ClientError::NoAnswer),
+            Ok(ApiEvent::Error { message, kind }) => Err(ClientError::Remote { message, kind }),
+            Err(e) => Err(ClientError::Remote {
+                message: format!("unreadable answer from the daemon: {e}"),
+                kind: None,
+            }),
+        }
+    }
+}
+
 /// Runs a `get` through a connected daemon.
 pub async fn get_via_daemon(
     stream: UnixStream,
@@ -318,30 +445,11 @@ pub async fn get_via_daemon(
     req: &GetRequest,
     mut on_progress: impl FnMut(u64, Option<u64>),
 ) -> Result<GetSummary, ClientError> {
-    let io = |source| ClientError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|e| io(std::io::Error::other(e)))?;
-    line.push(b'\n');
-    w.write_all(&line).await.map_err(io)?;
-    let mut lines = BufReader::new(r).lines();
-    while let Some(l) = lines.next_line().await.map_err(io)? {
-        match serde_json::from_str::<ApiEvent>(&l) {
-            Ok(ApiEvent::Progress { done, total }) => on_progress(done, total),
-            Ok(ApiEvent::Done(s)) => return Ok(s),
-            Ok(ApiEvent::Cache(_)) => return Err(ClientError::NoAnswer),
-            Ok(ApiEvent::Error { message, kind }) => {
-                return Err(ClientError::Remote { message, kind })
-            }
-            Err(e) => {
-                return Err(ClientError::Remote {
-                    message: format!("unreadable answer from the daemon: {e}"),
-                    kind: None,
-                })
-            }
+    let mut get = DaemonGet::send(stream, path, req).await?;
+    loop {
+        match get.next().await? {
+            DaemonEvent::Progress { done, total, .. } => on_progress(done, total),
+            DaemonEvent::Done(s) => return Ok(s),
         }
     }
-    Err(ClientError::NoAnswer)
 }

@@ -36,7 +36,7 @@ pub mod task_file;
 
 pub use cache::{CacheEntry, CacheHooks, CachePolicy, CacheReport};
 pub use error::StoreError;
-pub use export::{ExportError, Placement};
+pub use export::{ExportError, Placement, Progressive};
 pub use file_digest::sha256_file;
 pub use layout::TaskMeta;
 pub use mapping::{PieceWrite, VerifiedPiece};

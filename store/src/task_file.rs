@@ -320,6 +320,12 @@ impl TaskFile {
             .sum()
     }
 
+    /// One flag per piece, set where the piece is verified (one lock for
+    /// the whole table): what a progressive placement copies from.
+    pub fn verified_mask(&self) -> Vec<bool> {
+        self.state().verified.iter().map(Option::is_some).collect()
+    }
+
     pub fn is_complete(&self) -> bool {
         self.state().verified.iter().all(Option::is_some)
     }

@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::Instrument;
+use weightcast_engine::place_as_verified::{PlaceAsVerified, Verified};
 use weightcast_engine::{local_api, Engine, GetRequest, GetSummary};
-use weightcast_store::export;
 
 /// Where downloads run, and what every request of this `get` asks.
 pub struct Fetcher {
@@ -83,23 +83,45 @@ impl Fetcher {
                     return Ok(local_api::get_via_daemon(stream, socket, &req, on_progress).await?);
                 }
                 // The daemon verifies; this process places the file, since
-                // the daemon may not see this filesystem (an init container).
+                // the daemon may not see this filesystem (an init
+                // container), copying pieces as the daemon verifies them.
                 let req = GetRequest {
                     client_places: true,
                     ..req
                 };
-                let mut s = local_api::get_via_daemon(stream, socket, &req, on_progress).await?;
+                let mut get = local_api::DaemonGet::send(stream, socket, &req).await?;
+                let mut placing = PlaceAsVerified::new(&req.output);
+                let mut s = loop {
+                    match get.next().await? {
+                        local_api::DaemonEvent::Done(s) => break s,
+                        local_api::DaemonEvent::Progress {
+                            done,
+                            total,
+                            placeable,
+                        } => {
+                            on_progress(done, total);
+                            if let Some(p) = placeable {
+                                if !placing.started() {
+                                    must_see(&p.cache_path)?;
+                                }
+                                placing
+                                    .advance(Verified {
+                                        cache_file: &p.cache_path,
+                                        len: p.len,
+                                        piece_size: p.piece_size,
+                                        mask: p.mask(),
+                                    })
+                                    .await?;
+                            }
+                        }
+                    }
+                };
                 let cache = s
                     .cache_path
                     .clone()
                     .context("the daemon did not say where the file is")?;
-                if !cache.exists() {
-                    bail!(
-                        "the daemon's cache file {} is not visible here: mount the daemon's data dir at the same path (see deploy/kubernetes)",
-                        cache.display()
-                    );
-                }
-                s.placement = Some(export::place(&cache, &req.output)?);
+                must_see(&cache)?;
+                s.placement = Some(placing.finish(&cache).await?);
                 Ok(s)
             }
             Via::InProcess(engine) => {
@@ -107,4 +129,15 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// A daemon's cache file must be visible at the same path here.
+fn must_see(cache: &std::path::Path) -> anyhow::Result<()> {
+    if !cache.exists() {
+        bail!(
+            "the daemon's cache file {} is not visible here: mount the daemon's data dir at the same path (see deploy/kubernetes)",
+            cache.display()
+        );
+    }
+    Ok(())
 }
