@@ -472,8 +472,11 @@ async fn walk_through_the_console(f: &Fleet, driver: &Driver) {
     b.goto(&format!("{mgr}/tokens")).await.unwrap();
     type_into(b, Locator::Id("tok-name"), "harbor").await;
     click(b, Locator::Css("form.grid button[type=submit]")).await;
+    // The submit navigates: wait for the new page, not the old one.
     let token = b
-        .find(Locator::Id("new-token"))
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("new-token"))
         .await
         .unwrap()
         .prop("value")
