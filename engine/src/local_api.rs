@@ -73,16 +73,11 @@ pub struct Placeable {
 
 impl Placeable {
     pub fn of(task: &TaskFile) -> Self {
-        let mask = task.verified_mask();
-        let mut bits = vec![0u8; mask.len().div_ceil(8)];
-        for (i, _) in mask.iter().enumerate().filter(|(_, v)| **v) {
-            bits[i / 8] |= 1 << (i % 8);
-        }
         Self {
             cache_path: task.data_path(),
             len: task.layout.content_length,
             piece_size: task.layout.piece_size,
-            verified: hex::encode(bits),
+            verified: encode_mask(&task.verified_mask()),
         }
     }
 
@@ -94,6 +89,15 @@ impl Placeable {
             .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
             .collect()
     }
+}
+
+/// [`Placeable::verified`] of one flag per piece.
+fn encode_mask(mask: &[bool]) -> String {
+    let mut bits = vec![0u8; mask.len().div_ceil(8)];
+    for (i, _) in mask.iter().enumerate().filter(|(_, v)| **v) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    hex::encode(bits)
 }
 
 /// Binds the socket, replacing a stale one that nobody answers on.
@@ -451,5 +455,54 @@ pub async fn get_via_daemon(
             DaemonEvent::Progress { done, total, .. } => on_progress(done, total),
             DaemonEvent::Done(s) => return Ok(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verified_mask_survives_the_wire() {
+        let mask: Vec<bool> = (0..21).map(|i| i % 3 == 0 || i == 20).collect();
+        let p = Placeable {
+            cache_path: "/data/tasks/x/data".into(),
+            len: 21 << 20,
+            piece_size: 1 << 20,
+            verified: encode_mask(&mask),
+        };
+        // Piece 0 is the low bit of the first byte.
+        assert!(p.verified.starts_with("49"), "{}", p.verified);
+        let ev = ApiEvent::Progress {
+            done: 7,
+            total: Some(21 << 20),
+            placeable: Some(p.clone()),
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        let Ok(ApiEvent::Progress {
+            placeable: Some(back),
+            ..
+        }) = serde_json::from_str(&line)
+        else {
+            panic!("{line}")
+        };
+        assert_eq!(back, p);
+        // Padding bits read as unverified pieces past the end.
+        assert_eq!(&back.mask()[..21], &mask[..]);
+        assert!(back.mask()[21..].iter().all(|v| !v));
+        // A progress line from an older daemon has no placeable.
+        let old = r#"{"event":"progress","done":1,"total":null}"#;
+        let Ok(ApiEvent::Progress {
+            placeable: None, ..
+        }) = serde_json::from_str(old)
+        else {
+            panic!("an older daemon's line")
+        };
+        // Unreadable hex: nothing counts as verified.
+        let bad = Placeable {
+            verified: "zz".into(),
+            ..back
+        };
+        assert!(bad.mask().iter().all(|v| !v));
     }
 }
