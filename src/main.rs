@@ -123,7 +123,15 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Get(a) => {
                 let span = tracing::info_span!("weightcast get", source = %a.url);
-                tracing::Instrument::instrument(commands::get::run(a), span).await
+                // Interrupted, the get is dropped: an output being placed
+                // loses its temporary file, and the output path keeps
+                // what it had.
+                tokio::select! {
+                    r = tracing::Instrument::instrument(commands::get::run(a), span) => r,
+                    () = commands::ready_file::shutdown_signal() => Err(anyhow::anyhow!(
+                        "interrupted: the output was left as it was; the verified pieces stay in the cache, so the same get resumes"
+                    )),
+                }
             }
             Command::Inspect(a) => commands::inspect::run(a).await,
             Command::Daemon(a) => commands::daemon::run(a).await,

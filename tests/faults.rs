@@ -503,6 +503,75 @@ fn a_full_disk_is_one_clear_error_and_the_daemon_keeps_serving() {
     assert_eq!(sha256_file(&out).unwrap(), big_sha);
 }
 
+/// Nothing beside `out` under a placement's temporary name.
+fn assert_no_temporary_files(out: &Path) {
+    let dir = out.parent().unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".weightcast-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "temporary files left in {}: {left:?}",
+        dir.display()
+    );
+}
+
+/// A `get` stopped by SIGTERM (a pod being deleted) or Ctrl-C while its
+/// output is being placed piece by piece: it fails, the old output stays
+/// as it was, no temporary file is left, and the next get completes.
+#[test]
+fn an_interrupted_get_leaves_the_old_output_and_no_temporary_file() {
+    let mut c = Cluster::new(BIN).unwrap();
+    let size = 64 * MIB;
+    let (files, sha) = model(&c, "model.safetensors", size, 39);
+    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
+    let d = c
+        .daemon("node", "", false, &["--origin-rate-limit", "8MB/s"])
+        .unwrap();
+    let url = format!("{origin}/model.safetensors");
+    let out = c.path("out/model.safetensors");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, b"the previous version").unwrap();
+    for signal in ["TERM", "INT"] {
+        let get = spawn_get(&c, &d, &url, &out, &[]);
+        // The output is placed while the download runs: its temporary
+        // file is there before the download ends.
+        let dir = out.parent().unwrap().to_path_buf();
+        wait_until(
+            "the output's temporary file",
+            Duration::from_secs(30),
+            || {
+                std::fs::read_dir(&dir).unwrap().any(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains(".weightcast-")
+                })
+            },
+        );
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &get.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+        let o = get.wait_with_output().unwrap();
+        assert!(!o.status.success(), "signal {signal}: the get did not fail");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("interrupted"), "signal {signal}: {stderr}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"the previous version");
+        assert_no_temporary_files(&out);
+        // Bytes already downloaded stay downloaded: the daemon goes on.
+        if daemon_metric(&c, &d, "weightcast_download_bytes_total") >= size as f64 {
+            break;
+        }
+    }
+    c.assert_ok("get", &get_via(&c, &d, &url, &out));
+    assert_eq!(sha256_file(&out).unwrap(), sha);
+    assert_no_temporary_files(&out);
+}
+
 /// SIGKILL mid-download from the origin: after a restart the daemon
 /// resumes from its piece table, and the origin sends the file about once
 /// (only the pieces in flight at the kill are sent again).
@@ -523,6 +592,7 @@ fn a_daemon_killed_mid_download_resumes_and_the_origin_sends_the_rest_only() {
     c.proc(d.proc).kill();
     assert!(!first.wait().unwrap().success());
     assert!(!out.exists(), "no partial output");
+    assert_no_temporary_files(&out);
     // What the origin was still writing to the dead daemon's sockets.
     std::thread::sleep(Duration::from_millis(300));
     let before = origin_stats(&addr).unwrap().bytes_served;
