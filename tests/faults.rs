@@ -399,12 +399,7 @@ fn a_stalled_body_times_out_and_resumes_where_it_stopped() {
 fn an_object_that_changes_mid_download_fails_cleanly_and_is_never_mixed() {
     let mut c = Cluster::new(BIN).unwrap();
     let size = 16 * MIB;
-    let (files, _old) = model(&c, "model.safetensors", size, 33);
-    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
-    let d = c
-        .daemon("node", "", false, &["--origin-rate-limit", "4MB/s"])
-        .unwrap();
-    let url = format!("{origin}/model.safetensors");
+    let (d, url, _old) = slow_node(&mut c, size, 33, "4MB/s");
     let out = c.path("out.bin");
     let first = spawn_get(&c, &d, &url, &out, &[]);
     wait_until("the download is under way", Duration::from_secs(30), || {
@@ -503,6 +498,18 @@ fn a_full_disk_is_one_clear_error_and_the_daemon_keeps_serving() {
     assert_eq!(sha256_file(&out).unwrap(), big_sha);
 }
 
+/// One daemon that fetches a `size`-byte model from an origin at `rate`:
+/// a download slow enough to act on while it runs. The daemon, the file's
+/// URL and its sha256.
+fn slow_node(c: &mut Cluster, size: u64, seed: u64, rate: &str) -> (Daemon, String, String) {
+    let (files, sha) = model(c, "model.safetensors", size, seed);
+    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
+    let d = c
+        .daemon("node", "", false, &["--origin-rate-limit", rate])
+        .unwrap();
+    (d, format!("{origin}/model.safetensors"), sha)
+}
+
 /// Nothing beside `out` under a placement's temporary name.
 fn assert_no_temporary_files(out: &Path) {
     let dir = out.parent().unwrap();
@@ -525,12 +532,7 @@ fn assert_no_temporary_files(out: &Path) {
 fn an_interrupted_get_leaves_the_old_output_and_no_temporary_file() {
     let mut c = Cluster::new(BIN).unwrap();
     let size = 64 * MIB;
-    let (files, sha) = model(&c, "model.safetensors", size, 39);
-    let (origin, _) = c.origin(&files, Faults::default()).unwrap();
-    let d = c
-        .daemon("node", "", false, &["--origin-rate-limit", "8MB/s"])
-        .unwrap();
-    let url = format!("{origin}/model.safetensors");
+    let (d, url, sha) = slow_node(&mut c, size, 39, "8MB/s");
     let out = c.path("out/model.safetensors");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, b"the previous version").unwrap();

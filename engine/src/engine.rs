@@ -537,11 +537,10 @@ impl Engine {
                             if task.is_none() {
                                 task = self.deps.store.get(&id);
                             }
-                            let p = progress.borrow().clone();
-                            on_progress(&p, task.as_ref());
+                            on_progress(&progress.borrow(), task.as_ref());
                             if let (Some(placing), Some(t)) = (placing.as_mut(), task.as_ref()) {
-                                placing.advance(Verified {
-                                    cache_file: &t.data_path(),
+                                placing.advance(|| Verified {
+                                    cache_file: t.data_path(),
                                     len: t.layout.content_length,
                                     piece_size: t.layout.piece_size,
                                     mask: t.verified_mask(),

@@ -20,8 +20,8 @@ pub struct PlaceAsVerified {
 }
 
 /// Where the pieces are and which are verified.
-pub struct Verified<'a> {
-    pub cache_file: &'a Path,
+pub struct Verified {
+    pub cache_file: PathBuf,
     pub len: u64,
     pub piece_size: u64,
     /// One flag per piece.
@@ -43,21 +43,26 @@ impl PlaceAsVerified {
     }
 
     /// Copies the newly verified pieces, unless the last copy was less
-    /// than [`ADVANCE_EVERY`] ago. Off the async workers: it is file I/O.
-    pub async fn advance(&mut self, v: Verified<'_>) -> Result<(), ExportError> {
+    /// than [`ADVANCE_EVERY`] ago: `verified` (a walk of the piece table)
+    /// is only called when a copy is due, since progress changes with
+    /// every piece. Off the async workers: it is file I/O.
+    pub async fn advance(
+        &mut self,
+        verified: impl FnOnce() -> Verified,
+    ) -> Result<(), ExportError> {
         if self.last.is_some_and(|t| t.elapsed() < ADVANCE_EVERY) {
             return Ok(());
         }
         self.last = Some(Instant::now());
+        let v = verified();
         let placer = self.placer.take();
-        let (cache, output) = (v.cache_file.to_path_buf(), self.output.clone());
-        let (len, piece_size, mask) = (v.len, v.piece_size, v.mask);
+        let output = self.output.clone();
         let advanced = tokio::task::spawn_blocking(move || {
             let mut p = match placer {
                 Some(p) => p,
-                None => Progressive::start(&cache, &output, len, piece_size, None)?,
+                None => Progressive::start(&v.cache_file, &output, v.len, v.piece_size, None)?,
             };
-            p.advance(&mask)?;
+            p.advance(&v.mask)?;
             Ok::<_, ExportError>(p)
         })
         .await

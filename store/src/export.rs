@@ -189,7 +189,7 @@ impl Progressive {
     pub fn finish(mut self) -> Result<Placement, ExportError> {
         let (now, len) = open_source(&self.cache_file)?;
         if !same_file(&now, &self.src) || len != self.len {
-            return place_owned(&self.cache_file, &self.temp.output.clone(), self.owner);
+            return place_owned(&self.cache_file, &self.temp.output, self.owner);
         }
         match self.how {
             Placement::Reflink => {
@@ -511,13 +511,19 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
     }
 
-    #[test]
-    fn progressive_copies_pieces_as_verified_and_appears_only_at_finish() {
+    /// A directory holding a cache file of `bytes`, and that file's path.
+    fn cache_of(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let cache = d.path().join("cache");
+        std::fs::write(&cache, bytes).unwrap();
+        (d, cache)
+    }
+
+    #[test]
+    fn progressive_copies_pieces_as_verified_and_appears_only_at_finish() {
         // Seven pieces of 1 KiB and a short last one.
         let bytes = pattern(7 * 1024 + 100, 0);
-        std::fs::write(&cache, &bytes).unwrap();
+        let (d, cache) = cache_of(&bytes);
         let out = d.path().join("out/model.bin");
         let mut p = Progressive::start(&cache, &out, bytes.len() as u64, 1024, None).unwrap();
         let mut verified = vec![false; 8];
@@ -543,9 +549,7 @@ mod tests {
 
     #[test]
     fn progressive_dropped_unfinished_leaves_nothing_and_keeps_the_old_output() {
-        let d = tempfile::tempdir().unwrap();
-        let cache = d.path().join("cache");
-        std::fs::write(&cache, pattern(4096, 1)).unwrap();
+        let (d, cache) = cache_of(&pattern(4096, 1));
         let out = d.path().join("model.bin");
         std::fs::write(&out, b"the previous version").unwrap();
         let mut p = Progressive::start(&cache, &out, 4096, 1024, None).unwrap();
@@ -558,9 +562,7 @@ mod tests {
 
     #[test]
     fn progressive_places_a_replaced_cache_file_whole() {
-        let d = tempfile::tempdir().unwrap();
-        let cache = d.path().join("cache");
-        std::fs::write(&cache, pattern(4096, 2)).unwrap();
+        let (d, cache) = cache_of(&pattern(4096, 2));
         let out = d.path().join("model.bin");
         let mut p = Progressive::start(&cache, &out, 4096, 1024, None).unwrap();
         p.advance(&[true, true, false, false]).unwrap();
@@ -574,9 +576,7 @@ mod tests {
 
     #[test]
     fn progressive_of_an_empty_file() {
-        let d = tempfile::tempdir().unwrap();
-        let cache = d.path().join("cache");
-        std::fs::write(&cache, b"").unwrap();
+        let (d, cache) = cache_of(b"");
         let out = d.path().join("empty");
         let p = Progressive::start(&cache, &out, 0, 1024, None).unwrap();
         p.finish().unwrap();

@@ -105,11 +105,11 @@ impl Fetcher {
                                     must_see(&p.cache_path)?;
                                 }
                                 placing
-                                    .advance(Verified {
-                                        cache_file: &p.cache_path,
+                                    .advance(|| Verified {
+                                        mask: p.mask(),
+                                        cache_file: p.cache_path,
                                         len: p.len,
                                         piece_size: p.piece_size,
-                                        mask: p.mask(),
                                     })
                                     .await?;
                             }
