@@ -88,3 +88,25 @@ fn survivors_of_churn_and_peers_across_zones_complete() {
     );
     assert!(r.slow_upload_bytes > 0);
 }
+
+#[test]
+fn a_request_beyond_the_upload_slots_waits_in_the_queue_instead_of_busy() {
+    // Four children, two pieces in flight each, at a seed of four slots:
+    // at most eight requests at once, which four slots and a queue of two
+    // per slot hold; without the queue, four of them are answered `Busy`.
+    let mut p = params(4, 16 * MIB);
+    p.download.pieces_in_flight = 2;
+    p.download.pieces_per_parent = 2;
+    p.upload_concurrency = 4;
+    let queued = simulate::run(p.clone());
+    assert_correct(&queued, &p);
+    assert_eq!(queued.busy_answers, 0, "every request waited for a slot");
+
+    p.upload_queue_per_slot = 0;
+    let unqueued = simulate::run(p.clone());
+    assert_correct(&unqueued, &p);
+    assert!(
+        unqueued.busy_answers > 0,
+        "without a queue the fifth request at once is answered Busy"
+    );
+}

@@ -264,14 +264,18 @@ struct SimulateArgs {
     /// Pieces a host uploads at once (the daemon's --upload-concurrency).
     #[arg(long, default_value_t = 4)]
     upload_concurrency: u32,
+    /// Requests a host queues per upload slot before answering `Busy` (the
+    /// upload server's queue; 0: none).
+    #[arg(long, default_value_t = 2)]
+    upload_queue_per_slot: u32,
     /// Children the scheduler may plan onto a host (--upload-slots).
     #[arg(long, default_value_t = 16)]
     upload_slots: u32,
     /// A seed sends each piece once per this long (0: always send).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     seed_send_once: Duration,
-    /// Pieces in flight per download.
-    #[arg(long, default_value_t = 8)]
+    /// Pieces in flight per download (the daemon's --pieces-in-flight).
+    #[arg(long, default_value_t = 16)]
     pieces_in_flight: usize,
     /// Pieces in flight per download from one parent.
     #[arg(long, default_value_t = 4)]
@@ -610,6 +614,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         p.latency = a.latency;
         p.zone_latency = a.zone_latency;
         p.upload_concurrency = a.upload_concurrency.max(1);
+        p.upload_queue_per_slot = a.upload_queue_per_slot;
         p.upload_slots = a.upload_slots;
         p.seed_send_once = Some(a.seed_send_once).filter(|d| !d.is_zero());
         p.goodput = a.goodput;

@@ -10,8 +10,11 @@
 //! - **Latency**: one-way, between hosts and to the scheduler, plus more
 //!   between zones. Messages on one path keep their order.
 //! - **Upload server**: at most `upload_concurrency` pieces sent at once per
-//!   host; a request beyond it is answered `Busy`, and one for a piece the
-//!   parent lacks `NotFound`, as `tcp-fallback/src/server.rs` does.
+//!   host; a request beyond it waits in a short queue (`upload_queue_per_slot`
+//!   per slot, at most `upload_queue_wait`) and is served the moment a slot
+//!   frees, or is answered `Busy` when the queue is full or its wait ran
+//!   out; one for a piece the parent lacks is answered `NotFound` once it
+//!   has a slot, as `tcp-fallback/src/server.rs` does.
 //! - **Piece fetch**: request (one way), the transfer as a flow, the last
 //!   byte's way back, and, optionally, the piece's hash check at a given
 //!   rate; then the download core hears the outcome.
@@ -32,7 +35,7 @@ use super::cores::{
 use super::net::{FlowId, FlowKey, LinkId, Nanos, Net};
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 use weightcast_types::piece::{piece_digest, PieceDigest, PieceLayout};
 use weightcast_types::TaskId;
@@ -68,6 +71,11 @@ pub struct Params {
     pub zone_latency: Duration,
     /// Pieces a host sends at once (`daemon --upload-concurrency`).
     pub upload_concurrency: u32,
+    /// Requests queued per upload slot before one is answered `Busy`
+    /// (`QUEUE_PER_SLOT` in `tcp-fallback`); 0: no queue.
+    pub upload_queue_per_slot: u32,
+    /// The longest a queued request waits for a slot (`QUEUE_WAIT`).
+    pub upload_queue_wait: Duration,
     /// Children the scheduler may plan onto one host (`--upload-slots`).
     pub upload_slots: u32,
     /// A seed sends each piece once per this long (`SendOnce` in
@@ -110,6 +118,8 @@ impl Params {
             latency: Duration::from_micros(100),
             zone_latency: Duration::from_millis(1),
             upload_concurrency: 4,
+            upload_queue_per_slot: 2,
+            upload_queue_wait: Duration::from_secs(2),
             upload_slots: 16,
             seed_send_once: Some(Duration::from_secs(5)),
             goodput: 1.0,
@@ -296,6 +306,8 @@ struct Node {
     have: Vec<bool>,
     have_bytes: u64,
     active_uploads: u32,
+    /// Requests waiting for an upload slot, oldest first.
+    queue: VecDeque<usize>,
     load_sent: u32,
     /// A seed's `SendOnce` table: per piece, children receiving it now and
     /// when one last received all of it.
@@ -317,6 +329,8 @@ struct Transfer {
     outcome: Option<Outcome>,
     /// The child is gone: nothing answers it.
     dropped: bool,
+    /// Waiting in the parent's upload queue since then.
+    queued: Option<Nanos>,
 }
 
 enum Ev {
@@ -326,6 +340,8 @@ enum Ev {
     Disconnect(usize),
     ToNode(usize, ToPeer),
     Request(usize),
+    /// A queued request's wait runs out (if it still waits since then).
+    QueueWaitOver(usize, Nanos),
     Answer(usize),
     FlowDone(FlowKey),
     Timeout(usize),
@@ -463,6 +479,7 @@ impl World {
             have: vec![false; piece_count],
             have_bytes: 0,
             active_uploads: 0,
+            queue: VecDeque::new(),
             load_sent: 0,
             sent: if seed {
                 vec![(0, None); piece_count]
@@ -682,6 +699,7 @@ impl World {
             }
             Ev::ToNode(n, msg) => self.deliver_to_node(n, msg),
             Ev::Request(t) => self.request(t),
+            Ev::QueueWaitOver(t, since) => self.queue_wait_over(t, since),
             Ev::Answer(t) => self.answer(t),
             Ev::FlowDone(k) => self.flow_done(k),
             Ev::Timeout(n) => {
@@ -908,6 +926,7 @@ impl World {
             flow: None,
             outcome: None,
             dropped: false,
+            queued: None,
         };
         match self.free_transfers.pop() {
             Some(i) => {
@@ -949,62 +968,137 @@ impl World {
             self.free_transfer(t);
             return;
         }
-        let (child, parent, num, bytes) = (tr.child, tr.parent, tr.num, tr.bytes);
+        let (parent, num) = (tr.parent, tr.num);
         let hold = self.p.seed_send_once.map(nanos);
         let now = self.now;
-        let answer = match parent {
-            None => None,
-            Some(p) => {
-                let node = &self.nodes[p];
-                // The server's order: a seed's send-once check, then its
-                // upload limit, then whether it holds the piece.
-                let elsewhere = match (node.sent.get(num as usize), hold) {
-                    (Some(&(sending, last)), Some(hold)) if node.alive => {
-                        if sending > 0 {
-                            Some(hold)
-                        } else {
-                            last.map(|t| (t + hold).saturating_sub(now))
-                                .filter(|l| *l > 0)
-                        }
-                    }
-                    _ => None,
-                };
-                if !node.alive {
-                    Some(Outcome::ParentFailed)
-                } else if let Some(wait) = elsewhere {
-                    self.elsewhere_answers += 1;
-                    Some(Outcome::Elsewhere {
-                        retry_in: Duration::from_nanos(wait.max(1_000_000)),
-                    })
-                } else if node.active_uploads >= self.p.upload_concurrency {
-                    self.busy_answers += 1;
-                    Some(Outcome::Busy)
-                } else if !node.have[num as usize] {
-                    self.not_found_answers += 1;
-                    Some(Outcome::NotFound)
+        let Some(p) = parent else {
+            self.serve(t);
+            return;
+        };
+        let node = &self.nodes[p];
+        // The server's order: a seed's send-once check, then an upload
+        // slot (waiting in its queue), then whether it holds the piece.
+        let elsewhere = match (node.sent.get(num as usize), hold) {
+            (Some(&(sending, last)), Some(hold)) if node.alive => {
+                if sending > 0 {
+                    Some(hold)
                 } else {
-                    None
+                    last.map(|t| (t + hold).saturating_sub(now))
+                        .filter(|l| *l > 0)
                 }
             }
+            _ => None,
         };
-        let from = self.parent_host(parent);
-        let to = self.nodes[child].host;
-        if let Some(o) = answer {
+        if !node.alive {
+            self.answer_now(t, Outcome::ParentFailed);
+        } else if let Some(wait) = elsewhere {
+            self.elsewhere_answers += 1;
+            let retry_in = Duration::from_nanos(wait.max(1_000_000));
+            self.answer_now(t, Outcome::Elsewhere { retry_in });
+        } else if node.active_uploads < self.p.upload_concurrency {
+            self.admit(p, num, 1);
+            self.serve(t);
+        } else if (node.queue.len() as u32)
+            < self.p.upload_concurrency * self.p.upload_queue_per_slot
+        {
+            // Admitted by the send-once check before it waits (its ticket
+            // is taken), as the real server does.
+            self.admit(p, num, 1);
+            self.nodes[p].queue.push_back(t);
             if let Some(tr) = self.transfers[t].as_mut() {
-                tr.outcome = Some(o);
+                tr.queued = Some(now);
             }
-            let at = self.now + self.latency(from, to);
-            self.push(at, Ev::Answer(t));
+            let at = now + nanos(self.p.upload_queue_wait);
+            self.push(at, Ev::QueueWaitOver(t, now));
+        } else {
+            self.busy_answers += 1;
+            self.answer_now(t, Outcome::Busy);
+        }
+    }
+
+    /// The outcome of a request is sent back now, without a transfer.
+    fn answer_now(&mut self, t: usize, o: Outcome) {
+        let Some(tr) = self.transfers[t].as_mut() else {
+            return;
+        };
+        tr.outcome = Some(o);
+        let (parent, child) = (tr.parent, tr.child);
+        let (from, to) = (self.parent_host(parent), self.nodes[child].host);
+        let at = self.now + self.latency(from, to);
+        self.push(at, Ev::Answer(t));
+    }
+
+    /// A queued request waited its longest: answered `Busy`, if it still
+    /// waits since `since`.
+    fn queue_wait_over(&mut self, t: usize, since: Nanos) {
+        let Some(tr) = self.transfers[t].as_mut() else {
+            return;
+        };
+        if tr.queued != Some(since) {
             return;
         }
+        tr.queued = None;
+        let (num, parent) = (tr.num, tr.parent);
+        if let Some(p) = parent {
+            self.nodes[p].queue.retain(|&q| q != t);
+            self.admit(p, num, -1);
+        }
+        if self.transfers[t].as_ref().is_some_and(|tr| tr.dropped) {
+            self.free_transfer(t);
+            return;
+        }
+        self.busy_answers += 1;
+        self.answer_now(t, Outcome::Busy);
+    }
+
+    /// A slot of `p` freed: its oldest queued request takes it.
+    fn serve_queued(&mut self, p: usize) {
+        while self.nodes[p].alive && self.nodes[p].active_uploads < self.p.upload_concurrency {
+            let Some(t) = self.nodes[p].queue.pop_front() else {
+                return;
+            };
+            let Some(tr) = self.transfers[t].as_mut() else {
+                continue;
+            };
+            tr.queued = None;
+            if tr.dropped {
+                self.free_transfer(t);
+                continue;
+            }
+            self.serve(t);
+        }
+    }
+
+    /// A seed's send-once ticket for piece `num` is taken (`+1`) or
+    /// given back unsent (`-1`).
+    fn admit(&mut self, p: usize, num: u32, by: i32) {
+        if let Some(s) = self.nodes[p].sent.get_mut(num as usize) {
+            s.0 = s.0.saturating_add_signed(by);
+        }
+    }
+
+    /// The request holds an upload slot (or goes to the origin): the
+    /// piece is sent, or `NotFound` answered.
+    fn serve(&mut self, t: usize) {
+        let Some(tr) = self.transfers[t].as_ref() else {
+            return;
+        };
+        let (child, parent, num, bytes) = (tr.child, tr.parent, tr.num, tr.bytes);
+        if let Some(p) = parent {
+            if !self.nodes[p].have[num as usize] {
+                self.admit(p, num, -1);
+                self.not_found_answers += 1;
+                self.answer_now(t, Outcome::NotFound);
+                return;
+            }
+        }
+        let from = self.parent_host(parent);
+        let to = self.nodes[child].host;
         let load = match parent {
             Some(p) => {
                 let node = &mut self.nodes[p];
                 node.active_uploads += 1;
-                if let Some(s) = node.sent.get_mut(num as usize) {
-                    s.0 += 1;
-                }
-                Some(node.active_uploads)
+                Some(node.active_uploads + node.queue.len() as u32)
             }
             None => None,
         };
@@ -1054,6 +1148,7 @@ impl World {
                     s.1 = Some(now);
                 }
             }
+            self.serve_queued(p);
         }
         if !whole {
             return;
@@ -1149,6 +1244,20 @@ impl World {
             self.killed += 1;
             if node.failed.is_none() {
                 self.peers_over += 1;
+            }
+        }
+        // Requests queued at the dead: their connections broke.
+        for &n in &victims {
+            for t in std::mem::take(&mut self.nodes[n].queue) {
+                let Some(tr) = self.transfers[t].as_mut() else {
+                    continue;
+                };
+                tr.queued = None;
+                if tr.dropped || !self.nodes[tr.child].alive {
+                    self.free_transfer(t);
+                } else {
+                    self.answer_now(t, Outcome::ParentFailed);
+                }
             }
         }
         // Transfers to or from the dead: cut their flows; a live child hears
