@@ -268,6 +268,9 @@ struct SimulateArgs {
     /// upload server's queue; 0: none).
     #[arg(long, default_value_t = 2)]
     upload_queue_per_slot: u32,
+    /// The longest a queued request waits for a slot before `Busy`.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    upload_queue_wait: Duration,
     /// Children the scheduler may plan onto a host (--upload-slots).
     #[arg(long, default_value_t = 16)]
     upload_slots: u32,
@@ -615,6 +618,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         p.zone_latency = a.zone_latency;
         p.upload_concurrency = a.upload_concurrency.max(1);
         p.upload_queue_per_slot = a.upload_queue_per_slot;
+        p.upload_queue_wait = a.upload_queue_wait;
         p.upload_slots = a.upload_slots;
         p.seed_send_once = Some(a.seed_send_once).filter(|d| !d.is_zero());
         p.goodput = a.goodput;
