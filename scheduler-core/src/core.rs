@@ -985,20 +985,78 @@ impl Core {
         } else {
             Vec::new()
         };
-        if freed > 0 {
+        if !freed.is_empty() {
             out.extend(self.feed_starving(id, now));
+            for p in &freed {
+                out.extend(self.top_up_from(id, p, now));
+            }
         }
         out
     }
 
-    /// Drops every parent of `child` (done, or the source now); returns how
-    /// many slots that freed.
-    fn drop_parents(&mut self, id: TaskId, child: &str) -> usize {
+    /// `parent` has slots free (a child of it finished): they go to
+    /// children short of parents. Without this a child that got one or two
+    /// parents while the swarm filled is never planned again once it
+    /// empties, though every parent has room then: at 10,000 peers its
+    /// window of candidates rarely holds the parent that freed, so the
+    /// child itself is planned with `parent` as an extra candidate.
+    fn top_up_from(&mut self, id: TaskId, parent: &str, now: Instant) -> Vec<Outbound> {
+        /// Short-set entries looked at per free slot: stale ones (children
+        /// that got parents since, or finished) are dropped on the way.
+        const WALK_PER_SLOT: usize = 4;
+        let want = self.config.candidate_parents;
+        let Some(slots) = self.hosts.get(parent).map(|h| h.info.upload_slots.max(1)) else {
+            return Vec::new();
+        };
+        let free = slots.saturating_sub(self.graph.child_count(parent)) as usize;
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        let Some(&extra) = task.eligible_at.get(parent) else {
+            return Vec::new();
+        };
+        let n = task.order.len();
+        let start = small_hash(parent).wrapping_add(n) % n.max(1);
+        let mut short = Vec::new();
+        let mut stale = Vec::new();
+        for at in cyclic_range(&task.short, n, start, n).take(free * WALK_PER_SLOT) {
+            let c = &task.order[at];
+            if c.as_str() == parent || task.is_source(c) {
+                continue;
+            }
+            match task.peers.get(c) {
+                Some(tp) if !tp.done && self.graph.parents(id, c).len() < want => {
+                    if !self.graph.parents(id, c).contains(parent) {
+                        short.push(c.clone());
+                    }
+                }
+                _ => stale.push(at),
+            }
+            if short.len() >= free {
+                break;
+            }
+        }
+        for at in stale {
+            task.short.remove(&at);
+        }
+        let mut out = Vec::new();
+        for child in short {
+            if self.graph.child_count(parent) >= slots {
+                break;
+            }
+            out.extend(self.plan_with(id, &child, Some(extra), now));
+        }
+        out
+    }
+
+    /// Drops every parent of `child` (done, or the source now); returns
+    /// them (each has a slot free now).
+    fn drop_parents(&mut self, id: TaskId, child: &str) -> BTreeSet<PeerId> {
         let parents = self.graph.remove_parents(id, child);
         for p in &parents {
             self.slots_freed(p);
         }
-        parents.len()
+        parents
     }
 
     /// `host` has one more free upload slot: it is open again in every
@@ -1178,6 +1236,18 @@ impl Core {
 
     /// Phase 1 for one child: tops its candidate parents up to the target.
     fn plan(&mut self, id: TaskId, child: &str, now: Instant) -> Vec<Outbound> {
+        self.plan_with(id, child, None, now)
+    }
+
+    /// [`Core::plan`], with the eligible peer at position `extra` a
+    /// candidate too, inside the child's window or not.
+    fn plan_with(
+        &mut self,
+        id: TaskId,
+        child: &str,
+        extra: Option<usize>,
+        now: Instant,
+    ) -> Vec<Outbound> {
         let want = self.config.candidate_parents;
         let Some(task) = self.tasks.get(&id) else {
             return Vec::new();
@@ -1275,6 +1345,11 @@ impl Core {
                 if let Some(score) = consider(at) {
                     scored.push((score, at));
                 }
+            }
+        }
+        if let Some(at) = extra.filter(|at| *at < n && !scored.iter().any(|(_, s)| s == at)) {
+            if let Some(score) = consider(at) {
+                scored.push((score, at));
             }
         }
         scored.sort_by(|a, b| {

@@ -1186,3 +1186,27 @@ fn a_child_whose_scanned_window_is_full_gets_a_free_parent_outside_it() {
     let out = register(&mut core, "c");
     assert_eq!(parents_in(&out, "c"), vec![free]);
 }
+
+#[test]
+fn a_slot_freed_by_a_finished_child_goes_to_a_child_short_of_parents() {
+    let mut core = Core::new(Config {
+        candidate_parents: 2,
+        ..Config::default()
+    });
+    hello(&mut core, host("seed", true, 1));
+    for p in ["a", "b"] {
+        hello(&mut core, host(p, false, 1));
+    }
+    register(&mut core, "a");
+    register(&mut core, "b");
+    done(&mut core, "seed", 0);
+    assert_eq!(core.parents_of(&task(), "a"), vec!["seed".to_string()]);
+    // a's first piece makes it b's parent; the seed's one slot is a's.
+    done(&mut core, "a", 0);
+    assert_eq!(core.parents_of(&task(), "b"), vec!["a".to_string()]);
+    // a finishes: the seed's slot is free, and b, one parent short, gets it
+    // (it is not parentless, so nothing else would plan it again).
+    let out = core.handle("a", PeerEvent::TaskDone { task: task() }, t0());
+    assert_eq!(parents_in(&out, "b"), vec!["seed".to_string()]);
+    assert_graph_consistent(&core);
+}
