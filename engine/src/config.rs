@@ -33,9 +33,14 @@ pub struct EngineConfig {
     pub more_schedulers: Vec<String>,
     /// Children the scheduler may plan onto this peer.
     pub upload_slots: u32,
-    /// Pieces sent at once; more requests are answered `Busy`. Few uploads
-    /// at full rate beat many slow ones: a piece can only be forwarded once
-    /// it is whole.
+    /// Pieces sent at once; more requests wait in a short queue, then are
+    /// answered `Busy`. A piece can only be forwarded once it is whole, so
+    /// fewer uploads at a higher rate each forward sooner; but with every
+    /// host both uploading and downloading (16 pieces in flight per child),
+    /// 4 slots per host left children waiting in the queues while their
+    /// downlinks idled: 8 measured better on the 16-host emulator (slowest
+    /// 1.34 vs 1.41 × S/B; heterogeneous 1.70 vs 1.78) and in the
+    /// simulator (1.16 vs 1.29), see bench/results/cluster/knobs-stop24.
     pub upload_concurrency: u32,
     /// A seed sends each piece once per this long: a child asking for a
     /// piece the seed just sent to another is told to take it from the
@@ -82,7 +87,7 @@ impl EngineConfig {
             scheduler: None,
             more_schedulers: Vec::new(),
             upload_slots: 16,
-            upload_concurrency: 4,
+            upload_concurrency: 8,
             seed_send_once: Some(Duration::from_secs(5)),
             mapped_window: weightcast_store::DEFAULT_MAPPED_WINDOW,
             pieces_in_flight: 16,

@@ -211,9 +211,10 @@ pub struct EngineArgs {
     /// Children the scheduler may plan onto this peer.
     #[arg(long, env = "WEIGHTCAST_UPLOAD_SLOTS", default_value_t = 16)]
     pub upload_slots: u32,
-    /// Pieces sent to other peers at once (more wait): few full-rate uploads
-    /// let pieces complete, and be forwarded, sooner.
-    #[arg(long, env = "WEIGHTCAST_UPLOAD_CONCURRENCY", default_value_t = 4)]
+    /// Pieces sent to other peers at once (more wait in a short queue): few
+    /// uploads at a high rate each let pieces complete, and be forwarded,
+    /// sooner; too few leave children waiting while their downlinks idle.
+    #[arg(long, env = "WEIGHTCAST_UPLOAD_CONCURRENCY", default_value_t = 8)]
     pub upload_concurrency: u32,
     /// Bytes of verified pieces each file keeps mapped in memory (the most
     /// recently written or served); older pieces are unmapped and dropped

@@ -262,7 +262,7 @@ struct SimulateArgs {
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     zone_latency: Duration,
     /// Pieces a host uploads at once (the daemon's --upload-concurrency).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     upload_concurrency: u32,
     /// Requests a host queues per upload slot before answering `Busy` (the
     /// upload server's queue; 0: none).

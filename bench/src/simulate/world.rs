@@ -117,7 +117,7 @@ impl Params {
             seed_on_origin: false,
             latency: Duration::from_micros(100),
             zone_latency: Duration::from_millis(1),
-            upload_concurrency: 4,
+            upload_concurrency: 8,
             upload_queue_per_slot: 2,
             upload_queue_wait: Duration::from_secs(2),
             upload_slots: 16,
