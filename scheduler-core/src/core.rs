@@ -893,36 +893,12 @@ impl Core {
             // take at most `upload_slots` of them, so a bounded number of
             // replans (walking from a point that rotates with the parent)
             // finds them without touching every peer of a 10,000-peer task.
-            let want = self.config.candidate_parents;
             let budget = 2 * self
                 .hosts
                 .get(peer)
                 .map_or(1, |h| h.info.upload_slots.max(1)) as usize;
-            // The walk passes only the peers that may be short (`short`),
-            // in the order of a walk over all of `order`, and drops those
-            // it finds are not.
-            let n = task.order.len();
-            let start = small_hash(peer) % n.max(1);
-            let mut short = Vec::new();
-            let mut not_short = Vec::new();
-            for at in cyclic_range(&task.short, n, start, n) {
-                if short.len() >= budget {
-                    break;
-                }
-                let p = &task.order[at];
-                if p.as_str() == peer || task.is_source(p) {
-                    continue;
-                }
-                match task.peers.get(p) {
-                    Some(tp) if !tp.done && self.graph.parents(id, p).len() < want => {
-                        short.push(p.clone())
-                    }
-                    _ => not_short.push(at),
-                }
-            }
-            for at in not_short {
-                task.short.remove(&at);
-            }
+            let start = small_hash(peer);
+            let short = self.short_children(id, peer, start, budget, usize::MAX);
             for child in short {
                 out.extend(self.plan(id, &child, now));
             }
@@ -1004,41 +980,16 @@ impl Core {
         /// Short-set entries looked at per free slot: stale ones (children
         /// that got parents since, or finished) are dropped on the way.
         const WALK_PER_SLOT: usize = 4;
-        let want = self.config.candidate_parents;
         let Some(slots) = self.hosts.get(parent).map(|h| h.info.upload_slots.max(1)) else {
             return Vec::new();
         };
         let free = slots.saturating_sub(self.graph.child_count(parent)) as usize;
-        let Some(task) = self.tasks.get_mut(&id) else {
+        let Some(&extra) = self.tasks.get(&id).and_then(|t| t.eligible_at.get(parent)) else {
             return Vec::new();
         };
-        let Some(&extra) = task.eligible_at.get(parent) else {
-            return Vec::new();
-        };
-        let n = task.order.len();
-        let start = small_hash(parent).wrapping_add(n) % n.max(1);
-        let mut short = Vec::new();
-        let mut stale = Vec::new();
-        for at in cyclic_range(&task.short, n, start, n).take(free * WALK_PER_SLOT) {
-            let c = &task.order[at];
-            if c.as_str() == parent || task.is_source(c) {
-                continue;
-            }
-            match task.peers.get(c) {
-                Some(tp) if !tp.done && self.graph.parents(id, c).len() < want => {
-                    if !self.graph.parents(id, c).contains(parent) {
-                        short.push(c.clone());
-                    }
-                }
-                _ => stale.push(at),
-            }
-            if short.len() >= free {
-                break;
-            }
-        }
-        for at in stale {
-            task.short.remove(&at);
-        }
+        let n = self.tasks.get(&id).map_or(0, |t| t.order.len());
+        let start = small_hash(parent).wrapping_add(n);
+        let short = self.short_children(id, parent, start, free, free * WALK_PER_SLOT);
         let mut out = Vec::new();
         for child in short {
             if self.graph.child_count(parent) >= slots {
@@ -1047,6 +998,50 @@ impl Core {
             out.extend(self.plan_with(id, &child, Some(extra), now));
         }
         out
+    }
+
+    /// Up to `budget` children of `id` short of parents that `parent` does
+    /// not serve yet, walking at most `walk` entries of the task's `short`
+    /// set from position `start` (mod its length) in arrival order; the
+    /// entries found stale (children that got their parents, or finished)
+    /// are dropped on the way.
+    fn short_children(
+        &mut self,
+        id: TaskId,
+        parent: &str,
+        start: usize,
+        budget: usize,
+        walk: usize,
+    ) -> Vec<PeerId> {
+        let want = self.config.candidate_parents;
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Vec::new();
+        };
+        let n = task.order.len();
+        let mut short = Vec::new();
+        let mut stale = Vec::new();
+        for at in cyclic_range(&task.short, n, start % n.max(1), n).take(walk) {
+            if short.len() >= budget {
+                break;
+            }
+            let c = &task.order[at];
+            if c.as_str() == parent || task.is_source(c) {
+                continue;
+            }
+            let parents = self.graph.parents(id, c);
+            match task.peers.get(c) {
+                Some(tp) if !tp.done && parents.len() < want => {
+                    if !parents.contains(parent) {
+                        short.push(c.clone());
+                    }
+                }
+                _ => stale.push(at),
+            }
+        }
+        for at in stale {
+            task.short.remove(&at);
+        }
+        short
     }
 
     /// Drops every parent of `child` (done, or the source now); returns
