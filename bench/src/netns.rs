@@ -91,6 +91,42 @@ fn sent_bytes(ns: &str, dev: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The counters of [`TCP_LOSS_COUNTERS`] from `/proc/net/snmp`- and
+/// `/proc/net/netstat`-style text: pairs of lines, names then values, each
+/// starting with the same `Group:` prefix.
+pub fn tcp_loss_counters(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        let (Some((g1, names)), Some((g2, values))) =
+            (pair[0].split_once(':'), pair[1].split_once(':'))
+        else {
+            continue;
+        };
+        if g1 != g2 || !matches!(g1, "Tcp" | "TcpExt") {
+            continue;
+        }
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let (true, Ok(v)) = (TCP_LOSS_COUNTERS.contains(&name), value.parse::<u64>()) {
+                out.insert(name.to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+/// What [`Net::tcp_counters`] reads.
+pub const TCP_LOSS_COUNTERS: &[&str] = &[
+    "OutSegs",
+    "RetransSegs",
+    "TCPTimeouts",
+    "TCPLossProbes",
+    "TCPFastRetrans",
+    "TCPSlowStartRetrans",
+    "TCPSpuriousRTOs",
+    "TCPSackRecovery",
+];
+
 /// Upload and download caps of one host, bits per second (`None`: uncapped).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Caps {
@@ -273,6 +309,15 @@ impl Net {
         sent_bytes(&self.switch, &h.port)
     }
 
+    /// The host's TCP loss counters (its namespace's `/proc/net/snmp` and
+    /// `/proc/net/netstat`): whether a slow transfer lost packets and how
+    /// it recovered (fast retransmit, tail-loss probe, or a timeout).
+    pub fn tcp_counters(&self, h: &NetHost) -> std::collections::BTreeMap<String, u64> {
+        let mut text = in_ns(&h.ns, &["cat", "/proc/net/snmp"]).unwrap_or_default();
+        text.push_str(&in_ns(&h.ns, &["cat", "/proc/net/netstat"]).unwrap_or_default());
+        tcp_loss_counters(&text)
+    }
+
     /// Every host's (uploaded, downloaded) bytes at once, read from the
     /// switch's interface counters in one call (its port's receive bytes are
     /// the host's upload, its transmit bytes the host's download): cheap
@@ -317,5 +362,24 @@ impl Drop for Net {
         }
         let _ = sh(&["ip", "netns", "del", &self.switch]);
         let _ = sh(&["ip", "link", "del", &self.mgmt]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_loss_counters_pair_names_with_values() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm OutSegs RetransSegs\nTcp: 1 5000 12\n\
+                    TcpExt: SyncookiesSent TCPTimeouts TCPLossProbes\nTcpExt: 0 3 7\n";
+        let c = tcp_loss_counters(text);
+        assert_eq!(c.get("OutSegs"), Some(&5000));
+        assert_eq!(c.get("RetransSegs"), Some(&12));
+        assert_eq!(c.get("TCPTimeouts"), Some(&3));
+        assert_eq!(c.get("TCPLossProbes"), Some(&7));
+        assert!(!c.contains_key("SyncookiesSent"));
+        assert!(!c.contains_key("Forwarding"));
     }
 }

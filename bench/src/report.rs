@@ -166,6 +166,7 @@ mod tests {
             slow_hosts_upload: None,
             cross_zone: None,
             seed_uploads: None,
+            peer_tcp: Vec::new(),
         }
     }
 

@@ -159,10 +159,13 @@ pub struct RunResult {
     pub seed_uploads: Option<[u64; 2]>,
     /// Link byte counters about once a second: where the time went.
     pub timeline: Vec<Sample>,
+    /// Each peer host's TCP loss counters at the end of the run (the same
+    /// order as `peer_secs`; see [`crate::netns::TCP_LOSS_COUNTERS`]).
+    pub peer_tcp: Vec<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Cumulative link bytes at one moment of a run.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub secs: f64,
     /// The machine's (busy, total) CPU ticks from `/proc/stat`.
@@ -173,6 +176,9 @@ pub struct Sample {
     pub peers_down: u64,
     /// Every peer host's upload, summed.
     pub peers_up: u64,
+    /// Each peer host's (uploaded, downloaded) bytes, in `peer_secs` order:
+    /// which peers were slow, and when.
+    pub peer_links: Vec<(u64, u64)>,
 }
 
 impl RunResult {
@@ -406,6 +412,7 @@ pub fn run(
                 seed_host_up: of(&seed_at).0,
                 peers_down: peers.iter().map(|h| of(h).1).sum(),
                 peers_up: peers.iter().map(|h| of(h).0).sum(),
+                peer_links: peers.iter().map(|h| of(h)).collect(),
             });
         }
         let mut pending = 0;
@@ -491,6 +498,7 @@ pub fn run(
         origin_http_bytes,
         slow_hosts_upload,
         cross_zone: (zones == 2).then(|| net.cross_zone()),
+        peer_tcp: peers.iter().map(|h| net.tcp_counters(h)).collect(),
     };
     drop(runs);
     if let Some(keep) = std::env::var_os("WEIGHTCAST_BENCH_KEEP") {

@@ -232,7 +232,7 @@ struct SimulateArgs {
     #[arg(long, default_value = "25gbit", value_parser = netns::parse_bits)]
     bandwidth: u64,
     /// Piece size: `auto` only, the rule every component shares
-    /// (`PieceLayout::for_length`: about 500 pieces, 4 to 64 MiB).
+    /// (`PieceLayout::for_length`: about 2,000 pieces, 256 KiB to 64 MiB).
     #[arg(long, default_value = "auto")]
     piece_size: String,
     /// Zones the hosts are spread over, round robin.
