@@ -12,6 +12,9 @@
 //!   the same peer (the actor handled it, phase 1 included);
 //! - *announce → available*: a parent's `PieceDone` sent → each child's
 //!   `Available` for it received (the decision fanned out);
+//! - *first piece → new parent*: a peer's first `PieceDone` (it becomes a
+//!   parent) → a `Parents` message that names it, with that one piece, at
+//!   a child short of parents (the top-up's plan);
 //! - *decisions per second*: the scheduler's handled-message counter over
 //!   a burst in which every peer announces as fast as its stream takes;
 //! - *memory per peer*: the scheduler's RSS with every session open and
@@ -96,6 +99,8 @@ pub struct LoadResult {
     /// Announcements per second actually sent in the paced phase.
     pub announce_rate: f64,
     pub available: Latency,
+    /// A peer's first announcement → a child told of it as a new parent.
+    pub new_parent: Latency,
     /// Scheduler user + system CPU seconds over the paced phase.
     pub cpu_secs: f64,
     pub cpu_ms_per_1000_announcements: f64,
@@ -157,6 +162,16 @@ fn digest(num: u32) -> Vec<u8> {
     d
 }
 
+/// The piece peer `i` announces in round `k` of the paced phase.
+fn piece_of(i: usize, k: u32, pieces: u32) -> u32 {
+    (i as u32).wrapping_mul(7).wrapping_add(k) % pieces
+}
+
+/// The first piece peer `i` announces.
+fn first_piece(i: usize, pieces: u32) -> u32 {
+    piece_of(i, 0, pieces)
+}
+
 fn peer_name(i: usize) -> String {
     format!("load-{i:05}")
 }
@@ -171,6 +186,10 @@ struct Shared {
     registered: Vec<AtomicU64>,
     register_rtt: Mutex<Vec<u64>>,
     available: Mutex<Vec<u64>>,
+    /// A peer's first announcement (it becomes a parent; the scheduler
+    /// tops up children short of parents with it) → a `Parents` message
+    /// naming it with that one piece.
+    new_parent: Mutex<Vec<u64>>,
     parents_at_register: AtomicUsize,
     metas: AtomicUsize,
 }
@@ -231,11 +250,41 @@ async fn open(endpoint: &str, i: usize, shared: Arc<Shared>) -> Result<Session> 
                         shared.metas.fetch_add(1, Ordering::AcqRel);
                     }
                 }
-                Some(Msg::Parents(_)) if !got_parents => {
-                    got_parents = true;
-                    let sent = shared.registered[i].load(Ordering::Acquire);
-                    if sent > 0 && now - sent < 50_000_000 {
-                        shared.parents_at_register.fetch_add(1, Ordering::AcqRel);
+                Some(Msg::Parents(ps)) => {
+                    if !got_parents {
+                        got_parents = true;
+                        let sent = shared.registered[i].load(Ordering::Acquire);
+                        if sent > 0 && now - sent < 50_000_000 {
+                            shared.parents_at_register.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    // A parent listed with its first piece only was planned
+                    // onto this child after that piece's announcement (it
+                    // became a parent then): the top-up's latency.
+                    for parent in &ps.parents {
+                        let Some(p) = parent
+                            .peer_id
+                            .strip_prefix("load-")
+                            .and_then(|n| n.parse::<usize>().ok())
+                        else {
+                            continue;
+                        };
+                        let first = first_piece(p, shared.pieces);
+                        if p == 0 || parent.pieces.len() != 1 || parent.pieces[0].num != first {
+                            continue;
+                        }
+                        let slot = p * shared.pieces as usize + first as usize;
+                        let sent = shared
+                            .announced
+                            .get(slot)
+                            .map_or(0, |s| s.load(Ordering::Acquire));
+                        if sent > 0 {
+                            shared
+                                .new_parent
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(now.saturating_sub(sent));
+                        }
                     }
                 }
                 Some(Msg::Available(a)) => {
@@ -315,6 +364,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
         registered: (0..n).map(|_| AtomicU64::new(0)).collect(),
         register_rtt: Mutex::new(Vec::new()),
         available: Mutex::new(Vec::new()),
+        new_parent: Mutex::new(Vec::new()),
         parents_at_register: AtomicUsize::new(0),
         metas: AtomicUsize::new(0),
     });
@@ -389,7 +439,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
         let order = (0..per_peer).flat_map(|k| {
             let task = task.clone();
             (1..n).map(move |i| {
-                let num = (i as u32).wrapping_mul(7).wrapping_add(k) % pieces;
+                let num = piece_of(i, k, pieces);
                 (
                     i,
                     msg(PeerMsg::PieceDone(pb::PieceDone {
@@ -421,7 +471,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
         let mut burst = 0u64;
         for (i, session) in sessions.iter().enumerate().take(n).skip(1) {
             for k in per_peer..pieces {
-                let num = (i as u32).wrapping_mul(7).wrapping_add(k) % pieces;
+                let num = piece_of(i, k, pieces);
                 session
                     .tx
                     .send(msg(PeerMsg::PieceDone(pb::PieceDone {
@@ -466,6 +516,7 @@ pub fn run(p: &LoadParams) -> Result<LoadResult> {
             announce_secs,
             announce_rate: announcements as f64 / announce_secs.max(1e-9),
             available: Latency::of(take(&shared.available)),
+            new_parent: Latency::of(take(&shared.new_parent)),
             cpu_secs: cpu,
             cpu_ms_per_1000_announcements: cpu * 1e3 / (announcements.max(1) as f64 / 1e3),
             burst_messages_per_sec: burst_done as f64 / burst_secs.max(1e-9),
@@ -485,13 +536,13 @@ pub fn markdown(results: &[LoadResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| peers | pieces | paced rate /s | register RTT p50 / p99 µs | announce→available p50 / p99 µs (target p99 < 1000) | CPU ms / 1,000 announcements | burst messages/s | RSS / peer KiB | RSS idle → loaded MiB |"
+        "| peers | pieces | paced rate /s | register RTT p50 / p99 µs | announce→available p50 / p99 µs (target p99 < 1000) | first piece → new parent p50 / p99 µs | CPU ms / 1,000 announcements | burst messages/s | RSS / peer KiB | RSS idle → loaded MiB |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / **{:.0}** | {:.1} | {:.0} | {:.1} | {:.1} → {:.1} |",
+            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / **{:.0}** | {:.0} / {:.0} | {:.1} | {:.0} | {:.1} | {:.1} → {:.1} |",
             r.peers,
             r.pieces,
             r.announce_rate,
@@ -499,6 +550,8 @@ pub fn markdown(results: &[LoadResult]) -> String {
             r.register.p99_us,
             r.available.p50_us,
             r.available.p99_us,
+            r.new_parent.p50_us,
+            r.new_parent.p99_us,
             r.cpu_ms_per_1000_announcements,
             r.burst_messages_per_sec,
             r.rss_per_peer_bytes / 1024.0,

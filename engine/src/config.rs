@@ -10,6 +10,21 @@ use weightcast_proto::cluster_auth::ClusterSecrets;
 use weightcast_rdma::TransportMode;
 use weightcast_store::CachePolicy;
 
+/// How long a seed refuses to send a piece again after a child received
+/// it (see [`EngineConfig::seed_send_once`]): long enough for the child's
+/// announcement to reach its siblings through the scheduler, who then take
+/// the piece from it. Shorter would help where the piece went to a peer
+/// whose uplink is slow (every other child then waits for that peer or for
+/// the hold to end): on the broadcast simulator, heterogeneous (a quarter
+/// of the uplinks at B/10) 16 hosts at 100 Mbit/s gave 1.40 × T* with 5 s
+/// and 1.22 with 500 ms, and plain fan-out kept 1.000 seed copies down to
+/// 100 ms. The emulator refuted it (stop 25, 3 runs each): with 500 ms the
+/// fan-out's seed host sent 1.10–1.13 S instead of 1.05 and heterogeneous
+/// got slower (1.88 instead of 1.80 × S/B, seed host 1.40–2.11 S), as
+/// announcements reach siblings later on a busy scheduler than in the
+/// simulator, which delivers them at once.
+pub const SEED_SEND_ONCE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
@@ -45,6 +60,7 @@ pub struct EngineConfig {
     /// A seed sends each piece once per this long: a child asking for a
     /// piece the seed just sent to another is told to take it from the
     /// peers (see `weightcast_tcp::SendOnce`). `None`: always send.
+    /// Default [`SEED_SEND_ONCE`].
     pub seed_send_once: Option<Duration>,
     /// Bytes of verified pieces each task file keeps mapped; older ones
     /// are unmapped and dropped from the page cache (see
@@ -88,7 +104,7 @@ impl EngineConfig {
             more_schedulers: Vec::new(),
             upload_slots: 16,
             upload_concurrency: 8,
-            seed_send_once: Some(Duration::from_secs(5)),
+            seed_send_once: Some(SEED_SEND_ONCE),
             mapped_window: weightcast_store::DEFAULT_MAPPED_WINDOW,
             pieces_in_flight: 16,
             pieces_per_parent: 4,

@@ -274,7 +274,8 @@ struct SimulateArgs {
     /// Children the scheduler may plan onto a host (--upload-slots).
     #[arg(long, default_value_t = 16)]
     upload_slots: u32,
-    /// A seed sends each piece once per this long (0: always send).
+    /// A seed sends each piece once per this long (0: always send; the
+    /// daemon's default, `weightcast_engine::config::SEED_SEND_ONCE`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     seed_send_once: Duration,
     /// Pieces in flight per download (the daemon's --pieces-in-flight).

@@ -121,7 +121,7 @@ impl Params {
             upload_queue_per_slot: 2,
             upload_queue_wait: Duration::from_secs(2),
             upload_slots: 16,
-            seed_send_once: Some(Duration::from_secs(5)),
+            seed_send_once: Some(weightcast_engine::config::SEED_SEND_ONCE),
             goodput: 1.0,
             hash_rate: None,
             loopback: 2e9,
