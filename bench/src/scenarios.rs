@@ -412,7 +412,7 @@ pub fn run(
                 seed_host_up: of(&seed_at).0,
                 peers_down: peers.iter().map(|h| of(h).1).sum(),
                 peers_up: peers.iter().map(|h| of(h).0).sum(),
-                peer_links: peers.iter().map(|h| of(h)).collect(),
+                peer_links: peers.iter().map(&of).collect(),
             });
         }
         let mut pending = 0;

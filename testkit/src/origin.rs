@@ -58,21 +58,28 @@ fn take_one(n: &AtomicU32) -> bool {
         .is_ok()
 }
 
-/// `resp`'s body up to half its length, as a stream of chunks.
+/// `resp`'s body up to half its length, as a stream of chunks: the chunk
+/// that crosses the half is cut there, so that the body really stops
+/// halfway however large the file server's chunks are (a body sent as one
+/// chunk would otherwise go out whole).
 fn first_half(
     body: axum::body::Body,
     len: usize,
 ) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
     use futures::StreamExt;
-    let mut left = len / 2;
     body.into_data_stream()
         .map(|chunk| chunk.map_err(std::io::Error::other))
-        .take_while(move |chunk| {
-            let more = left > 0;
-            if let Ok(c) = chunk {
-                left = left.saturating_sub(c.len());
-            }
-            futures::future::ready(more)
+        .scan(len / 2, |left, chunk| {
+            let out = match chunk {
+                _ if *left == 0 => None,
+                Ok(c) => {
+                    let n = c.len().min(*left);
+                    *left -= n;
+                    Some(Ok(c.slice(..n)))
+                }
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
         })
 }
 

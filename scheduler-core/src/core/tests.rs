@@ -1048,7 +1048,8 @@ fn a_claim_counts_once_the_source_reports_the_same_digest() {
 #[test]
 fn after_a_scheduler_restart_a_peer_announcing_the_whole_task_serves_newcomers() {
     let mut core = Core::default();
-    let len = 3 << 20;
+    // Three pieces.
+    let len = 3 * weightcast_types::piece::MIN_PIECE_SIZE;
     for p in ["a", "b"] {
         hello(&mut core, host(p, false, 8));
         let out = register_with(&mut core, p, &[0, 1, 2], Some(len), t0());
