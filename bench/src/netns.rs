@@ -313,9 +313,8 @@ impl Net {
     /// `/proc/net/netstat`): whether a slow transfer lost packets and how
     /// it recovered (fast retransmit, tail-loss probe, or a timeout).
     pub fn tcp_counters(&self, h: &NetHost) -> std::collections::BTreeMap<String, u64> {
-        let mut text = in_ns(&h.ns, &["cat", "/proc/net/snmp"]).unwrap_or_default();
-        text.push_str(&in_ns(&h.ns, &["cat", "/proc/net/netstat"]).unwrap_or_default());
-        tcp_loss_counters(&text)
+        let text = in_ns(&h.ns, &["cat", "/proc/net/snmp", "/proc/net/netstat"]);
+        tcp_loss_counters(&text.unwrap_or_default())
     }
 
     /// Every host's (uploaded, downloaded) bytes at once, read from the

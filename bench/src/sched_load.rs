@@ -260,7 +260,9 @@ async fn open(endpoint: &str, i: usize, shared: Arc<Shared>) -> Result<Session> 
                     }
                     // A parent listed with its first piece only was planned
                     // onto this child after that piece's announcement (it
-                    // became a parent then): the top-up's latency.
+                    // became a parent then): the top-up's latency. Collected
+                    // first, so the shared list is locked once per message.
+                    let mut latencies = Vec::new();
                     for parent in &ps.parents {
                         let Some(p) = parent
                             .peer_id
@@ -279,12 +281,15 @@ async fn open(endpoint: &str, i: usize, shared: Arc<Shared>) -> Result<Session> 
                             .get(slot)
                             .map_or(0, |s| s.load(Ordering::Acquire));
                         if sent > 0 {
-                            shared
-                                .new_parent
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(now.saturating_sub(sent));
+                            latencies.push(now.saturating_sub(sent));
                         }
+                    }
+                    if !latencies.is_empty() {
+                        shared
+                            .new_parent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(latencies);
                     }
                 }
                 Some(Msg::Available(a)) => {

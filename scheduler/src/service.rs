@@ -26,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -733,26 +732,20 @@ pub fn serve_authenticated(
         shutdown: shutdown.clone(),
         tasks: tasks.clone(),
     };
+    // Decisions are small messages: with Nagle's algorithm each waits for
+    // the ACK of the one before, which the peer delays by up to 40 ms (the
+    // p99 of announce → available was 40–44 ms at any load). The builder's
+    // `tcp_nodelay` covers only listeners it binds itself, so the accepted
+    // sockets of this one are set here.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(std::io::Error::other)?;
     let server = tasks.spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .add_service(pb::scheduler_server::SchedulerServer::with_interceptor(
                 svc, auth,
             ))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener).map(|accepted| {
-                    accepted.inspect(|stream| {
-                        // Decisions are small messages: with Nagle's
-                        // algorithm one waits for the ACK of the one before,
-                        // which the peer delays by up to 40 ms (the p99 of
-                        // announce → available was 40–44 ms at any load
-                        // before this). The builder's `tcp_nodelay` applies
-                        // only to listeners it opens itself.
-                        let _ = stream.set_nodelay(true);
-                    })
-                }),
-                shutdown.clone().cancelled_owned(),
-            ),
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned()),
     );
     Ok(SchedulerHandle {
         addr,
