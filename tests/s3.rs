@@ -55,8 +55,10 @@ for o in json.loads(os.environ["OBJECTS"]):
     else:
         s3.put_object(Bucket=o["bucket"], Key=o["key"], Body=b"")
 policies = {
-    # moto names HeadBucket's permission s3:HeadBucket (AWS: s3:ListBucket).
-    "reader": {"Effect": "Allow", "Action": ["s3:Get*", "s3:List*", "s3:HeadBucket"], "Resource": "*"},
+    # moto (5.2 on) names a permission after the operation: HeadObject needs
+    # s3:HeadObject (AWS: s3:GetObject), HeadBucket s3:HeadBucket (AWS:
+    # s3:ListBucket). s3:Head* grants both on every moto 5.
+    "reader": {"Effect": "Allow", "Action": ["s3:Get*", "s3:List*", "s3:Head*"], "Resource": "*"},
     "writer": {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
     "denied": None,
 }
