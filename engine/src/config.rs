@@ -25,6 +25,10 @@ use weightcast_store::CachePolicy;
 /// simulator, which delivers them at once; with the scheduler's delayed-ACK
 /// stall fixed, 500 ms still gave fan-out 1.26 × S/B and 1.12 S from the
 /// seed host (5 s: 1.22 and 1.05 S), heterogeneous 1.63 (5 s: 1.66).
+/// What helps the slow receivers instead (stop 26) is the seed telling
+/// them apart: a child whose first copies the seed had to send again is a
+/// poor spreader, gets nothing from the seed while a good child is around,
+/// and what it holds is not held for it (`weightcast_tcp::SendOnce`).
 pub const SEED_SEND_ONCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 use crate::send_once::{SendOnce, SendTicket};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -241,11 +242,11 @@ impl<S: PieceSource> PieceServer<S> {
     }
 
     /// A ticket to send the piece, or the `Elsewhere` wait in milliseconds.
-    fn admit(&self, req: &PieceRequest) -> Result<Option<SendTicket>, u64> {
+    fn admit(&self, req: &PieceRequest, child: IpAddr) -> Result<Option<SendTicket>, u64> {
         let Some(once) = &self.send_once else {
             return Ok(None);
         };
-        match once.admit(req.task, req.piece, Instant::now()) {
+        match once.admit(req.task, req.piece, child, Instant::now()) {
             Ok(t) => Ok(Some(t)),
             Err(wait) => {
                 self.stats.refused_elsewhere.fetch_add(1, Ordering::Relaxed);
@@ -385,6 +386,10 @@ impl<S: PieceSource> PieceServer<S> {
             }
         }
         let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        // Who asks, for a seed's send-once table (see `SendOnce`).
+        let child = stream
+            .peer_addr()
+            .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let mut frame = [0u8; 64];
         // RDMA state of this connection: the child's QP, and the pieces it
         // was granted and is reading now (each holds an upload slot).
@@ -401,7 +406,7 @@ impl<S: PieceSource> PieceServer<S> {
             let len = ClientFrame::len_for_magic(magic).map_err(invalid)?;
             stream.read_exact(&mut frame[4..len]).await?;
             match ClientFrame::decode(&frame[..len]).map_err(invalid)? {
-                ClientFrame::Piece(req) => self.serve_tcp_piece(&mut stream, req).await?,
+                ClientFrame::Piece(req) => self.serve_tcp_piece(&mut stream, req, child).await?,
                 ClientFrame::RdmaConnect(child) => {
                     let (status, endpoint) = match &self.rdma {
                         None => (Status::Unsupported, child),
@@ -422,7 +427,7 @@ impl<S: PieceSource> PieceServer<S> {
                         .await?;
                 }
                 ClientFrame::RdmaPiece(req) => {
-                    let ticket = match self.admit(&req) {
+                    let ticket = match self.admit(&req, child) {
                         Ok(t) => t,
                         Err(wait_ms) => {
                             let g = RdmaGrant {
@@ -498,8 +503,9 @@ impl<S: PieceSource> PieceServer<S> {
         &self,
         stream: &mut TcpStream,
         req: PieceRequest,
+        child: IpAddr,
     ) -> std::io::Result<()> {
-        let ticket = match self.admit(&req) {
+        let ticket = match self.admit(&req, child) {
             Ok(t) => t,
             Err(wait_ms) => {
                 let h = ResponseHeader {

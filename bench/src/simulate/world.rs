@@ -36,7 +36,10 @@ use super::net::{FlowId, FlowKey, LinkId, Nanos, Net};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::time::Duration;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weightcast_tcp::{SendOnce, SendTicket};
 use weightcast_types::piece::{piece_digest, PieceDigest, PieceLayout};
 use weightcast_types::TaskId;
 
@@ -309,9 +312,9 @@ struct Node {
     /// Requests waiting for an upload slot, oldest first.
     queue: VecDeque<usize>,
     load_sent: u32,
-    /// A seed's `SendOnce` table: per piece, children receiving it now and
-    /// when one last received all of it.
-    sent: Vec<(u32, Option<Nanos>)>,
+    /// A seed's send-once table: the upload server's own
+    /// (`weightcast_tcp::SendOnce`), on the simulated clock.
+    send_once: Option<Arc<SendOnce>>,
     done_at: Option<Nanos>,
     failed: Option<String>,
 }
@@ -329,6 +332,8 @@ struct Transfer {
     outcome: Option<Outcome>,
     /// The child is gone: nothing answers it.
     dropped: bool,
+    /// A seed's send-once ticket for this send, while it holds one.
+    ticket: Option<SendTicket>,
     /// Waiting in the parent's upload queue since then.
     queued: Option<Nanos>,
 }
@@ -354,6 +359,8 @@ enum Ev {
 pub struct World {
     p: Params,
     clock: Clock,
+    /// Simulated time 0 on the clock of the real send-once tables.
+    epoch: Instant,
     layout: PieceLayout,
     digests: Vec<PieceDigest>,
     task: TaskId,
@@ -481,10 +488,9 @@ impl World {
             active_uploads: 0,
             queue: VecDeque::new(),
             load_sent: 0,
-            sent: if seed {
-                vec![(0, None); piece_count]
-            } else {
-                Vec::new()
+            send_once: match (seed, p.seed_send_once) {
+                (true, Some(hold)) => Some(SendOnce::new(hold)),
+                _ => None,
             },
             done_at: None,
             failed: None,
@@ -516,6 +522,7 @@ impl World {
             clock,
             layout,
             digests,
+            epoch: Instant::now(),
             task: TaskId::from_url(&url),
             url,
             net,
@@ -927,6 +934,7 @@ impl World {
             outcome: None,
             dropped: false,
             queued: None,
+            ticket: None,
         };
         match self.free_transfers.pop() {
             Some(i) => {
@@ -968,25 +976,26 @@ impl World {
             self.free_transfer(t);
             return;
         }
-        let (parent, num) = (tr.parent, tr.num);
-        let hold = self.p.seed_send_once.map(nanos);
+        let (parent, num, child) = (tr.parent, tr.num, tr.child);
         let now = self.now;
         let Some(p) = parent else {
             self.serve(t);
             return;
         };
+        let at = self.instant(now);
+        let who = self.host_addr(self.nodes[child].host);
         let node = &self.nodes[p];
         // The server's order: a seed's send-once check, then an upload
         // slot (waiting in its queue), then whether it holds the piece.
-        let elsewhere = match (node.sent.get(num as usize), hold) {
-            (Some(&(sending, last)), Some(hold)) if node.alive => {
-                if sending > 0 {
-                    Some(hold)
-                } else {
-                    last.map(|t| (t + hold).saturating_sub(now))
-                        .filter(|l| *l > 0)
+        let mut ticket = None;
+        let elsewhere = match &node.send_once {
+            Some(once) if node.alive => match once.admit(self.task, num, who, at) {
+                Ok(tk) => {
+                    ticket = Some(tk);
+                    None
                 }
-            }
+                Err(wait) => Some(nanos(wait)),
+            },
             _ => None,
         };
         if !node.alive {
@@ -996,14 +1005,14 @@ impl World {
             let retry_in = Duration::from_nanos(wait.max(1_000_000));
             self.answer_now(t, Outcome::Elsewhere { retry_in });
         } else if node.active_uploads < self.p.upload_concurrency {
-            self.admit(p, num, 1);
+            self.hold_ticket(t, ticket);
             self.serve(t);
         } else if (node.queue.len() as u32)
             < self.p.upload_concurrency * self.p.upload_queue_per_slot
         {
             // Admitted by the send-once check before it waits (its ticket
             // is taken), as the real server does.
-            self.admit(p, num, 1);
+            self.hold_ticket(t, ticket);
             self.nodes[p].queue.push_back(t);
             if let Some(tr) = self.transfers[t].as_mut() {
                 tr.queued = Some(now);
@@ -1038,10 +1047,10 @@ impl World {
             return;
         }
         tr.queued = None;
-        let (num, parent) = (tr.num, tr.parent);
+        let parent = tr.parent;
         if let Some(p) = parent {
             self.nodes[p].queue.retain(|&q| q != t);
-            self.admit(p, num, -1);
+            self.drop_ticket(t);
         }
         if self.transfers[t].as_ref().is_some_and(|tr| tr.dropped) {
             self.free_transfer(t);
@@ -1069,11 +1078,27 @@ impl World {
         }
     }
 
-    /// A seed's send-once ticket for piece `num` is taken (`+1`) or
-    /// given back unsent (`-1`).
-    fn admit(&mut self, p: usize, num: u32, by: i32) {
-        if let Some(s) = self.nodes[p].sent.get_mut(num as usize) {
-            s.0 = s.0.saturating_add_signed(by);
+    /// The simulated time `at` on the clock the send-once table reads.
+    fn instant(&self, at: Nanos) -> Instant {
+        self.epoch + Duration::from_nanos(at)
+    }
+
+    /// The address a seed sees host `h`'s requests come from.
+    fn host_addr(&self, h: usize) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(h as u128 + 1))
+    }
+
+    /// Transfer `t` keeps the send-once ticket it was admitted with.
+    fn hold_ticket(&mut self, t: usize, ticket: Option<SendTicket>) {
+        if let Some(tr) = self.transfers[t].as_mut() {
+            tr.ticket = ticket;
+        }
+    }
+
+    /// Transfer `t` gives its send-once ticket back unsent.
+    fn drop_ticket(&mut self, t: usize) {
+        if let Some(tr) = self.transfers[t].as_mut() {
+            tr.ticket = None;
         }
     }
 
@@ -1086,7 +1111,7 @@ impl World {
         let (child, parent, num, bytes) = (tr.child, tr.parent, tr.num, tr.bytes);
         if let Some(p) = parent {
             if !self.nodes[p].have[num as usize] {
-                self.admit(p, num, -1);
+                self.drop_ticket(t);
                 self.not_found_answers += 1;
                 self.answer_now(t, Outcome::NotFound);
                 return;
@@ -1135,18 +1160,17 @@ impl World {
             return;
         };
         tr.flow = None;
-        let (child, parent, bytes, num) = (tr.child, tr.parent, tr.bytes, tr.num);
+        let ticket = tr.ticket.take();
+        let (child, parent, bytes) = (tr.child, tr.parent, tr.bytes);
         let from = self.parent_host(parent);
         let to = self.nodes[child].host;
         if let Some(p) = parent {
             let now = self.now;
+            let at = self.instant(now);
             let node = &mut self.nodes[p];
             node.active_uploads = node.active_uploads.saturating_sub(1);
-            if let Some(s) = node.sent.get_mut(num as usize) {
-                s.0 = s.0.saturating_sub(1);
-                if whole {
-                    s.1 = Some(now);
-                }
+            if let (Some(tk), true) = (ticket, whole) {
+                tk.sent(at);
             }
             self.serve_queued(p);
         }
