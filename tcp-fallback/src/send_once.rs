@@ -24,8 +24,9 @@
 //! pieces from this seed while a child that spreads well asked it within
 //! [`GOOD_CHILD_ACTIVE`]: it is told `Elsewhere` and takes them from its
 //! siblings (a re-sent piece would stay with it as the first copy did); and
-//! what it holds goes to a good child at once, not after the hold. Where no such child is around (one child, or every
-//! child slow), nothing changes, so no swarm can stall on the rule.
+//! what it holds goes to a good child at once, not after the hold. Where
+//! no such child is around (one child, or every child slow), nothing
+//! changes, so no swarm can stall on the rule.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,16 +38,16 @@ use weightcast_types::TaskId;
 const FORGET_AFTER_HOLDS: u32 = 4;
 
 /// Re-sent first copies before a child can count as a poor spreader.
-pub const POOR_MIN_RESENT: u32 = 2;
+const POOR_MIN_RESENT: u32 = 2;
 /// A poor spreader had at least one in this many of its first copies sent
 /// again.
-pub const POOR_SHARE: u32 = 4;
+const POOR_SHARE: u32 = 4;
 /// A child that spreads well and asked within this long is around to take
 /// the first copies a poor spreader is refused.
-pub const GOOD_CHILD_ACTIVE: Duration = Duration::from_secs(2);
+const GOOD_CHILD_ACTIVE: Duration = Duration::from_secs(2);
 /// What a poor spreader refused a piece is told to wait before asking
 /// this seed for it again.
-pub const POOR_RETRY: Duration = Duration::from_secs(1);
+const POOR_RETRY: Duration = Duration::from_secs(1);
 /// A child silent this long starts afresh (a new task, a changed link).
 const CHILD_FORGOTTEN: Duration = Duration::from_secs(60);
 
@@ -67,6 +68,14 @@ struct Child {
 }
 
 impl Child {
+    fn new(now: Instant) -> Self {
+        Self {
+            first_copies: 0,
+            resent: 0,
+            last_request: now,
+        }
+    }
+
     fn poor(&self) -> bool {
         self.resent >= POOR_MIN_RESENT && self.resent * POOR_SHARE >= self.first_copies
     }
@@ -137,21 +146,12 @@ impl SendOnce {
             t.children
                 .retain(|_, c| now.saturating_duration_since(c.last_request) < CHILD_FORGOTTEN);
         }
-        let me = match t.children.get_mut(&child) {
-            Some(c) if now.saturating_duration_since(c.last_request) < CHILD_FORGOTTEN => {
-                c.last_request = now;
-                *c
-            }
-            _ => {
-                let fresh = Child {
-                    first_copies: 0,
-                    resent: 0,
-                    last_request: now,
-                };
-                t.children.insert(child, fresh);
-                fresh
-            }
-        };
+        let c = t.children.entry(child).or_insert_with(|| Child::new(now));
+        if now.saturating_duration_since(c.last_request) >= CHILD_FORGOTTEN {
+            *c = Child::new(now);
+        }
+        c.last_request = now;
+        let me = *c;
         if !me.poor() {
             t.note_good(child, now);
         }
@@ -178,19 +178,11 @@ impl SendOnce {
         if me.poor() && t.good_other_active(child, now) {
             return Err(POOR_RETRY);
         }
-        // Sent before and asked again after the hold: the child that got it
-        // then did not pass it on in time.
-        if let Some((_, to)) = sent.last {
-            if let Some(c) = t.children.get_mut(&to) {
-                c.resent += 1;
-            }
-        }
         t.pieces.entry((task, num)).or_default().sending += 1;
         Ok(SendTicket {
             owner: self.clone(),
             key: (task, num),
             child,
-            first_copy: sent.last.is_none(),
         })
     }
 }
@@ -203,18 +195,29 @@ pub struct SendTicket {
     owner: Arc<SendOnce>,
     key: (TaskId, u32),
     child: IpAddr,
-    first_copy: bool,
 }
 
 impl SendTicket {
+    /// The child got the whole piece. A copy that was not the first blames
+    /// the child that got the one before: it did not pass the piece on in
+    /// time. Counted here, once per copy sent, not when the request was
+    /// admitted: a request answered `Busy` after its ticket, or a send that
+    /// broke off, sent nothing.
     pub fn sent(self, now: Instant) {
         let mut t = self.owner.lock();
-        if let Some(s) = t.pieces.get_mut(&self.key) {
-            s.last = Some((now, self.child));
-        }
-        if self.first_copy {
-            if let Some(c) = t.children.get_mut(&self.child) {
+        let before = t
+            .pieces
+            .get_mut(&self.key)
+            .and_then(|s| s.last.replace((now, self.child)));
+        let (blamed, first) = match before {
+            Some((_, to)) => (to, false),
+            None => (self.child, true),
+        };
+        if let Some(c) = t.children.get_mut(&blamed) {
+            if first {
                 c.first_copies += 1;
+            } else {
+                c.resent += 1;
             }
         }
     }
@@ -326,6 +329,23 @@ mod tests {
         give(&once, t, 31, B, t1);
         assert_eq!(once.admit(t, 40, C, t1 + MS).unwrap_err(), POOR_RETRY);
         assert!(once.admit(t, 41, B, t1 + MS).is_ok());
+    }
+
+    #[test]
+    fn a_re_send_that_never_went_out_blames_no_one() {
+        let once = SendOnce::new(HOLD);
+        let t = TaskId([6; 32]);
+        let t0 = Instant::now();
+        give(&once, t, 0, A, t0);
+        give(&once, t, 1, A, t0);
+        // B is admitted for both again and again, but each time the seed
+        // had no upload slot (`Busy`): nothing was sent, A is not blamed.
+        let later = t0 + HOLD + MS;
+        for _ in 0..5 {
+            drop(once.admit(t, 0, B, later).unwrap());
+            drop(once.admit(t, 1, B, later).unwrap());
+        }
+        assert!(once.admit(t, 2, A, later + MS).is_ok());
     }
 
     #[test]
